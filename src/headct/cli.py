@@ -103,7 +103,7 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from headct.evaluate import compare_command
+    from headct.compare import compare_command
 
     return compare_command(args)
 
