@@ -1,0 +1,62 @@
+"""The shared series forward path: neighbour stacks, batching, series-level models."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from headct.inference import neighbour_index, probabilities, series_logits
+
+
+def test_neighbour_index_clamps_at_the_ends() -> None:
+    index = neighbour_index(4, 1)
+    assert index.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert neighbour_index(3, 0).tolist() == [[0], [1], [2]]
+
+
+class _MeanPerSlice(nn.Module):
+    """Logit j = mean of input slice j of the stack (so the test can read the stack back)."""
+
+    def __init__(self, context: int) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(context=context, level="slice")
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) + self.dummy
+
+
+def test_slice_model_sees_its_neighbours_in_scan_order_across_batches() -> None:
+    pixels = np.stack([np.full((4, 4), 10 * i, dtype=np.int16) for i in range(5)])
+    out = series_logits(_MeanPerSlice(context=1), pixels, batch_size=2)
+    assert out.series_logits is None
+    expected = [[0, 0, 10], [0, 10, 20], [10, 20, 30], [20, 30, 40], [30, 40, 40]]
+    assert out.slice_logits.tolist() == expected
+
+
+class _SeriesModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(context=0, level="series")
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward_series(self, x: torch.Tensor, mask: torch.Tensor | None):
+        per_slice = x.mean(dim=(2, 3))[..., None]  # [B, S, 1]
+        return per_slice, per_slice.amax(dim=1)
+
+
+def test_series_model_gets_the_whole_series() -> None:
+    pixels = np.stack([np.full((2, 2), v, dtype=np.int16) for v in (3, 9, 5)])
+    out = series_logits(_SeriesModel(), pixels)
+    assert out.slice_logits.flatten().tolist() == [3, 9, 5]
+    assert out.series_logits.tolist() == [9]
+
+
+def test_probabilities_apply_temperature() -> None:
+    logits = torch.tensor([[2.0, 0.0]])
+    torch.testing.assert_close(probabilities(logits, "multilabel", 2.0), torch.sigmoid(torch.tensor([[1.0, 0.0]])))
+    soft = probabilities(logits, "multiclass")
+    torch.testing.assert_close(soft.sum(-1), torch.tensor([1.0]))
