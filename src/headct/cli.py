@@ -61,14 +61,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
 # --- train -----------------------------------------------------------------
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=False, help="cache directory made by `headct prepare`")
-    p.add_argument("--model", required=False, help="model name (see `headct models`)")
-    p.add_argument("--task", required=False, help="rsna | presence | subtype | 3class | label,label,...")
-    p.add_argument("--out", required=False, help="run directory")
-    p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--resume", metavar="RUN", help="continue a stopped run")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs for any TrainConfig field")
+    from headct.training.config import config_fields
+
+    p.add_argument("--config", help="YAML file with TrainConfig fields (flags given here win)")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped run from RUN/train_state.pt")
+    helps = {"data": "cache directory made by `headct prepare`", "model": "model name (see `headct models`)",
+             "task": "rsna | presence | subtype | 3class | label,label,...", "out": "run directory"}
+    for f in config_fields():
+        # Every TrainConfig field is a flag; the default is "not given" so YAML values survive.
+        kind = getattr(f.type, "__name__", str(f.type))
+        extra = {"nargs": "?", "const": "true"} if kind == "bool" else {}
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                       metavar=f.name.upper(), help=helps.get(f.name, f"TrainConfig.{f.name} ({f.type})"), **extra)
 
 
 def _run_train(args: argparse.Namespace) -> int:
