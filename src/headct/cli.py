@@ -170,8 +170,25 @@ def _run_export(args: argparse.Namespace) -> int:
 # --- bench / demo / models -------------------------------------------------
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
-    p.add_argument("--json", help="write the result to this JSON file")
+    p.add_argument("--model", required=True, help="model name (see `headct models`)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--img-size", type=int, default=256, help="input size in pixels")
+    p.add_argument("--amp", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="mixed precision (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile (CUDA only), optionally with a mode, e.g. max-autotune")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay one captured CUDA graph per batch size")
+    p.add_argument("--train", action="store_true", help="time forward+backward+AdamW instead of inference")
+    p.add_argument("--data", metavar="CACHE", help="also time training from this cache (implies --train)")
+    p.add_argument("--task", default="rsna", help="task for --data (rsna, presence, ...)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers for --data (default: from CPUs)")
+    p.add_argument("--num-classes", type=int, default=6)
+    p.add_argument("--series-slices", type=int, default=32, help="slices per series for series-level models")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations")
+    p.add_argument("--iters", type=int, default=50, help="timed iterations (median reported)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--json", metavar="OUT", help="write the result to this JSON file")
 
 
 def _run_bench(args: argparse.Namespace) -> int:

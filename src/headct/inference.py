@@ -10,12 +10,15 @@ series itself crosses from host to device.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,12 +36,14 @@ def neighbour_index(num_slices: int, context: int) -> torch.Tensor:
     return (centres + offsets[None, :]).clamp_(0, num_slices - 1)
 
 
-def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+def autocast_context(
+    device: torch.device, amp: str | None, *, cache_enabled: bool = True
+) -> contextlib.AbstractContextManager:
     """Autocast for ``amp`` in {"bf16", "fp16"}; a no-op for None/"fp32"/"off"."""
     if amp in (None, "fp32", "off", "none"):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 @torch.inference_mode()
@@ -71,7 +76,149 @@ def _neighbour_batches(series: torch.Tensor, context: int, batch_size: int) -> I
         yield series[index[start : start + batch_size]].float()  # [b, K, H, W]
 
 
+def default_amp(device: str | torch.device) -> str | None:
+    """The fast path's mixed precision for ``device``: "bf16" on a GPU that has it, else None (fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return None
+
+
+def prepare_for_inference(
+    model: nn.Module,
+    device: str | torch.device,
+    *,
+    amp: str | None = "auto",
+    channels_last: bool = True,
+    compile: str | bool | None = None,
+    cuda_graph_batch: int | None = None,
+) -> InferenceModel:
+    """Move ``model`` to ``device`` in eval mode and wrap it in the fast inference path.
+
+    ``amp="auto"`` is bf16 on CUDA and fp32 elsewhere; ``channels_last`` stores
+    conv weights and inputs NHWC (Tensor Cores' layout; harmless on CPU);
+    ``compile`` is a ``torch.compile`` mode (True: "default"), applied on CUDA
+    only; ``cuda_graph_batch`` captures one CUDA graph for that batch size and
+    pads smaller batches up to it. Off CUDA, compile and CUDA graphs are skipped
+    (logged), so the same call works everywhere. The wrapper keeps ``spec``,
+    ``forward`` and ``forward_series``, so ``series_logits`` takes it as is.
+    """
+    device = torch.device(device)
+    if amp == "auto":
+        amp = default_amp(device)
+    model = model.to(device).eval()
+    if channels_last:
+        to_channels_last(model)
+    compile_mode = "default" if compile is True else (compile or None)
+    if compile_mode and device.type != "cuda":
+        log.info("torch.compile skipped on %s (CUDA only)", device.type)
+        compile_mode = None
+    if cuda_graph_batch and device.type != "cuda":
+        log.info("CUDA graphs skipped on %s", device.type)
+        cuda_graph_batch = None
+    return InferenceModel(model, amp=amp, channels_last=channels_last, compile_mode=compile_mode,
+                          cuda_graph_batch=cuda_graph_batch)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store every 2-D conv's weight NHWC, in place.
+
+    Per conv rather than ``model.to(memory_format=...)``, which refuses the 5-D
+    buffers of the windowing layer.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+
+class InferenceModel(nn.Module):
+    """A model behind the fast path: autocast, channels_last inputs, compile, one CUDA graph.
+
+    Made by :func:`prepare_for_inference`. ``forward`` runs the slice-level path
+    (graphed when a graph batch size was given); ``forward_series`` runs
+    series-level models eagerly (their length varies, so no graph).
+    """
+
+    def __init__(self, model: nn.Module, *, amp: str | None, channels_last: bool,
+                 compile_mode: str | None, cuda_graph_batch: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = model.spec
+        self.amp = amp
+        self.channels_last = channels_last
+        self.compile_mode = compile_mode
+        self.cuda_graph_batch = cuda_graph_batch
+        # Kept out of the module tree so state_dict() stays the plain model's.
+        self.__dict__["_compiled"] = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
+        self.__dict__["_graphs"] = {}
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """True once a CUDA graph has been captured and is being replayed."""
+        return any(graph is not None for graph in self._graphs.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cuda_graph_batch or not x.is_cuda:
+            return self._run(x)
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._graphs:
+            self._graphs[key] = _capture_graph(self._run_graphable, x, self.cuda_graph_batch)
+        graph = self._graphs[key]
+        if graph is None:  # capture failed once: stay eager for this shape
+            return self._run(x)
+        return torch.cat([graph(chunk) for chunk in x.split(self.cuda_graph_batch)])
+
+    def forward_series(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        with autocast_context(x.device, self.amp):
+            return self.model.forward_series(x, mask)
+
+    def _run(self, x: torch.Tensor, *, cache_enabled: bool = True) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(x.device, self.amp, cache_enabled=cache_enabled):
+            return self._compiled(x)
+
+    def _run_graphable(self, x: torch.Tensor) -> torch.Tensor:
+        # Autocast's weight-cast cache must be off inside a CUDA graph capture.
+        return self._run(x, cache_enabled=False)
+
+
 def probabilities(logits: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
     """Sigmoid (multilabel) or softmax (multiclass) of temperature-scaled logits."""
     scaled = logits.float() / float(temperature)
     return torch.sigmoid(scaled) if kind == "multilabel" else torch.softmax(scaled, dim=-1)
+
+
+class _GraphedForward:
+    """One captured CUDA graph for a fixed batch size; smaller batches are padded up to it."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.static_input = example[:1].expand(batch_size, *example.shape[1:]).clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (and compilation) off the capture
+            for _ in range(3):
+                fn(self.static_input)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_output = fn(self.static_input)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        self.static_input[:n].copy_(x)
+        if n < self.batch_size:  # pad with the last row; its outputs are dropped
+            self.static_input[n:].copy_(x[-1:].expand(self.batch_size - n, *x.shape[1:]))
+        self.graph.replay()
+        return self.static_output[:n].clone()
+
+
+def _capture_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
+                   batch_size: int) -> _GraphedForward | None:
+    try:
+        return _GraphedForward(fn, example, batch_size)
+    except RuntimeError as err:  # e.g. an op that syncs with the host: run eagerly instead
+        log.warning("CUDA graph capture failed (%s); running without CUDA graphs", err)
+        return None

@@ -1,0 +1,411 @@
+"""Throughput, latency and memory of a model: the engine behind ``headct bench``.
+
+In the manner of timm's ``benchmark.py``: a synthetic batch of raw input (HU or
+grey, already on the device) goes through the model's fast inference path
+(:func:`headct.inference.prepare_for_inference`: bf16 autocast, channels_last,
+``torch.compile``, CUDA graphs) or through a training step (forward, backward,
+AdamW). Warm-up iterations are not timed; each timed iteration is bracketed by
+CUDA events (or ``time.perf_counter`` on the CPU) and the median is reported.
+With ``data`` set, training is also timed on batches from a prepared cache
+through the training input pipeline, and the ratio cache/synthetic says how
+much of the GPU the data path leaves unused.
+
+Reported: images/s (samples, and slice images = samples x slices read),
+ms per batch, batch-1 latency, peak memory (CUDA max allocated; peak RSS of
+the process on the CPU), parameters and forward GFLOPs per sample
+(``torch.utils.flop_counter``, multiply-add = 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headct import __version__
+from headct.inference import autocast_context, default_amp, prepare_for_inference, to_channels_last
+
+log = logging.getLogger(__name__)
+
+AMP_CHOICES = ("bf16", "fp16", "fp32")
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark: which model, what input, which speed-ups, how long."""
+
+    model: str = "effnet-2d"
+    num_classes: int = 6
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 256
+    img_size: int = 256
+    series_slices: int = 32          # series-level models: slices per series in one sample
+    amp: str | None = None           # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 elsewhere
+    channels_last: bool = False
+    compile: str | None = None       # a torch.compile mode ("default", "max-autotune", ...)
+    cuda_graphs: bool = False
+    train: bool = False
+    data: str | None = None          # a prepared cache: also time training from it (train mode)
+    task: str = "rsna"               # task for training from the cache
+    workers: int | None = None       # loader workers for the cache; None: from the CPU count
+    warmup: int = 10
+    iters: int = 50
+    latency: bool = True             # also time batch 1
+    device: str | None = None        # default: cuda when available, else cpu
+    lr: float = 1e-4
+
+
+def run_bench(config: BenchConfig, model: nn.Module | None = None) -> dict[str, Any]:
+    """Run one benchmark and return its result (settings, environment and figures) as a dict.
+
+    ``model`` overrides building ``config.model`` by name (tests pass a tiny one);
+    it must carry a ``spec`` like the registered models do.
+    """
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = _resolve_amp(config.amp, device)
+    if model is None:
+        from headct.models import build_model
+
+        model = build_model(config.model, config.num_classes, **config.model_kwargs)
+    model_name = getattr(model.spec, "name", "") or config.model
+    result: dict[str, Any] = {
+        "model": model_name,
+        "mode": "train" if config.train else "inference",
+        "settings": {**asdict(config), "amp": amp or "fp32", "model": model_name},
+        "environment": environment(device),
+        "input": _input_description(model, config),
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops_per_sample": forward_gflops(model, config),
+    }
+    if config.train:
+        result.update(bench_training(model, config, device, amp))
+        if config.data:
+            result["from_cache"] = bench_training_from_cache(model, config, device, amp)
+            result["cache_vs_synthetic"] = (
+                result["from_cache"]["samples_per_s_mean"] / result["samples_per_s_mean"]
+            )
+    else:
+        result.update(bench_inference(model, config, device, amp))
+    return result
+
+
+def bench_inference(model: nn.Module, config: BenchConfig, device: torch.device, amp: str | None) -> dict[str, Any]:
+    """Time the fast inference path at ``config.batch_size`` and at batch 1."""
+    fast = prepare_for_inference(
+        model, device, amp=amp, channels_last=config.channels_last, compile=config.compile,
+        cuda_graph_batch=config.batch_size if config.cuda_graphs else None,
+    )
+    figures: dict[str, Any] = {}
+    with torch.inference_mode():
+        _reset_peak_memory(device)
+        x = synthetic_input(model.spec, config, config.batch_size, device)
+        times = time_steps(lambda: _forward(fast, x), device, config.warmup, config.iters)
+        figures.update(_throughput(times, config.batch_size, _slices_per_sample(model.spec, config)))
+        figures["peak_memory_bytes"] = peak_memory(device)
+        if config.latency:
+            one = prepare_for_inference(
+                model, device, amp=amp, channels_last=config.channels_last, compile=config.compile,
+                cuda_graph_batch=1 if config.cuda_graphs else None,
+            )
+            x1 = synthetic_input(model.spec, config, 1, device)
+            latency = time_steps(lambda: _forward(one, x1), device, config.warmup, config.iters)
+            figures["latency_ms"] = statistics.median(latency)
+            figures["latency_cuda_graphs"] = one.uses_cuda_graphs
+    figures["peak_memory_kind"] = _memory_kind(device)
+    figures["effective"] = {
+        "compile": fast.compile_mode,
+        "cuda_graphs": fast.uses_cuda_graphs,
+        "channels_last": config.channels_last,
+        "amp": amp or "fp32",
+    }
+    return figures
+
+
+def bench_training(model: nn.Module, config: BenchConfig, device: torch.device, amp: str | None) -> dict[str, Any]:
+    """Time a training step (forward, loss, backward, AdamW) on a synthetic batch already on the device."""
+    step = TrainStep(model, device, amp, channels_last=config.channels_last, compile_mode=config.compile, lr=config.lr)
+    x = synthetic_input(model.spec, config, config.batch_size, device)
+    y = step.random_targets(x)
+    _reset_peak_memory(device)
+    times = time_steps(lambda: step(x, y), device, config.warmup, config.iters)
+    figures = _throughput(times, config.batch_size, _slices_per_sample(model.spec, config))
+    figures["peak_memory_bytes"] = peak_memory(device)
+    figures["peak_memory_kind"] = _memory_kind(device)
+    figures["effective"] = {
+        "compile": step.compile_mode,
+        "cuda_graphs": False,  # not used for training steps
+        "channels_last": config.channels_last,
+        "amp": amp or "fp32",
+    }
+    return figures
+
+
+class TrainStep:
+    """One optimisation step: autocast forward, BCE loss, backward (scaled for fp16), AdamW."""
+
+    def __init__(self, model: nn.Module, device: torch.device, amp: str | None, *,
+                 channels_last: bool = False, compile_mode: str | None = None, lr: float = 1e-4) -> None:
+        self.model = model.to(device).train()
+        if channels_last:
+            to_channels_last(self.model)
+        self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.compile_mode = compile_mode if compile_mode and device.type == "cuda" else None
+        if compile_mode and not self.compile_mode:
+            log.info("torch.compile skipped on %s (CUDA only)", device.type)
+        self.forward = torch.compile(self.model, mode=self.compile_mode) if self.compile_mode else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.loss = nn.BCEWithLogitsLoss()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp):
+            logits = self.forward(x)
+        loss = self.loss(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def random_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """0/1 targets shaped like the model's output for ``x``."""
+        with torch.no_grad(), autocast_context(self.device, self.amp):
+            shape = self.model(x[:1]).shape
+        return torch.randint(0, 2, (x.shape[0], *shape[1:]), device=x.device).float()
+
+
+def bench_training_from_cache(model: nn.Module, config: BenchConfig, device: torch.device,
+                              amp: str | None) -> dict[str, Any]:
+    """Time training steps on batches read from ``config.data`` by the training input pipeline."""
+    from headct.bench_data import cache_batches
+
+    step = TrainStep(model, device, amp, channels_last=config.channels_last, compile_mode=config.compile, lr=config.lr)
+    batches = cache_batches(config.data, model.spec, config.task, config.batch_size, device,
+                            workers=config.workers)
+    first_x, _ = next(batches)
+    step.random_targets(first_x)
+
+    def train_on_next() -> None:
+        x, y = next(batches)
+        step(x, y)
+
+    times = time_steps(train_on_next, device, config.warmup, config.iters)
+    return _throughput(times, config.batch_size, _slices_per_sample(model.spec, config))
+
+
+# --- measurement ------------------------------------------------------------------
+
+def time_steps(step: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed ones.
+
+    On CUDA, events bracket every call and are read after one final
+    synchronisation (no host sync between iterations); on the CPU, perf_counter.
+    """
+    if iters < 1:
+        raise ValueError("iters must be at least 1")
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def synthetic_input(spec: Any, config: BenchConfig, batch_size: int, device: torch.device) -> torch.Tensor:
+    """A random raw batch on ``device``: ``[B, K, H, W]`` (series-level: ``[B, S, H, W]``).
+
+    HU models get int16-range HU cast to float (what ``series_logits`` hands a
+    model); 8-bit models get 0..255 grey.
+    """
+    depth = config.series_slices if getattr(spec, "level", "slice") == "series" else 2 * spec.context + 1
+    shape = (batch_size, depth, config.img_size, config.img_size)
+    low, high = (-1024, 1500) if getattr(spec, "input_kind", "hu") == "hu" else (0, 256)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(low, high, shape, generator=generator, dtype=torch.int16).to(device).float()
+
+
+def forward_gflops(model: nn.Module, config: BenchConfig) -> float | None:
+    """Forward FLOPs of one sample in GFLOP (on the CPU, fp32), or None if they cannot be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        x = synthetic_input(model.spec, config, 1, torch.device("cpu"))
+        was_training = model.training
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model.cpu()(x)
+        model.train(was_training)
+        return counter.get_total_flops() / 1e9
+    except (RuntimeError, ValueError, TypeError) as err:  # an op without a FLOP formula, ...
+        log.warning("FLOPs not counted: %s", err)
+        return None
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: CUDA max allocated since the last reset, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name, library versions and CPU threads: what a figure needs to be compared."""
+    import timm
+
+    env = {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "headct": __version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``result`` as indented JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# --- command line -----------------------------------------------------------------
+
+def bench_command(args: argparse.Namespace) -> int:
+    """``headct bench``: run one benchmark, print a summary line, write JSON if asked."""
+    config = BenchConfig(
+        model=args.model, batch_size=args.batch_size, img_size=args.img_size, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
+        train=args.train or bool(args.data), data=args.data, task=args.task, workers=args.workers,
+        warmup=args.warmup, iters=args.iters, device=args.device, num_classes=args.num_classes,
+        series_slices=args.series_slices,
+    )
+    result = run_bench(config)
+    print(summary_line(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One human line: model, mode, device, images/s, ms/batch, latency, memory."""
+    s = result["settings"]
+    parts = [
+        f"{result['model']} {result['mode']} on {result['environment']['device_name']}",
+        f"batch {s['batch_size']} {s['img_size']}px {s['amp']}",
+        f"{result['samples_per_s']:.1f} img/s ({result['slice_images_per_s']:.1f} slice img/s)",
+        f"{result['ms_per_batch']:.2f} ms/batch",
+    ]
+    if "latency_ms" in result:
+        parts.append(f"batch-1 {result['latency_ms']:.2f} ms")
+    parts.append(f"peak {result['peak_memory_bytes'] / 2**20:.0f} MiB ({result['peak_memory_kind']})")
+    if "cache_vs_synthetic" in result:
+        parts.append(f"cache/synthetic {result['cache_vs_synthetic']:.2f}")
+    return ", ".join(parts)
+
+
+# --- helpers ----------------------------------------------------------------------
+
+def _resolve_amp(amp: str | None, device: torch.device) -> str | None:
+    if amp is None:
+        return default_amp(device)
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    return None if amp == "fp32" else amp
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if getattr(model.spec, "level", "slice") == "series":
+        return model.forward_series(x, None)[1]
+    return model(x)
+
+
+def _slices_per_sample(spec: Any, config: BenchConfig) -> int:
+    return config.series_slices if getattr(spec, "level", "slice") == "series" else 2 * spec.context + 1
+
+
+def _throughput(times_ms: list[float], batch_size: int, slices: int) -> dict[str, Any]:
+    median = statistics.median(times_ms)
+    mean = statistics.fmean(times_ms)
+    return {
+        "ms_per_batch": median,
+        "ms_per_batch_mean": mean,
+        "ms_per_batch_min": min(times_ms),
+        "samples_per_s": batch_size * 1e3 / median,
+        "samples_per_s_mean": batch_size * 1e3 / mean,
+        "slice_images_per_s": batch_size * slices * 1e3 / median,
+        "slices_per_sample": slices,
+        "timed_iters": len(times_ms),
+    }
+
+
+def _input_description(model: nn.Module, config: BenchConfig) -> dict[str, Any]:
+    spec = model.spec
+    return {
+        "kind": getattr(spec, "input_kind", "hu"),
+        "level": getattr(spec, "level", "slice"),
+        "slices_per_sample": _slices_per_sample(spec, config),
+        "size": config.img_size,
+    }
+
+
+def _memory_kind(device: torch.device) -> str:
+    return "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,173 @@
+"""headct bench and the fast inference path, on the CPU with a tiny model."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from headct.bench import (
+    BenchConfig,
+    forward_gflops,
+    run_bench,
+    summary_line,
+    time_steps,
+    write_json,
+)
+from headct.inference import InferenceModel, default_amp, prepare_for_inference, series_logits
+from headct.models.inputs import InputLayer
+
+
+class TinyNet(nn.Module):
+    """HU windowing → conv → BN → pool → linear: small, but has the parts that layout and AMP touch."""
+
+    def __init__(self, num_classes: int = 3, context: int = 0) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(name="tiny", context=context, level="slice", input_kind="hu")
+        self.input = InputLayer("hu", slices=2 * context + 1)
+        self.conv = nn.Conv2d(self.input.out_channels, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.bn(self.conv(self.input(x))))
+        return self.head(features.mean(dim=(2, 3)))
+
+
+def _tiny(**kw) -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet(**kw)
+    with torch.no_grad():  # non-trivial BN statistics, so eval mode differs from train mode
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _hu(batch: int, slices: int = 1, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(-1000, 1500, (batch, slices, size, size), generator=g).float()
+
+
+SMALL = dict(batch_size=4, img_size=16, warmup=1, iters=3, device="cpu")
+
+RESULT_FIELDS = {
+    "model", "mode", "settings", "environment", "input", "params", "gflops_per_sample",
+    "ms_per_batch", "ms_per_batch_mean", "samples_per_s", "slice_images_per_s",
+    "peak_memory_bytes", "peak_memory_kind", "effective",
+}
+
+
+def test_inference_bench_reports_every_figure(tmp_path) -> None:
+    model = _tiny()
+    result = run_bench(BenchConfig(**SMALL), model=model)
+    assert RESULT_FIELDS | {"latency_ms"} <= set(result)
+    assert result["mode"] == "inference" and result["model"] == "tiny"
+    assert result["samples_per_s"] > 0 and result["latency_ms"] > 0
+    assert result["samples_per_s"] == pytest.approx(4 * 1e3 / result["ms_per_batch"])
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+    assert result["peak_memory_kind"] == "cpu_peak_rss" and result["peak_memory_bytes"] > 2**20
+    assert result["settings"]["amp"] == "fp32" and result["settings"]["batch_size"] == 4
+    env = result["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["timm"] and env["device_name"]
+
+    path = tmp_path / "out" / "bench.json"
+    write_json(result, path)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(result))
+    assert "tiny inference" in summary_line(result)
+
+
+def test_gflops_are_the_conv_and_linear_multiply_adds() -> None:
+    model = _tiny()
+    gflops = forward_gflops(model, BenchConfig(img_size=16))
+    conv = 2 * 3 * 8 * 9 * 16 * 16  # in 3 window channels, out 8, 3x3 kernel, 16x16 outputs
+    linear = 2 * 8 * 3
+    assert gflops * 1e9 == pytest.approx(conv + linear)
+
+
+def test_slice_images_count_every_slice_read() -> None:
+    result = run_bench(BenchConfig(**SMALL, latency=False), model=_tiny(context=1))
+    assert result["slices_per_sample"] == 3
+    assert result["slice_images_per_s"] == pytest.approx(3 * result["samples_per_s"])
+    assert "latency_ms" not in result
+
+
+def test_train_mode_takes_optimizer_steps() -> None:
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_bench(BenchConfig(**SMALL, train=True), model=model)
+    assert result["mode"] == "train" and result["samples_per_s"] > 0
+    assert RESULT_FIELDS <= set(result)
+    assert not torch.equal(before["conv.weight"], model.conv.weight.detach())
+    assert not torch.equal(before["bn.running_mean"], model.bn.running_mean)  # ran in train mode
+
+
+def test_time_steps_excludes_warmup_and_times_each_iteration() -> None:
+    calls = []
+    times = time_steps(lambda: calls.append(1), torch.device("cpu"), warmup=2, iters=5)
+    assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
+    with pytest.raises(ValueError):
+        time_steps(lambda: None, torch.device("cpu"), warmup=0, iters=0)
+
+
+def test_bad_amp_is_refused() -> None:
+    with pytest.raises(ValueError, match="amp"):
+        run_bench(BenchConfig(**SMALL, amp="int8"), model=_tiny())
+
+
+# --- the fast inference path --------------------------------------------------------
+
+def test_fast_path_falls_back_cleanly_on_cpu() -> None:
+    model = _tiny()
+    x = _hu(5)
+    expected = model(x)
+    fast = prepare_for_inference(_tiny(), "cpu", compile="max-autotune", cuda_graph_batch=4)
+    assert isinstance(fast, InferenceModel)
+    assert fast.amp is None and default_amp("cpu") is None  # "auto" is fp32 off CUDA
+    assert fast.compile_mode is None and fast.cuda_graph_batch is None
+    with torch.inference_mode():
+        out = fast(x)
+    assert not fast.uses_cuda_graphs
+    torch.testing.assert_close(out, expected.detach())
+    assert fast.spec.name == "tiny"
+    assert set(fast.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+
+
+def test_channels_last_matches_the_default_layout() -> None:
+    x = _hu(6, size=24)
+    plain = prepare_for_inference(_tiny(), "cpu", channels_last=False)
+    nhwc = prepare_for_inference(_tiny(), "cpu", channels_last=True)
+    assert nhwc.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_series_logits_takes_the_fast_model() -> None:
+    pixels = np.random.default_rng(0).integers(-1000, 1500, size=(7, 16, 16)).astype(np.int16)
+    reference = series_logits(_tiny(context=1), pixels, batch_size=3)
+    fast = prepare_for_inference(_tiny(context=1), "cpu", channels_last=True, cuda_graph_batch=4)
+    out = series_logits(fast, pixels, batch_size=3)
+    torch.testing.assert_close(out.slice_logits, reference.slice_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_stays_close() -> None:
+    x = _hu(4)
+    fast = prepare_for_inference(_tiny(), "cpu", amp="bf16", channels_last=True)
+    with torch.inference_mode():
+        out = fast(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _tiny()(x).detach(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_pads_the_last_batch() -> None:  # pragma: no cover - runs where there is a GPU
+    x = _hu(7).cuda()
+    fast = prepare_for_inference(_tiny(), "cuda", amp=None, cuda_graph_batch=4)
+    with torch.inference_mode():
+        out = fast(x)
+    assert fast.uses_cuda_graphs
+    torch.testing.assert_close(out, _tiny().cuda()(x).detach(), rtol=1e-4, atol=1e-4)
