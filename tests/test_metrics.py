@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
 from headct.metrics import (
@@ -203,6 +205,20 @@ def test_sweep_maximises_f1_against_a_fine_grid() -> None:
         best_grid = max(f1_score(y[:, c], prob[:, c] >= g, zero_division=0)
                         for g in np.linspace(0, 1, 501))
         assert f1_score(y[:, c], prob[:, c] >= t[c]) >= best_grid - 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 20)), min_size=2, max_size=40))
+def test_sweep_threshold_is_never_beaten_by_any_cut(pairs) -> None:
+    y = np.array([int(b) for b, _ in pairs])
+    p = np.array([v / 20 for _, v in pairs])  # coarse values: many ties
+    if y.sum() == 0:
+        return
+    t = sweep_thresholds(y[:, None], p[:, None])[0]
+    best = max(f1_score(y, p >= cut, zero_division=0) for cut in np.r_[np.unique(p), 1.01])
+    assert f1_score(y, p >= t, zero_division=0) == pytest.approx(best)
+    if t > 0:  # the threshold sits between values, not on one (except a cut below a 0.0)
+        assert not np.isclose(p, t).any()
 
 
 def test_sweep_without_positives_falls_back() -> None:
