@@ -1,0 +1,573 @@
+"""The training loop: ``headct train`` and :func:`train`.
+
+One run trains one model on one task of a prepared cache and writes, under ``RUN/``:
+
+- ``config.yaml``: the resolved :class:`TrainConfig` (defaults < YAML < flags);
+- ``best/`` and ``last/``: checkpoints (``headct.checkpoint``, atomic);
+- ``train_state.pt``: everything ``--resume RUN`` needs (``headct.training.state``);
+- ``metrics.csv``: one row per epoch (losses, validation metrics, lr, images/s);
+- ``tb/``: TensorBoard events, when TensorBoard is installed.
+
+Recipe: AdamW, linear warm-up then cosine decay per optimizer step, AMP
+(bf16, or fp16 with a GradScaler), gradient accumulation and clipping, CT
+augmentations on the device (``headct.training.augment``), early stopping on a
+validation metric. Multi-label tasks use BCE weighted per label (the RSNA
+competition's 2 on "any"); multi-class tasks use cross-entropy with label
+smoothing (0.1 by default, as StrokeNeXt).
+
+Series-level models (``study-seq``) train on whole series with a per-slice and
+a series loss, end to end, or two-stage (``encoder_checkpoint``): slice
+embeddings from the trained 2-D encoder are computed once and only the RNN and
+heads train.
+
+At the end the best checkpoint predicts the validation split; a temperature is
+fitted and per-class F1-best thresholds are swept on the calibrated
+probabilities; both go into the checkpoint with a summary of the training data.
+
+Several processes (GPUs, nodes) run through ``torchrun``: DDP with a
+DistributedSampler, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from headct.training.augment import AugmentConfig, augment_batch
+from headct.training.config import (
+    TrainConfig,
+    check_complete,
+    load_config,
+    resolve_config,
+    save_config,
+)
+from headct.training.distributed import (
+    DistInfo,
+    barrier,
+    close_distributed,
+    gather_objects,
+    init_distributed,
+    sum_scalar,
+)
+from headct.training.state import STATE_FILE, load_train_state, save_train_state, seed_epoch
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.csv"
+LOWER_IS_BETTER = ("loss", "ece", "rsna_log_loss")  # monitored with a minus sign
+
+
+# --- the command ---------------------------------------------------------------
+
+def train_command(args: argparse.Namespace) -> int:
+    """``headct train``: resolve the config, train, print where the best checkpoint is."""
+    skip = {"command", "verbose", "config", "resume"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
+    if args.resume:
+        run_dir = Path(args.resume)
+        if flags.get("out") not in (None, str(run_dir)):
+            raise SystemExit(f"--resume {run_dir} continues that run; drop --out or give the same directory")
+        base = load_config(run_dir / "config.yaml")
+        config = resolve_config(args.config, flags, base=base)
+    else:
+        config = resolve_config(args.config, flags)
+    try:
+        check_complete(config)
+    except ValueError as err:
+        raise SystemExit(f"headct train: {err}") from None
+    best = train(config, resume=bool(args.resume))
+    if best is not None:
+        print(f"best checkpoint: {best}")
+    return 0
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path | None:
+    """Train as ``config`` says; returns the best checkpoint directory (None on ranks > 0)."""
+    check_complete(config)
+    info = init_distributed(config.device)
+    try:
+        return Trainer(config, info).fit(resume=resume)
+    finally:
+        close_distributed(info)
+
+
+# --- the trainer -------------------------------------------------------------------
+
+class Trainer:
+    """One training run: data, model, optimisation state, and the epoch loop."""
+
+    def __init__(self, config: TrainConfig, info: DistInfo) -> None:
+        from headct.data.cache import Cache
+        from headct.models import build_model
+        from headct.tasks import get_task
+
+        self.config, self.info, self.device = config, info, info.device
+        self.run_dir = Path(config.out)
+        self.cache = Cache(config.data)
+        self.task = get_task(config.task, self.cache.labels)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        kwargs = {"input_kind": self.cache.kind, **config.model_kwargs}
+        if config.encoder_checkpoint:
+            kwargs["encoder_checkpoint"] = config.encoder_checkpoint
+        self.model = build_model(config.model, self.task.num_outputs, **kwargs).to(self.device)
+        self.spec = self.model.spec
+        self.mode = _mode(self.spec.level, config.encoder_checkpoint)
+        self.amp = resolve_amp(config.amp, self.device)
+        self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
+        self.smoothing = (config.label_smoothing if config.label_smoothing is not None
+                          else (0.1 if self.task.kind == "multiclass" else 0.0))
+        self.augment = AugmentConfig(config.flip_p, config.rotate_deg, config.scale, config.shift,
+                                     config.window_shift, config.window_scale) if config.augment else None
+        self.train_data, self.val_data, self.collate = self._datasets()
+        self.train_loader, self.val_loader = self._loaders()
+        self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / config.grad_accum))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
+            config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch),
+            config.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.net = self._wrap(trainable)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
+        self.stopped = False
+
+    # -- the loop --
+
+    def fit(self, *, resume: bool = False) -> Path | None:
+        config, main = self.config, self.info.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+        if resume:
+            self._restore()
+        barrier(self.info)
+        writer = _tensorboard(self.run_dir / "tb") if (main and config.tensorboard) else None
+        for epoch in range(self.start_epoch, config.epochs):
+            if self.stopped:
+                break
+            generator = seed_epoch(config.seed, epoch, self.info.rank)
+            started = time.perf_counter()
+            train_loss, seen = self._train_epoch(epoch, generator)
+            elapsed = time.perf_counter() - started
+            val = self._validate()
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["val_loss"],
+                   **{f"val_{k}": v for k, v in val["metrics"].items()},
+                   "lr": self.optimizer.param_groups[0]["lr"],
+                   "images_per_s": sum_scalar(seen, self.info) / max(elapsed, 1e-9)}
+            self._end_epoch(epoch, row, val)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None and np.isfinite(value):
+                        writer.add_scalar(key, value, epoch)
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                       if k != "epoch" and v is not None))
+        if writer is not None:
+            writer.close()
+        barrier(self.info)
+        if not main:
+            return None
+        best = self.run_dir / "best"
+        self._calibrate(best)
+        return best
+
+    def _train_epoch(self, epoch: int, generator: torch.Generator) -> tuple[float, int]:
+        self.net.train()
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        accum, limit = self.config.grad_accum, self._batches_per_epoch()
+        total, count, seen = 0.0, 0, 0
+        bar = tqdm(_take(self.train_loader, limit), total=limit, desc=f"epoch {epoch}", unit="batch",
+                   disable=not (self.config.progress and self.info.is_main), leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            last_micro = (i + 1) % accum == 0 or i + 1 == limit
+            sync = self.net.no_sync() if (self.info.enabled and not last_micro) else nullcontext()
+            with sync:
+                loss, n = self._loss(batch, generator)
+                self.scaler.scale(loss / accum).backward()
+            if last_micro:
+                self._step()
+            total, count, seen = total + float(loss.detach()), count + 1, seen + n
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return sum_scalar(total, self.info) / max(sum_scalar(count, self.info), 1.0), seen
+
+    def _step(self) -> None:
+        if self.config.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                     self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _loss(self, batch: Any, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+        """Loss of one batch (augmented when a generator is given), and how many slices it held."""
+        if self.mode == "slice":
+            x, y = batch[0].to(self.device, non_blocking=True).float(), batch[1].to(self.device)
+            if self.augment is not None and generator is not None:
+                x = augment_batch(x, self.augment, generator, self.spec.input_kind)
+            with self._autocast():
+                logits = self.net(x)
+            return self.criterion(logits.float(), y), x.shape[0]
+        x, y_slices, y_series, mask = (t.to(self.device, non_blocking=True) for t in batch[:4])
+        if self.mode == "series":
+            x = x.float()
+            if self.augment is not None and generator is not None:
+                x = augment_batch(x, self.augment, generator, self.spec.input_kind)
+        with self._autocast():
+            slice_logits, series_logits = self.net(x, mask)
+        loss = self.config.slice_loss_weight * self.criterion(slice_logits.float()[mask], y_slices[mask])
+        loss = loss + self.config.series_loss_weight * self.criterion(series_logits.float(), y_series)
+        return loss, int(mask.sum())
+
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy."""
+        if self.task.kind == "multiclass":
+            return F.cross_entropy(logits, targets.long(), label_smoothing=self.smoothing)
+        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+        return (bce * self.loss_weights).sum(-1).mean() / self.loss_weights.sum()
+
+    # -- validation --
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, Any]:
+        """Loss and metrics on the validation split (sharded over ranks, gathered, de-duplicated)."""
+        from headct.metrics import classification_metrics
+
+        self.net.eval()
+        logits, targets, rows, loss_sum, batches = [], [], [], 0.0, 0
+        for batch in _take(self.val_loader, self._val_batches()):
+            loss, _ = self._loss(batch, None)
+            loss_sum, batches = loss_sum + float(loss), batches + 1
+            out, y, r = self._slice_outputs(batch)
+            logits.append(out), targets.append(y), rows.append(r)
+        parts = gather_objects((logits, targets, rows), self.info)
+        logits = torch.cat([t for p in parts for t in p[0]]).numpy()
+        targets = torch.cat([t for p in parts for t in p[1]]).numpy()
+        rows = torch.cat([t for p in parts for t in p[2]]).numpy()
+        _, first = np.unique(rows, return_index=True)  # the DistributedSampler pads with repeats
+        logits, targets = logits[first], targets[first]
+        val_loss = sum_scalar(loss_sum, self.info) / max(sum_scalar(batches, self.info), 1.0)
+        prob = _probabilities(logits, self.task.kind)
+        metrics = classification_metrics(targets, prob, labels=list(self.task.labels), kind=self.task.kind)
+        keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece")
+        return {"val_loss": val_loss, "metrics": {k: metrics.get(k) for k in keep if k in metrics},
+                "all": metrics}
+
+    def _slice_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-slice logits, targets and cache rows of one validation batch (on the CPU)."""
+        if self.mode == "slice":
+            x = batch[0].to(self.device).float()
+            with self._autocast():
+                out = self.net(x)
+            return out.float().cpu(), batch[1].cpu(), batch[2].cpu()
+        x, y_slices, _, mask, rows = batch[:5]
+        x, mask = x.to(self.device), mask.to(self.device)
+        with self._autocast():
+            slice_logits, _ = self.net(x.float() if self.mode == "series" else x, mask)
+        mask = mask.cpu()
+        return slice_logits.float().cpu()[mask], y_slices[mask], rows[mask]
+
+    # -- bookkeeping --
+
+    def _end_epoch(self, epoch: int, row: dict[str, float], val: dict[str, Any]) -> None:
+        score = monitored_score(self.config.monitor, row, val)
+        improved = self.best_score is None or (score is not None and score > self.best_score)
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.config.patience > 0 and self.bad_epochs >= self.config.patience
+        self.history.append(row)
+        if self.info.is_main:
+            fields = self._checkpoint_fields(epoch)
+            from headct.checkpoint import save_checkpoint
+
+            save_checkpoint(self.model, self.run_dir / "last", **fields)
+            if improved:
+                save_checkpoint(self.model, self.run_dir / "best", **fields)
+            write_history(self.run_dir / METRICS_FILE, self.history)
+            save_train_state(self.run_dir, {
+                "epoch": epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
+                "history": self.history,
+            })
+        if self.stopped:
+            log.info("early stop after epoch %d: %s did not improve for %d epochs",
+                     epoch, self.config.monitor, self.bad_epochs)
+        barrier(self.info)
+
+    def _restore(self) -> None:
+        state = load_train_state(self.run_dir)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_score, self.best_epoch = state["best_score"], int(state["best_epoch"])
+        self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
+        self.history = list(state["history"])
+        log.info("resuming %s after epoch %d", self.run_dir, self.start_epoch - 1)
+
+    def _checkpoint_fields(self, epoch: int) -> dict[str, Any]:
+        return {
+            "size": self.cache.size, "task": self.task.name, "labels": list(self.task.labels),
+            "label_kind": self.task.kind, "training": self.training_summary(epoch),
+        }
+
+    def training_summary(self, epoch: int) -> dict[str, Any]:
+        """What the checkpoint was trained on and how (no paths: the cache is named by hashes)."""
+        meta_file = self.cache.path / "meta.json"
+        split = self.cache.meta.get("split", {})
+        hidden = {"data", "out", "encoder_checkpoint"}
+        return {
+            "cache": {"path_sha256": _sha256(str(self.cache.path.resolve()).encode()),
+                      "meta_sha256": _sha256(meta_file.read_bytes()), "kind": self.cache.kind,
+                      "size": self.cache.size, "source_format": self.cache.meta.get("source_format")},
+            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test")},
+            "task": self.task.name, "labels": list(self.task.labels),
+            "slices": {"train": len(self.train_data), "val": len(self.val_data)},
+            "mode": self.mode, "epoch": epoch, "best_epoch": self.best_epoch,
+            "monitor": self.config.monitor, "best_score": self.best_score,
+            "world_size": self.info.world_size, "amp": self.amp or "off",
+            "config": {k: v for k, v in self.config.to_dict().items() if k not in hidden},
+        }
+
+    def _calibrate(self, best: Path) -> None:
+        """Fit the temperature and sweep thresholds on validation with the best weights; store both."""
+        from headct.checkpoint import load_checkpoint, update_checkpoint_config
+        from headct.evaluate import fit_calibration, predict_split
+
+        model, stored = load_checkpoint(best, map_location=self.device)
+        val = predict_split(model, self.cache, self.task, "val", batch_size=self.config.batch_size,
+                            device=self.device, amp=self.amp, progress=self.config.progress)
+        training = dict(stored.get("training") or {}, epochs_run=len(self.history))
+        if len(val.rows) == 0:
+            log.warning("no validation slices: thresholds 0.5 and temperature 1 are kept")
+            update_checkpoint_config(best, training=training)
+            return
+        thresholds, temperature = fit_calibration(val, self.task)
+        update_checkpoint_config(best, thresholds=thresholds, temperature=temperature, training=training)
+        log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
+                 {k: round(v, 3) for k, v in thresholds.items()})
+
+    # -- set-up helpers --
+
+    def _datasets(self) -> tuple[Dataset, Dataset, Any]:
+        from headct.data.datasets import SeriesDataset, SliceDataset, collate_series
+
+        if self.mode == "slice":
+            make = lambda split: SliceDataset(self.cache, split, self.task, context=self.spec.context)  # noqa: E731
+            return make("train"), make("val"), None
+        make = lambda split: SeriesDataset(self.cache, split, self.task, max_slices=self.config.max_slices)  # noqa: E731
+        train_data, val_data = make("train"), make("val")
+        if self.mode == "embeddings":
+            train_data = EmbeddingDataset.from_series(self.model, train_data, self.device, self.info)
+            val_data = EmbeddingDataset.from_series(self.model, val_data, self.device, self.info)
+        return train_data, val_data, collate_series
+
+    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+        config, info = self.config, self.info
+        train_sampler = DistributedSampler(self.train_data, num_replicas=info.world_size, rank=info.rank,
+                                           shuffle=True, seed=config.seed,
+                                           drop_last=len(self.train_data) >= info.world_size)
+        val_sampler = DistributedSampler(self.val_data, num_replicas=info.world_size, rank=info.rank,
+                                         shuffle=False)
+        common = {"num_workers": config.workers, "collate_fn": self.collate,
+                  "pin_memory": self.device.type == "cuda"}
+        per_rank = len(train_sampler)
+        train = DataLoader(self.train_data, batch_size=config.batch_size, sampler=train_sampler,
+                           drop_last=per_rank > config.batch_size, **common)
+        val = DataLoader(self.val_data, batch_size=config.batch_size, sampler=val_sampler, **common)
+        return train, val
+
+    def _batches_per_epoch(self) -> int:
+        n = len(self.train_loader)
+        if self.config.max_steps_per_epoch is not None:
+            n = min(n, self.config.max_steps_per_epoch * self.config.grad_accum)
+        return max(n, 1)
+
+    def _val_batches(self) -> int:
+        n = len(self.val_loader)
+        return n if self.config.max_val_batches is None else min(n, self.config.max_val_batches)
+
+    def _wrap(self, trainable: list[nn.Parameter]) -> nn.Module:
+        net: nn.Module = self.model if self.mode == "slice" else _SeriesForward(self.model, self.mode)
+        if not self.info.enabled:
+            return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def _autocast(self):
+        if self.amp is None:
+            return nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+# --- pieces the trainer uses ---------------------------------------------------------------
+
+def resolve_amp(amp: str, device: torch.device) -> str | None:
+    """``auto``: bf16 on a CUDA device that supports it, else off. ``off`` → None."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        log.warning("fp16 autocast on %s is slow or unsupported; consider --amp bf16 or off", device.type)
+    return amp
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warm-up to 1, then cosine down to ``min_ratio``."""
+    total_steps, warmup_steps = max(total_steps, 1), max(min(warmup_steps, total_steps), 0)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def monitored_score(monitor: str, row: dict[str, float], val: dict[str, Any]) -> float | None:
+    """The early-stopping score, higher is better (losses and ECE are negated).
+
+    An undefined metric (AUROC with one class in validation) falls back to the
+    negated validation loss, with a warning, so the run still keeps a best.
+    """
+    name = monitor.removeprefix("val_")
+    value = row.get("val_loss") if name == "loss" else val["all"].get(name)
+    if value is None or not np.isfinite(value):
+        log.warning("%s is undefined on this validation set; monitoring val_loss instead", monitor)
+        return -float(row["val_loss"])
+    return -float(value) if name in LOWER_IS_BETTER else float(value)
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.csv``: one row per epoch, columns in first-seen order, written atomically."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+class EmbeddingDataset(Dataset):
+    """Two-stage series training: slice embeddings from the frozen encoder, computed once.
+
+    Items look like ``SeriesDataset``'s, with ``[S, d]`` embeddings in place of
+    ``[S, H, W]`` pixels, so ``collate_series`` pads them the same way.
+    """
+
+    def __init__(self, items: list[tuple]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.items[i]
+
+    @classmethod
+    @torch.no_grad()
+    def from_series(cls, model: nn.Module, series: Dataset, device: torch.device, info: DistInfo) -> EmbeddingDataset:
+        model.encoder.requires_grad_(False)
+        model.encoder.eval()
+        items = []
+        for i in tqdm(range(len(series)), desc="embedding slices", unit="series",
+                      disable=not info.is_main, leave=False):
+            x, *rest = series[i]
+            pixels = torch.as_tensor(x, device=device).float()[None]
+            items.append((model.encode_slices(pixels, None)[0].cpu(), *rest))
+        return cls(items)
+
+
+class _SeriesForward(nn.Module):
+    """``forward(x, mask)`` → ``(slice_logits, series_logits)``, so DDP sees the series path.
+
+    Mode "series" runs the model end to end; "embeddings" runs the RNN and heads only.
+    """
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.model, self.mode = model, mode
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "embeddings":
+            return self.model.forward_embeddings(x, mask)
+        return self.model.forward_series(x, mask)
+
+
+def _mode(level: str, encoder_checkpoint: str | None) -> str:
+    if level == "slice":
+        if encoder_checkpoint:
+            raise ValueError("encoder_checkpoint is for series-level models (study-seq)")
+        return "slice"
+    return "embeddings" if encoder_checkpoint else "series"
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm weights (1-D parameters), as usual for AdamW."""
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else plain).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
+    t = torch.from_numpy(logits).double()
+    return (torch.sigmoid(t) if kind == "multilabel" else torch.softmax(t, dim=-1)).numpy()
+
+
+def _take(loader: DataLoader, limit: int) -> Iterator[Any]:
+    for i, batch in enumerate(loader):
+        if i >= limit:
+            return
+        yield batch
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: TensorBoard is not a dependency
+        return None
+    return SummaryWriter(str(path))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+__all__ = ["STATE_FILE", "TrainConfig", "Trainer", "train", "train_command"]
