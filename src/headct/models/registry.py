@@ -1,0 +1,95 @@
+"""The model registry: one name → one builder, and the spec every model carries.
+
+Each architecture lives in its own file and registers its builders with
+``@register_model(name)``; ``build_model(name, num_classes, **kw)`` is the one
+factory the trainer, the checkpoint loader and the benchmarks call. The
+``ModelSpec`` a built model carries (``model.spec``) records everything needed
+to rebuild it and to feed it: name, full keyword arguments, input kind, windows,
+slice context, level, normalisation and Grad-CAM target layers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+# Arguments that say where initial weights come from, not what the model is:
+# they are not recorded in the spec, so a checkpoint rebuilds without them.
+TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_checkpoint"})
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+@dataclass
+class ModelSpec:
+    """What a model is and what it expects as input (JSON-serialisable)."""
+
+    name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 0
+    input_kind: str = "hu"  # "hu" (Hounsfield units) | "uint8" (0..255 grey)
+    windows: list[Any] | None = None  # window names or [center, width]; None for uint8
+    context: int = 0  # neighbours on each side: the model reads 2*context+1 slices
+    level: str = "slice"  # "slice" | "series"
+    mean: list[float] = field(default_factory=list)  # per window channel
+    std: list[float] = field(default_factory=list)
+    target_layers: list[str] = field(default_factory=list)  # Grad-CAM defaults
+    target_layout: str = "nchw"  # "nhwc" for Swin stages (Grad-CAM needs a reshape)
+
+    @property
+    def slices(self) -> int:
+        """Slices per input stack (K in ``x [B, K, H, W]``) for slice-level models."""
+        return 2 * self.context + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder(num_classes, **kw) -> nn.Module`` under ``name``."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a registered model; ``num_classes=0`` gives the headless encoder (features out).
+
+    ``model.spec.kwargs`` holds every builder argument with its default filled
+    in (minus the transient ``pretrained``), so the spec alone rebuilds it.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    builder = _BUILDERS[name]
+    try:
+        bound = inspect.signature(builder).bind(num_classes, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"model {name!r}: {err}") from None
+    bound.apply_defaults()
+    model = builder(*bound.args, **bound.kwargs)
+    recorded = {k: v for k, v in bound.arguments.items() if k != "num_classes" and k not in TRANSIENT_KWARGS}
+    recorded.update(model.spec.kwargs)  # a builder may resolve a transient argument into real ones
+    model.spec = replace(model.spec, name=name, kwargs=_json_safe(name, recorded), num_classes=int(num_classes))
+    return model
+
+
+def _json_safe(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(kwargs))
+    except TypeError as err:
+        raise ValueError(f"model {name!r}: arguments must be JSON values ({err})") from None

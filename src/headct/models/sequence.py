@@ -1,0 +1,179 @@
+"""``study-seq``: a 2-D slice encoder, then a bidirectional RNN over every slice of a series.
+
+The RSNA 2019 winners' "wider context": each slice is embedded by a 2-D model
+(any registered slice-level model, built headless), the embeddings of the whole
+series run through a BiGRU (or BiLSTM) with a padding mask, and the RNN outputs
+give per-slice logits ``[B, S, n]`` and, pooled over the real slices (masked max
+or attention), a series logit ``[B, n]``.
+
+Two ways to train it:
+
+- end to end: ``forward_series(x, mask)``; gradients reach the encoder;
+- two-stage, as the winners did: ``encode_slices(x, mask)`` once with a trained
+  2-D model (``encoder_checkpoint=DIR`` loads one), store the embeddings, then
+  train the RNN on ``forward_embeddings(emb, mask)``.
+
+A mask is ``[B, S]`` bool, True on real slices; real slices come first (the
+padding that ``collate_series`` adds sits at the end of each row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from headct.models.registry import ModelSpec, build_model, register_model
+
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+POOLINGS = ("max", "attention")
+
+
+@register_model("study-seq")
+def study_seq(
+    num_classes: int,
+    *,
+    encoder: str = "effnet-2d",
+    encoder_kwargs: dict[str, Any] | None = None,
+    encoder_checkpoint: str | None = None,
+    pretrained: bool | str = False,
+    rnn: str = "gru",
+    hidden: int = 256,
+    layers: int = 2,
+    rnn_dropout: float = 0.0,
+    pooling: str = "max",
+) -> nn.Module:
+    """2-D encoder per slice → bidirectional RNN over the series → slice and series logits.
+
+    ``encoder_checkpoint`` (a headct checkpoint of a slice-level model) sets the
+    encoder and its weights; the spec then records that encoder's name and
+    arguments, so the saved study model rebuilds without the file.
+    """
+    extra: dict[str, Any] = {}
+    if encoder_checkpoint is not None:
+        from headct.checkpoint import load_checkpoint  # the checkpoint module imports this package
+
+        trained, config = load_checkpoint(encoder_checkpoint)
+        encoder, encoder_kwargs = config["model"]["name"], config["model"]["kwargs"]
+        slice_encoder = build_model(encoder, num_classes=0, **encoder_kwargs)
+        state = {k: v for k, v in trained.state_dict().items() if not k.startswith("head.")}
+        slice_encoder.load_state_dict(state, strict=True)
+        extra = {"encoder": encoder, "encoder_kwargs": encoder_kwargs}
+    else:
+        kwargs = dict(encoder_kwargs or {})
+        if pretrained:
+            kwargs["pretrained"] = pretrained
+        slice_encoder = build_model(encoder, num_classes=0, **kwargs)
+    model = StudySequence(slice_encoder, num_classes, rnn=rnn, hidden=hidden, layers=layers, rnn_dropout=rnn_dropout, pooling=pooling)
+    model.spec.kwargs = extra
+    return model
+
+
+class StudySequence(nn.Module):
+    """Headless slice encoder → BiRNN over slices → per-slice and series logits."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        *,
+        rnn: str = "gru",
+        hidden: int = 256,
+        layers: int = 2,
+        rnn_dropout: float = 0.0,
+        pooling: str = "max",
+    ) -> None:
+        super().__init__()
+        if rnn not in RNNS:
+            raise ValueError(f"rnn must be one of {tuple(RNNS)}, got {rnn!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if encoder.spec.level != "slice":
+            raise ValueError(f"study-seq needs a slice-level encoder, got {encoder.spec.name!r}")
+        self.encoder = encoder
+        self.context = encoder.spec.context
+        self.rnn = RNNS[rnn](
+            encoder.num_features, hidden, num_layers=layers, batch_first=True, bidirectional=True,
+            dropout=rnn_dropout if layers > 1 else 0.0,
+        )
+        self.pooling = pooling
+        width = 2 * hidden
+        self.attention = nn.Linear(width, 1) if pooling == "attention" else None
+        self.slice_head = nn.Linear(width, num_classes)
+        self.series_head = nn.Linear(width, num_classes)
+        inner = encoder.spec
+        self.spec = ModelSpec(
+            input_kind=inner.input_kind, windows=inner.windows, context=0, level="series", mean=inner.mean,
+            std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
+            target_layout=inner.target_layout,
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-slice logits ``[B, S, n]`` for raw series ``x [B, S, H, W]``."""
+        return self.forward_series(x, mask)[0]
+
+    def forward_series(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(slice_logits [B, S, n], series_logits [B, n])``; padded slices are never encoded."""
+        return self.forward_embeddings(self.encode_slices(x, mask), mask)
+
+    def encode_slices(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Slice embeddings ``[B, S, d]`` (zeros at padded slices)."""
+        if x.dim() != 4:
+            raise ValueError(f"study-seq expects raw series [B, S, H, W], got shape {tuple(x.shape)}")
+        batch, slices = x.shape[:2]
+        mask = _check_mask(mask, batch, slices, x.device)
+        stacks = _neighbour_stacks(x, mask.sum(1), self.context)  # [B, S, K, H, W]
+        features = self.encoder.encode(stacks[mask])  # only the real slices: [N, d]
+        embeddings = features.new_zeros(batch, slices, features.shape[-1])
+        embeddings[mask] = features
+        return embeddings
+
+    def forward_embeddings(
+        self, embeddings: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RNN and heads on slice embeddings ``[B, S, d]``: ``(slice_logits, series_logits)``."""
+        batch, slices = embeddings.shape[:2]
+        mask = _check_mask(mask, batch, slices, embeddings.device)
+        lengths = mask.sum(1)
+        if bool((lengths == slices).all()):
+            outputs, _ = self.rnn(embeddings)
+        else:  # packed, so the backward direction starts at each series' own last slice
+            packed = pack_padded_sequence(embeddings, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=slices)
+        return self.slice_head(outputs), self.series_head(self._pool(outputs, mask))
+
+    def _pool(self, outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.unsqueeze(-1)
+        if self.attention is None:
+            return outputs.masked_fill(~keep, float("-inf")).amax(dim=1)
+        scores = self.attention(outputs).masked_fill(~keep, float("-inf"))
+        return (torch.softmax(scores, dim=1) * outputs).sum(dim=1)
+
+
+def _check_mask(mask: torch.Tensor | None, batch: int, slices: int, device: torch.device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(batch, slices, dtype=torch.bool, device=device)
+    mask = mask.to(device=device, dtype=torch.bool)
+    if mask.shape != (batch, slices):
+        raise ValueError(f"mask must be [B, S] = [{batch}, {slices}], got {tuple(mask.shape)}")
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        raise ValueError("every series in the batch needs at least one real slice")
+    prefix = torch.arange(slices, device=device)[None, :] < lengths[:, None]
+    if not torch.equal(prefix, mask):
+        raise ValueError("mask must mark real slices first and padding last in each row")
+    return mask
+
+
+def _neighbour_stacks(x: torch.Tensor, lengths: torch.Tensor, context: int) -> torch.Tensor:
+    """``[B, S, 2*context+1, H, W]``: each slice with its neighbours, clamped to the real slices."""
+    if context == 0:
+        return x.unsqueeze(2)
+    slices = x.shape[1]
+    offsets = torch.arange(-context, context + 1, device=x.device)
+    index = torch.arange(slices, device=x.device)[:, None] + offsets[None, :]  # [S, K]
+    index = torch.minimum(index.clamp(min=0)[None], (lengths - 1)[:, None, None])  # [B, S, K]
+    rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x[rows, index]
