@@ -40,7 +40,10 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 def _add_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="DICOM folder, PNG class folders, CSV file or NIfTI folder")
-    p.add_argument("--format", required=True, choices=["dicom", "rsna", "png-folders", "csv", "nifti"])
+    p.add_argument("--format", required=True, choices=["dicom", "rsna", "png-folders", "csv", "nifti"],
+                   help="rsna: DICOM tree + ID_<uid>_<subtype> label CSV; dicom: DICOM tree, no labels; "
+                        "png-folders: one folder per class; csv: CSV of image paths and labels (INPUT is the CSV); "
+                        "nifti: NIfTI volumes + per-slice label CSV (CT-ICH layout)")
     p.add_argument("--labels", help="label CSV (rsna, nifti; optional for dicom)")
     p.add_argument("--out", required=True, help="cache directory")
     p.add_argument("--size", type=int, default=256, help="resample every slice to SIZE x SIZE")
@@ -50,6 +53,13 @@ def _add_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=0, help="also assign k folds (0: none)")
     p.add_argument("--class-map", default=None,
                    help="png-folders: folder=class pairs, e.g. 'normal=non-stroke,bleed=hemorrhagic'")
+    p.add_argument("--path-column", default=None, help="csv: image path column (default: path, image, file, ...)")
+    p.add_argument("--patient-column", default=None,
+                   help="csv/nifti: patient column, hashed before storing (default: patient, PatientNumber, ...)")
+    p.add_argument("--study-column", default=None, help="csv: study column (default: study, study_id, ...)")
+    p.add_argument("--slice-column", default=None,
+                   help="csv/nifti: slice order/number column (default: slice, SliceNumber, ...)")
+    p.add_argument("--label-columns", default=None, help="csv/nifti: label columns a,b,c (default: all others)")
 
 
 def _run_prepare(args: argparse.Namespace) -> int:

@@ -1,0 +1,141 @@
+"""Torch datasets over a prepared cache: single slices (2-D / 2.5-D) and whole series.
+
+Every item holds raw values as float32 (HU, or 0..255 grey); the model's own
+windowing layer does the rest. Reads are views of memory-mapped shards, so an
+item costs one small copy and no file opens beyond the first touch of a shard.
+
+- :class:`SliceDataset`: ``(x [K, H, W], y, row)`` with K = 2*context+1
+  neighbours centred on the slice (edges repeat the end slice); y is float32
+  ``[n]`` for multi-label tasks, an int64 class for multi-class ones. Rows the
+  task cannot use (unknown labels, excluded classes) are left out.
+- :class:`SeriesDataset`: ``(x [S, H, W], y_slices [S, n], y_series [n], rows [S])``
+  for whole-series models; :func:`collate_series` pads a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from headct.data.cache import Cache
+from headct.tasks import Task
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SliceDataset(Dataset):
+    """Slices of one split as ``(x [K, H, W] float32, y, row)``; see the module docstring.
+
+    ``augment``, when given, maps the float32 tensor ``x`` to a new one of the same shape.
+    """
+
+    def __init__(self, cache: Cache, split: str | None, task: Task, context: int = 0,
+                 augment: Augment | None = None) -> None:
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
+        self.cache, self.task, self.context, self.augment = cache, task, int(context), augment
+        targets, keep = task.targets(cache.label_matrix)
+        rows = cache.rows(split)
+        self.rows = rows[keep[rows]]
+        self.targets = targets
+        index = cache.index
+        self._shard = index["shard"]
+        self._offset = index["offset"]
+        self._length = {str(shard): len(cache.series_rows(str(shard))) for shard in np.unique(self._shard[self.rows])}
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        row = int(self.rows[item])
+        shard = str(self._shard[row])
+        offset = int(self._offset[row])
+        series = self.cache.series_slices(shard)
+        if self.context:
+            last = self._length[shard] - 1
+            positions = np.clip(np.arange(offset - self.context, offset + self.context + 1), 0, last)
+            x = torch.from_numpy(series[positions].astype(np.float32))
+        else:
+            x = torch.from_numpy(series[offset:offset + 1].astype(np.float32))
+        if self.augment is not None:
+            x = self.augment(x)
+        return x, torch.as_tensor(self.targets[row]), row
+
+    def labels(self) -> np.ndarray:
+        """Targets of every item, in item order (for samplers and class weights)."""
+        return self.targets[self.rows]
+
+
+class SeriesDataset(Dataset):
+    """Whole series of one split as ``(x [S, H, W], y_slices [S, n], y_series [n], rows [S])``.
+
+    ``y_slices`` holds the task's targets per slice (one-hot for multi-class
+    tasks) and -1 on slices the task cannot use, so a loss can mask them.
+    ``y_series`` is the maximum over usable slices for multi-label tasks; for
+    multi-class tasks it is the most frequent class other than the first
+    (stroke beats non-stroke, hemorrhagic beats ischemic on a tie) among usable
+    slices, else the first class. ``max_slices`` keeps that many evenly
+    spaced slices of longer series.
+    """
+
+    def __init__(self, cache: Cache, split: str | None, task: Task, max_slices: int | None = None) -> None:
+        self.cache, self.task, self.max_slices = cache, task, max_slices
+        targets, keep = task.targets(cache.label_matrix)
+        n = task.num_outputs
+        if task.kind == "multiclass":
+            dense = np.eye(n, dtype=np.float32)[targets]
+        else:
+            dense = targets.astype(np.float32)
+        dense[~keep] = -1.0
+        self.slice_targets = dense
+        self.keep = keep
+        rows = cache.rows(split)
+        shards = list(dict.fromkeys(cache.index["shard"][rows].tolist()))
+        self.series = [(shard, cache.series_rows(shard)) for shard in shards
+                       if keep[cache.series_rows(shard)].any()]
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        shard, rows = self.series[item]
+        positions = np.arange(len(rows))
+        if self.max_slices is not None and len(rows) > self.max_slices:
+            positions = np.unique(np.round(np.linspace(0, len(rows) - 1, self.max_slices)).astype(np.int64))
+        rows = rows[positions]
+        x = torch.from_numpy(self.cache.series_slices(shard)[positions].astype(np.float32))
+        y_slices = self.slice_targets[rows]
+        return x, torch.from_numpy(y_slices), torch.from_numpy(self._series_target(rows)), torch.from_numpy(rows)
+
+    def _series_target(self, rows: np.ndarray) -> np.ndarray:
+        usable = self.slice_targets[rows][self.keep[rows]]
+        n = self.task.num_outputs
+        if self.task.kind == "multilabel":
+            return usable.max(axis=0) if len(usable) else np.zeros(n, np.float32)
+        counts = usable.sum(axis=0)
+        target = np.zeros(n, dtype=np.float32)
+        target[int(np.argmax(counts[1:])) + 1 if counts[1:].max(initial=0) > 0 else 0] = 1.0
+        return target
+
+
+def collate_series(batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad series to the longest: ``(x [B, S, H, W], y_slices [B, S, n], y_series [B, n], rows [B, S], mask [B, S])``.
+
+    Padding is at the end of each row: x 0, y_slices -1, rows -1, mask False.
+    """
+    longest = max(item[0].shape[0] for item in batch)
+    height, width = batch[0][0].shape[1:]
+    n = batch[0][2].shape[0]
+    b = len(batch)
+    x = torch.zeros(b, longest, height, width, dtype=torch.float32)
+    y_slices = torch.full((b, longest, n), -1.0)
+    rows = torch.full((b, longest), -1, dtype=torch.int64)
+    mask = torch.zeros(b, longest, dtype=torch.bool)
+    for i, (xi, yi, _, ri) in enumerate(batch):
+        s = xi.shape[0]
+        x[i, :s], y_slices[i, :s], rows[i, :s], mask[i, :s] = xi, yi, ri, True
+    return x, y_slices, torch.stack([item[2] for item in batch]), rows, mask

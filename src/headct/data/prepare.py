@@ -1,0 +1,462 @@
+"""``headct prepare``: read a dataset once into a resampled, memory-mapped cache with a split.
+
+Steps: plan the input (per format: which files form which series, their
+labels), read and resample each series in a process pool and write it as a
+shard, then write the index with a patient/study/image split and meta.json.
+
+Resumable: a shard whose sidecar exists and matches its job is not read
+again, so a build killed at any point (even SIGKILL) finishes on the next run
+with every slice exactly once. Unusable files are listed with their reason
+and the build goes on; it fails only when nothing usable was read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from headct import __version__
+from headct.data.cache import (
+    FORMAT_VERSION,
+    INDEX_COLUMNS,
+    read_record,
+    remove_stale_temporaries,
+    write_index,
+    write_meta,
+    write_shard,
+)
+from headct.data.dicom_series import ScannedFile, scan_headers
+from headct.data.plan import Plan, SeriesJob, report_examples
+from headct.data.resample import resample_masks, resample_slices
+from headct.data.splits import SplitConfig, choose_groups, parse_fractions, split_studies
+from headct.data.tabular import TableColumns
+from headct.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("dicom", "rsna", "png-folders", "csv", "nifti")
+_SCAN_CHUNK = 256  # DICOM headers per scan task
+
+
+@dataclass
+class PrepareConfig:
+    """Everything ``headct prepare`` needs; the CLI fills it from its flags."""
+
+    input: str
+    format: str
+    out: str
+    labels: str | None = None
+    size: int = 256
+    workers: int = 1
+    split: SplitConfig = field(default_factory=SplitConfig)
+    class_map: str | None = None
+    columns: TableColumns = field(default_factory=TableColumns)
+
+
+@dataclass
+class PrepareResult:
+    """What a build made: counts, what it skipped, the split, where the cache is."""
+
+    cache: Path
+    studies: int
+    series: int
+    slices: int
+    skipped: list[dict[str, str]]
+    split: dict[str, Any]
+    reused: int
+    notes: dict[str, Any]
+
+
+def prepare(config: PrepareConfig) -> PrepareResult:
+    """Build (or finish) the cache at ``config.out``; see the module docstring."""
+    if config.format not in FORMATS:
+        raise ValueError(f"unknown format {config.format!r}; one of {', '.join(FORMATS)}")
+    if config.size < 8:
+        raise ValueError(f"--size must be at least 8, got {config.size}")
+    start = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # unfinished until written again
+    remove_stale_temporaries(out)
+
+    with _Pool(config.workers) as pool:
+        plan = make_plan(config, pool)
+        clash = set(plan.label_names) & set(INDEX_COLUMNS)
+        if clash:
+            raise InputError(config.labels or config.input, f"label columns {sorted(clash)} clash with index columns")
+        records, reused = _build_all(plan.jobs, out, config.size, pool)
+    _remove_orphans(out, {job.key for job in plan.jobs})
+
+    columns, skipped, notes = _index_columns(plan, records)
+    skipped = plan.skipped + skipped
+    notes = {**plan.notes, **notes}
+    split_meta = _assign_split(columns, plan, config.split)
+    studies = len(set(columns["study"]))
+    summary = {
+        "studies": studies, "series": sum(1 for r in records if r["slices"]), "slices": len(columns["row"]),
+        "skipped": skipped, "reused_series": reused, "seconds": round(time.perf_counter() - start, 2), **notes,
+    }
+    write_index(out, columns, plan.label_names)
+    write_meta(out, {
+        "format_version": FORMAT_VERSION, "headct_version": __version__, "source_format": plan.source_format,
+        "kind": plan.kind, "size": config.size, "labels": plan.label_names, "split": split_meta,
+        "summary": summary, "has_masks": any(r.get("has_mask") for r in records),
+    })
+    if skipped:
+        log.warning("%d files skipped: %s", len(skipped),
+                    report_examples([f"{s['file']} ({s['reason']})" for s in skipped]))
+    return PrepareResult(cache=out, studies=studies, series=summary["series"], slices=summary["slices"],
+                         skipped=skipped, split=split_meta, reused=reused, notes=notes)
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    """CLI entry: build the cache, print the summary; exit 1 when nothing usable was read."""
+    columns = TableColumns(
+        path=getattr(args, "path_column", None), patient=getattr(args, "patient_column", None),
+        study=getattr(args, "study_column", None), slice=getattr(args, "slice_column", None),
+        labels=[c.strip() for c in args.label_columns.split(",") if c.strip()]
+        if getattr(args, "label_columns", None) else None,
+    )
+    try:
+        config = PrepareConfig(
+            input=args.input, format=args.format, out=args.out, labels=args.labels, size=args.size,
+            workers=args.workers, class_map=args.class_map, columns=columns,
+            split=SplitConfig(seed=args.seed, fractions=parse_fractions(args.fractions), folds=args.folds),
+        )
+        result = prepare(config)
+    except (InputError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    print(format_summary(result))
+    return 0 if result.slices else 1
+
+
+def format_summary(result: PrepareResult) -> str:
+    """The closing lines of ``headct prepare``."""
+    split = result.split
+    reasons: dict[str, int] = {}
+    for item in result.skipped:
+        reason = item["reason"].split(" (")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    lines = [
+        f"{result.studies} studies, {result.series} series, {result.slices} slices"
+        + (f" ({result.reused} series reused from an earlier run)" if result.reused else ""),
+        f"skipped {len(result.skipped)} files"
+        + (": " + "; ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])) if reasons else ""),
+    ]
+    for key, what in (("unlabeled_slices", "slices without a label row (labels unknown)"),
+                      ("labels_without_images", "label rows without an image")):
+        if result.notes.get(key):
+            lines.append(f"{result.notes[key]} {what}")
+    lines.append(f"split by {split['how']} (seed {split['seed']}): train {split['n_train']}, "
+                 f"val {split['n_val']}, test {split['n_test']} studies")
+    lines.append(f"cache: {result.cache}")
+    return "\n".join(lines)
+
+
+def make_plan(config: PrepareConfig, pool: _Pool | None = None) -> Plan:
+    """Turn the input into series jobs for its format (DICOM headers read through ``pool``)."""
+    from headct.data import nifti_labels, rsna, stroke, tabular
+
+    source = Path(config.input)
+    labels = Path(config.labels) if config.labels else None
+    if config.format in ("rsna", "dicom"):
+        if config.format == "rsna" and labels is None:
+            labels = rsna.find_label_csv(source)
+            if labels is None:
+                raise InputError(source, "rsna needs --labels CSV (no single *.csv found in the input folder)")
+        return rsna.plan_dicom(source, labels, (pool or _Pool(1)).scan, source_format=config.format)
+    if config.format == "png-folders":
+        return stroke.plan_png_folders(source, stroke.parse_class_map(config.class_map))
+    if config.format == "csv":
+        return tabular.plan_csv(source if source.is_file() or labels is None else labels, config.columns)
+    return nifti_labels.plan_nifti(source, labels, config.columns)
+
+
+# --- the worker: one series → one shard ----------------------------------------
+
+def build_series(job: SeriesJob, cache_dir: str, size: int) -> dict[str, Any]:
+    """Read, resample and write one series; returns its sidecar record.
+
+    Unusable files become ``skipped`` entries of the record; a series with no
+    usable slice gets a record with 0 slices and no shard.
+    """
+    skipped: list[dict[str, str]] = []
+    warnings: list[str] = []
+    pieces = _read_assembled(job, skipped, warnings) if job.assemble else _read_each(job, skipped, warnings)
+    mask_lookup = _MaskLookup(job.mask_file, warnings)
+    pixels, masks, kept = [], [], []
+    for stack, slices in pieces:
+        pixels.append(resample_slices(stack, size))
+        found = mask_lookup.stack([(uid, job.sources[src].name) for src, _, uid in slices], stack.shape[1:])
+        masks.append(resample_masks(found, size) if found is not None else None)
+        kept += slices
+    has_mask = any(m is not None for m in masks)
+    record = {
+        "key": job.key, "digest": job.digest(size), "study": job.study, "patient": job.patient,
+        "series": job.series, "slices": len(kept), "uids": [uid for _, _, uid in kept],
+        "sources": [src for src, _, _ in kept], "frames": [frame for _, frame, _ in kept],
+        "skipped": skipped, "warnings": warnings, "has_mask": has_mask,
+    }
+    shard = np.concatenate(pixels) if pixels else None
+    mask_stack = None
+    if has_mask and shard is not None:
+        mask_stack = np.concatenate([m if m is not None else np.zeros(p.shape, np.uint8)
+                                     for m, p in zip(masks, pixels, strict=True)])
+    write_shard(Path(cache_dir), job.key, shard, mask_stack, record)
+    return record
+
+
+Piece = tuple[np.ndarray, list[tuple[int, int | None, str]]]  # pixels [s,H,W], (source, frame, uid) per slice
+
+
+def _read_assembled(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]) -> list[Piece]:
+    """DICOM slices of one series, sorted along the normal by ``assemble_series``."""
+    from headct.io.dicom import assemble_series, read_slice
+
+    slices, source_of = [], {}
+    for index, source in enumerate(job.sources):
+        try:
+            item = read_slice(source.path)
+        except InputError as err:
+            skipped.append({"file": source.name, "reason": err.fault})
+            continue
+        source_of[item.sop_uid] = index
+        slices.append(item)
+    if not slices:
+        return []
+    errors: list[InputError] = []
+    try:
+        volume = assemble_series(slices, errors=errors)
+    except InputError as err:
+        skipped += [{"file": job.sources[source_of[s.sop_uid]].name, "reason": err.fault} for s in slices]
+        return []
+    names = {job.sources[i].path: job.sources[i].name for i in source_of.values()}
+    skipped += [{"file": names.get(err.path or "", err.path or job.key), "reason": err.fault} for err in errors]
+    warnings += volume.warnings
+    kept = [(source_of[uid], None, uid) for uid in volume.slice_uids]
+    dropped = set(source_of.values()) - {src for src, _, _ in kept}
+    known = {entry["file"] for entry in skipped}
+    skipped += [{"file": job.sources[i].name, "reason": "dropped while assembling the series"}
+                for i in sorted(dropped) if job.sources[i].name not in known]
+    return [(volume.pixels, kept)]
+
+
+def _read_each(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]) -> list[Piece]:
+    """Sources read one by one, in job order (PNG/JPG, NIfTI volumes, listed DICOM files)."""
+    pieces: list[Piece] = []
+    for index, source in enumerate(job.sources):
+        try:
+            pixels, uids, frames = _read_source(source.reader, source.path, source.uid, job.study)
+        except InputError as err:
+            skipped.append({"file": source.name, "reason": err.fault})
+            continue
+        pieces.append((pixels, [(index, frame, uid) for uid, frame in zip(uids, frames, strict=True)]))
+    return pieces
+
+
+def _read_source(reader: str, path: str, uid: str | None, study: str
+                 ) -> tuple[np.ndarray, list[str], list[int | None]]:
+    if reader == "dicom":
+        from headct.io.dicom import read_slice
+
+        item = read_slice(path)
+        return item.hu[None], [item.sop_uid or uid or Path(path).stem], [None]
+    if reader == "image":
+        from headct.io.png import read_image
+
+        volume = read_image(path)
+        base = uid or Path(path).stem
+        if volume.num_slices == 1:
+            return volume.pixels, [base], [None]
+        return volume.pixels, [f"{base}_{i}" for i in range(volume.num_slices)], list(range(volume.num_slices))
+    if reader == "nifti":
+        from headct.io.nifti import read_nifti
+
+        volume = read_nifti(path)
+        return volume.pixels, [f"{study}_{i:03d}" for i in range(volume.num_slices)], list(range(volume.num_slices))
+    raise ValueError(f"unknown reader {reader!r}")
+
+
+class _MaskLookup:
+    """Lesion masks of one study (``masks/<study>.npz``: ``uids``, ``masks``), looked up per slice."""
+
+    def __init__(self, mask_file: str | None, warnings: list[str]) -> None:
+        self.index: dict[str, int] = {}
+        self.masks: np.ndarray | None = None
+        self.warnings = warnings
+        if mask_file is None:
+            return
+        try:
+            with np.load(mask_file, allow_pickle=False) as data:
+                self.masks = np.asarray(data["masks"], dtype=np.uint8)
+                self.index = {str(u): i for i, u in enumerate(data["uids"].astype(str))}
+        except (OSError, KeyError, ValueError) as err:
+            warnings.append(f"{Path(mask_file).name}: unreadable mask file ({type(err).__name__}); no masks")
+
+    def stack(self, slices: list[tuple[str, str]], shape: tuple[int, ...]) -> np.ndarray | None:
+        """Masks ``[s, H, W]`` for slices named (uid, source name); None when none is found."""
+        if self.masks is None:
+            return None
+        out = np.zeros((len(slices), *shape), dtype=np.uint8)
+        found = False
+        for i, (uid, name) in enumerate(slices):
+            position = self.index.get(uid, self.index.get(Path(name).stem))
+            if position is None:
+                continue
+            if self.masks.shape[1:] != tuple(shape):
+                self.warnings.append(f"mask of {uid} is {self.masks.shape[1:]}, slice is {tuple(shape)}; dropped")
+                continue
+            out[i] = self.masks[position]
+            found = True
+        return out if found else None
+
+
+# --- orchestration helpers -----------------------------------------------------
+
+class _Pool:
+    """Runs tasks inline (1 worker) or in a spawn-started process pool."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _Pool:
+        if self.workers > 1:
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
+
+    def imap(self, fn: Callable[..., Any], arg_lists: Iterable[tuple[Any, ...]]) -> Iterable[Any]:
+        """Results in completion order (parallel) or in order (inline)."""
+        if self.executor is None:
+            for args in arg_lists:
+                yield fn(*args)
+            return
+        from concurrent.futures import as_completed
+
+        futures = [self.executor.submit(fn, *args) for args in arg_lists]
+        for future in as_completed(futures):
+            yield future.result()
+
+    def scan(self, paths: list[str], root: str) -> tuple[list[ScannedFile], list[dict[str, str]]]:
+        """Read DICOM headers in chunks, with a progress bar."""
+        scanned: list[ScannedFile] = []
+        skipped: list[dict[str, str]] = []
+        chunks = [paths[i:i + _SCAN_CHUNK] for i in range(0, len(paths), _SCAN_CHUNK)]
+        with tqdm(total=len(paths), desc="reading headers", unit="file", disable=len(paths) < 200) as bar:
+            for found, bad in self.imap(scan_headers, ((chunk, root) for chunk in chunks)):
+                scanned += found
+                skipped += bad
+                bar.update(len(found) + len(bad))
+        for item in skipped:
+            log.warning("%s: %s", item["file"], item["reason"])
+        return scanned, skipped
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+
+
+def _build_all(jobs: list[SeriesJob], out: Path, size: int, pool: _Pool) -> tuple[list[dict[str, Any]], int]:
+    """Records for every job, reading only the series without a matching finished shard."""
+    records: dict[str, dict[str, Any]] = {}
+    pending = []
+    for job in jobs:
+        record = read_record(out, job.key)
+        if record is not None and record.get("digest") == job.digest(size):
+            records[job.key] = record
+        else:
+            pending.append(job)
+    reused = len(records)
+    if reused:
+        log.info("resuming: %d of %d series already in the cache", reused, len(jobs))
+    with tqdm(total=len(jobs), initial=reused, desc="caching", unit="series") as bar:
+        for record in pool.imap(build_series, ((job, str(out), size) for job in pending)):
+            records[record["key"]] = record
+            for item in record["skipped"]:
+                log.warning("%s: %s", item["file"], item["reason"])
+            bar.update(1)
+    return [records[job.key] for job in jobs], reused
+
+
+def _remove_orphans(out: Path, keys: set[str]) -> None:
+    """Shards of series no longer in the input (an earlier run on other data) go."""
+    for folder in ("shards", "masks"):
+        for path in (out / folder).glob("*"):
+            if path.suffix in (".npy", ".json") and path.stem not in keys:
+                path.unlink(missing_ok=True)
+
+
+def _index_columns(plan: Plan, records: list[dict[str, Any]]
+                   ) -> tuple[dict[str, list[Any]], list[dict[str, str]], dict[str, Any]]:
+    """index.csv columns (split filled later), skipped files, and label-matching notes."""
+    names = plan.label_names
+    columns: dict[str, list[Any]] = {name: [] for name in (*INDEX_COLUMNS, *names)}
+    skipped: list[dict[str, str]] = []
+    unlabeled: list[str] = []
+    missing_frames = 0
+    order = sorted(range(len(plan.jobs)), key=lambda i: (plan.jobs[i].study, plan.jobs[i].key))
+    for i in order:
+        job, record = plan.jobs[i], records[i]
+        skipped += record["skipped"]
+        for offset, (uid, source, frame) in enumerate(zip(record["uids"], record["sources"], record["frames"],
+                                                          strict=True)):
+            vector = job.labels_for(source, frame)
+            if vector is None:
+                vector = (-1,) * len(names)
+                if names:
+                    unlabeled.append(uid)
+            row = (len(columns["row"]), job.study, job.patient, job.series, offset, uid, job.key, offset, "", -1)
+            for name, value in zip(INDEX_COLUMNS, row, strict=True):
+                columns[name].append(value)
+            for name, value in zip(names, vector, strict=True):
+                columns[name].append(int(value))
+        if job.frame_labels:
+            missing_frames += len(set(job.frame_labels) - {int(f) for f in record["frames"] if f is not None})
+    notes: dict[str, Any] = {}
+    if names:
+        notes.update(unlabeled_slices=len(unlabeled), unlabeled_examples=unlabeled[:5])
+        if unlabeled:
+            log.warning("%d slices have no label row (labels left unknown): %s", len(unlabeled),
+                        report_examples(unlabeled))
+    if missing_frames:
+        log.warning("%d label rows name slices beyond their volume", missing_frames)
+        notes["labels_without_images"] = plan.notes.get("labels_without_images", 0) + missing_frames
+    return columns, skipped, notes
+
+
+def _assign_split(columns: dict[str, list[Any]], plan: Plan, config: SplitConfig) -> dict[str, Any]:
+    """Fill the split and fold columns by study groups; returns meta.json's ``split``."""
+    studies = list(dict.fromkeys(columns["study"]))
+    position = {s: i for i, s in enumerate(studies)}
+    patients: list[str | None] = [None] * len(studies)
+    labels = np.zeros((len(studies), len(plan.label_names)), dtype=np.int8)
+    study_of_row = np.array([position[s] for s in columns["study"]], dtype=np.int64)
+    for row, study in enumerate(study_of_row):
+        patients[study] = patients[study] or columns["patient"][row] or None
+    if plan.label_names and len(study_of_row):
+        matrix = np.array([columns[name] for name in plan.label_names], dtype=np.int8).T
+        np.maximum.at(labels, study_of_row, np.clip(matrix, 0, 1))
+    groups, how = choose_groups(studies, patients, image_level=plan.image_level)
+    result = split_studies(studies, groups, labels, config, how)
+    columns["split"] = result.split[study_of_row].tolist()
+    columns["fold"] = result.fold[study_of_row].tolist()
+    return {"how": how, "seed": config.seed, "fractions": list(config.fractions), "folds": config.folds,
+            "n_train": result.counts["train"], "n_val": result.counts["val"], "n_test": result.counts["test"]}

@@ -1,0 +1,176 @@
+"""A CSV that lists images and their labels (``--format csv``).
+
+Layout expected: INPUT is a CSV file with a header; one row per image::
+
+    path,patient,study,slice,hemorrhage,fracture
+    scans/a/001.dcm,P7,,1,0,1
+    scans/a/002.png,P7,,2,1,,
+
+Columns (flags of ``headct prepare``; names are matched case-insensitively):
+
+- ``--path-column`` (default: the first of path, image, file, filename,
+  filepath, image_path): the image, relative to the CSV's folder. PNG or JPG
+  (8-bit; cache kind uint8) or DICOM (anything else; kind hu). One
+  cache holds one kind: rows of the minority kind are skipped.
+- ``--patient-column`` (default: patient, patient_id, patientid,
+  patientnumber): optional; hashed with the site salt, never stored raw.
+- ``--study-column`` (default: study, study_id, studyinstanceuid): optional.
+- ``--slice-column`` (default: slice, slice_index, slicenumber,
+  slice_number, instance): optional slice order within a study.
+- ``--label-columns a,b,c`` (default: every other column): 1/0 (also
+  true/false, yes/no, 1.0/0.0); empty means unknown (-1).
+
+Rows are grouped into studies by the study column, else the patient column,
+else each image is its own study (split by image). Within a study, slices
+follow the slice column, else the CSV order. Study values are kept as given
+(use UIDs or codes, not accession numbers); patient values are only hashed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
+from headct.data.stroke import IMAGE_SUFFIXES
+from headct.errors import InputError
+from headct.io.privacy import patient_key
+
+log = logging.getLogger(__name__)
+
+PATH_NAMES = ("path", "image", "file", "filename", "filepath", "image_path")
+PATIENT_NAMES = ("patient", "patient_id", "patientid", "patientnumber", "patient_number")
+STUDY_NAMES = ("study", "study_id", "studyinstanceuid", "study_uid")
+SLICE_NAMES = ("slice", "slice_index", "slicenumber", "slice_number", "instance")
+_TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE = {"0", "0.0", "false", "no", "n", "f"}
+
+
+@dataclass
+class TableColumns:
+    """Which CSV columns hold what; None picks the first present default name."""
+
+    path: str | None = None
+    patient: str | None = None
+    study: str | None = None
+    slice: str | None = None
+    labels: list[str] | None = None
+
+
+def parse_label(value: str | None) -> int | None:
+    """'1'/'true'/'yes' → 1, '0'/'false'/'no' → 0, '' → -1; anything else → None (bad value)."""
+    text = (value or "").strip().lower()
+    if text == "":
+        return -1
+    if text in _TRUE:
+        return 1
+    if text in _FALSE:
+        return 0
+    return None
+
+
+def resolve_column(header: list[str], given: str | None, defaults: tuple[str, ...], *, what: str,
+                   source: Path, required: bool = False) -> str | None:
+    """The header name for a role: the one given (must exist), else the first default present."""
+    lower = {name.strip().lower(): name for name in header}
+    if given is not None:
+        if given.strip().lower() not in lower:
+            raise InputError(source, f"no {what} column {given!r}; columns are {header}")
+        return lower[given.strip().lower()]
+    for name in defaults:
+        if name in lower:
+            return lower[name]
+    if required:
+        raise InputError(source, f"no {what} column (tried {', '.join(defaults)}); name it with --{what}-column")
+    return None
+
+
+def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
+    """One job per study (or per image); rows whose file is missing are skipped."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(csv_path, "CSV not found")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    path_col = resolve_column(header, columns.path, PATH_NAMES, what="path", source=csv_path, required=True)
+    patient_col = resolve_column(header, columns.patient, PATIENT_NAMES, what="patient", source=csv_path)
+    study_col = resolve_column(header, columns.study, STUDY_NAMES, what="study", source=csv_path)
+    slice_col = resolve_column(header, columns.slice, SLICE_NAMES, what="slice", source=csv_path)
+    roles = {path_col, patient_col, study_col, slice_col} - {None}
+    if columns.labels is not None:
+        label_cols = [resolve_column(header, name, (), what="label", source=csv_path) for name in columns.labels]
+    else:
+        label_cols = [name for name in header if name not in roles]
+    label_names = [str(name) for name in label_cols]
+
+    base = csv_path.parent
+    skipped: list[dict[str, str]] = []
+    bad_values: list[str] = []
+    entries = []  # (group, patient key, order, source)
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get(path_col) or "").strip()
+        if not rel:
+            skipped.append({"file": f"{csv_path.name} line {line}", "reason": "empty path"})
+            continue
+        file = (base / rel) if not Path(rel).is_absolute() else Path(rel)
+        if not file.is_file():
+            skipped.append({"file": rel, "reason": "label row for a missing image"})
+            continue
+        vector = []
+        for name in label_names:
+            value = parse_label(row.get(name))
+            if value is None:
+                bad_values.append(f"line {line} {name}={row.get(name)!r}")
+                value = -1
+            vector.append(value)
+        patient_raw = (row.get(patient_col) or "").strip() if patient_col else ""
+        pkey = (patient_key(patient_raw) or "") if patient_raw else ""
+        study_raw = (row.get(study_col) or "").strip() if study_col else ""
+        group = study_raw or (f"p-{pkey}" if pkey else "")
+        order = _order(row.get(slice_col) if slice_col else None, line)
+        reader_name = "image" if file.suffix.lower() in IMAGE_SUFFIXES else "dicom"
+        entries.append((group, pkey, order, SliceSource(path=str(file), name=rel, reader=reader_name,
+                                                        labels=tuple(vector))))
+    if bad_values:
+        log.warning("%s: %d label values are not 1/0/true/false/yes/no/empty (read as unknown): %s",
+                    csv_path, len(bad_values), report_examples(bad_values))
+
+    kinds = [source.reader for *_, source in entries]
+    reader_kind = max(("dicom", "image"), key=kinds.count) if kinds else "image"
+    kept = []
+    for entry in entries:
+        if entry[3].reader != reader_kind:
+            skipped.append({"file": entry[3].name,
+                            "reason": f"{entry[3].reader} file in a cache of {reader_kind} files"})
+        else:
+            kept.append(entry)
+
+    grouped: dict[str, list[tuple[str, tuple[float, int], SliceSource]]] = {}
+    for group, pkey, order, source in kept:
+        grouped.setdefault(group or f"image:{source.name}", []).append((pkey, order, source))
+    jobs: list[SeriesJob] = []
+    taken: set[str] = set()
+    for group in sorted(grouped):
+        members = sorted(grouped[group], key=lambda m: m[1])
+        sources = [m[2] for m in members]
+        stems = [Path(s.name).stem for s in sources]
+        for i, source in enumerate(sources):  # DICOM slices get their SOPInstanceUID when read
+            source.uid = stems[i] if len(set(stems)) == len(stems) else f"{stems[i]}_{i:04d}"
+        study = group[len("image:"):] if group.startswith("image:") else group
+        patient = next((m[0] for m in members if m[0]), "")
+        jobs.append(SeriesJob(key=series_key(study, taken), study=study, patient=patient, series=study,
+                              sources=sources))
+    notes = {"bad_label_values": len(bad_values)} if bad_values else {}
+    return Plan(source_format="csv", kind="uint8" if reader_kind == "image" else "hu", label_names=label_names,
+                jobs=jobs, skipped=skipped, image_level=study_col is None and patient_col is None, notes=notes)
+
+
+def _order(value: str | None, line: int) -> tuple[float, int]:
+    try:
+        return (float(value), line) if value not in (None, "") else (float(line), line)
+    except ValueError:
+        return (float(line), line)
