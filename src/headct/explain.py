@@ -1,0 +1,428 @@
+"""Grad-CAM maps, their overlays, and how well they point at the lesion.
+
+Maps come from pytorch-grad-cam (``GradCAM`` used as a context manager, so its
+hooks are released) on each model's default target layers (``model.spec.target_layers``:
+the last conv stage; for StrokeNeXt the last stage of each encoder, combined or
+one alone). One map per image and class (``ClassifierOutputTarget``), normalised
+to 0..1 and bilinearly resized to the input, then to the slice's original
+resolution, and drawn in false colour (jet) on the brain window — the
+EfficientNet seed's recipe. Series-level models are explained per slice
+through a single-input wrapper.
+
+``score_cache`` measures localisation against the phantom's lesion masks in a
+cache: the pointing game (the map's peak falls inside the lesion, dilated by a
+few pixels) and the share of map energy inside the lesion, each beside the same
+numbers for smooth random maps (the baseline a map must beat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy import ndimage
+from torch import nn
+from tqdm import tqdm
+
+from headct.inference import autocast_context, neighbour_index
+from headct.windows import apply_windows
+
+log = logging.getLogger(__name__)
+
+LESION_BITS: dict[str, int] = {
+    "epidural": 1,
+    "intraparenchymal": 2,
+    "intraventricular": 4,
+    "subarachnoid": 8,
+    "subdural": 16,
+    "ischemic": 32,
+}
+"""Mask bit per lesion type, as ``headct.phantom.LESION_BITS`` (docs/internals.md)."""
+
+HEMORRHAGE_BITS = 1 | 2 | 4 | 8 | 16
+LABEL_BITS: dict[str, int] = {**LESION_BITS, "any": HEMORRHAGE_BITS, "hemorrhagic": HEMORRHAGE_BITS,
+                              "stroke": HEMORRHAGE_BITS | 32}
+"""Which mask bits show each output label; labels absent here (non-stroke) are not scored."""
+
+
+# --- maps ------------------------------------------------------------------
+
+def target_layer_names(model: nn.Module) -> list[str]:
+    """The model's default Grad-CAM layers (module paths), from ``model.spec``."""
+    names = list(getattr(model.spec, "target_layers", []) or [])
+    if not names:
+        raise ValueError(f"model {model.spec.name!r} names no Grad-CAM target layers in its spec")
+    return names
+
+
+def gradcam_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_index: int,
+    *,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 16,
+    amp: str | None = None,
+) -> np.ndarray:
+    """Grad-CAM of class ``class_index`` for raw inputs ``x``: float32 ``[B, H, W]`` in 0..1.
+
+    ``x`` is ``[B, K, H, W]`` for slice-level models, ``[S, H, W]`` (one
+    series) for series-level ones. ``layers`` picks target layers by module
+    path (default: all of the spec's, averaged). ``amp`` ("bf16", "fp16") runs
+    the forward pass under autocast.
+    """
+    layer_names = list(layers) if layers else target_layer_names(model)
+    series_level = getattr(model.spec, "level", "slice") == "series"
+    network: nn.Module = _SeriesAsSlices(model) if series_level else model
+    target_modules = [model.get_submodule(name) for name in layer_names]
+    nhwc = getattr(model.spec, "target_layout", "nchw") == "nhwc"
+    device = next(model.parameters()).device
+    was_training = model.training
+    if series_level:  # one series is one forward pass: its slices are the batch
+        x, batch_size = x[:, None], max(int(x.shape[0]), 1)
+    maps = []
+    try:
+        with torch.enable_grad(), GradCAM(model=network, target_layers=target_modules,
+                                          reshape_transform=_to_float_nchw if nhwc else _to_float) as cam:
+            for start in range(0, x.shape[0], batch_size):
+                chunk = x[start:start + batch_size].to(device).float()
+                targets = [ClassifierOutputTarget(int(class_index))] * chunk.shape[0]
+                with autocast_context(device, amp):
+                    chunk_maps = cam(input_tensor=chunk, targets=targets)
+                maps.append(_centre_slice_maps(chunk_maps, chunk.shape[0]))
+    finally:
+        model.train(was_training)
+    return np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, *x.shape[-2:]), np.float32)
+
+
+def series_stacks(series: np.ndarray, context: int, positions: Sequence[int] | None = None) -> torch.Tensor:
+    """Raw neighbour stacks ``[b, 2*context+1, H, W]`` (float) of a series, as the model saw them."""
+    index = neighbour_index(series.shape[0], context)
+    if positions is not None:
+        index = index[torch.as_tensor(list(positions), dtype=torch.long)]
+    return torch.from_numpy(np.asarray(series)[index.numpy()]).float()
+
+
+def to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Undo the cache's pad-to-square + resample: a model-size map → the slice's ``[H, W]``.
+
+    Bilinear resize to the padded square's side, then the padding cropped off
+    (``headct.data.resample.pad_square`` centres the slice in the square).
+    """
+    height, width = shape
+    side = max(height, width)
+    square = cv2.resize(np.float32(cam), (side, side), interpolation=cv2.INTER_LINEAR)
+    top, left = (side - height) // 2, (side - width) // 2
+    return np.clip(square[top:top + height, left:left + width], 0.0, 1.0)
+
+
+def overlay(slice_pixels: np.ndarray, cam: np.ndarray, kind: str = "hu", image_weight: float = 0.5) -> np.ndarray:
+    """Jet false colour of ``cam`` (0..1) on the slice's brain window: uint8 RGB ``[H, W, 3]``."""
+    if kind == "hu":
+        grey = apply_windows(slice_pixels, ["brain"])[0]
+    else:
+        grey = np.asarray(slice_pixels, dtype=np.float32) / 255.0
+    if cam.shape != grey.shape:
+        cam = cv2.resize(np.float32(cam), grey.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as PNG, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    _atomic_write_bytes(path, data.tobytes())
+
+
+# --- localisation ------------------------------------------------------------
+
+def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int = 3) -> bool:
+    """Whether the map's peak lies in ``mask`` dilated by ``tolerance`` pixels (pointing game)."""
+    region = ndimage.binary_dilation(mask, iterations=tolerance) if tolerance > 0 else mask.astype(bool)
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return bool(region[peak])
+
+
+def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the map's total energy (sum of its values) inside ``mask``; 0 for an empty map."""
+    total = float(np.sum(cam, dtype=np.float64))
+    return float(np.sum(cam[mask.astype(bool)], dtype=np.float64) / total) if total > 0 else 0.0
+
+
+def random_maps(count: int, shape: tuple[int, int], rng: np.random.Generator, sigma: float | None = None) -> np.ndarray:
+    """Smooth random maps ``[count, H, W]`` in 0..1: Gaussian-blurred white noise.
+
+    ``sigma`` defaults to 1/16 of the side, about the blob size of a Grad-CAM
+    map upsampled from a 1/32-resolution stage.
+    """
+    sigma = sigma if sigma is not None else max(shape) / 16
+    noise = rng.standard_normal((count, *shape)).astype(np.float32)
+    smooth = ndimage.gaussian_filter(noise, sigma=(0, sigma, sigma), mode="wrap")
+    low = smooth.min(axis=(1, 2), keepdims=True)
+    high = smooth.max(axis=(1, 2), keepdims=True)
+    return (smooth - low) / np.maximum(high - low, 1e-7)
+
+
+@dataclass
+class LocalisationScore:
+    """Mean pointing-game hit rate and energy share over slices, for maps and the random baseline."""
+
+    n_slices: int = 0
+    pointing_game: float = float("nan")
+    energy_share: float = float("nan")
+    random_pointing_game: float = float("nan")
+    random_energy_share: float = float("nan")
+
+
+def score_maps(cams: np.ndarray, masks: np.ndarray, *, tolerance: int = 3, random_per_slice: int = 8,
+               seed: int = 0) -> LocalisationScore:
+    """Score maps ``[N, H, W]`` against boolean masks ``[N, H, W]``, with the random-map baseline."""
+    if len(cams) == 0:
+        return LocalisationScore()
+    rng = np.random.default_rng(seed)
+    hits, shares, random_hits, random_shares = [], [], [], []
+    for cam, mask in zip(cams, masks, strict=True):
+        hits.append(pointing_hit(cam, mask, tolerance))
+        shares.append(energy_inside(cam, mask))
+        for noise in random_maps(random_per_slice, cam.shape, rng):
+            random_hits.append(pointing_hit(noise, mask, tolerance))
+            random_shares.append(energy_inside(noise, mask))
+    return LocalisationScore(len(cams), float(np.mean(hits)), float(np.mean(shares)),
+                             float(np.mean(random_hits)), float(np.mean(random_shares)))
+
+
+@dataclass
+class ExplainConfig:
+    """What ``headct explain`` maps, scores and draws."""
+
+    split: str = "test"
+    limit: int = 64
+    """Slices per class to map and score (spread over the split's lesion slices)."""
+    tolerance: int = 3
+    """Pointing-game tolerance: the mask is dilated by this many pixels at the map's resolution."""
+    gallery: int = 16
+    """Overlays drawn per class."""
+    random_per_slice: int = 8
+    seed: int = 0
+    batch_size: int = 16
+
+
+def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path | None,
+                settings: ExplainConfig | None = None) -> dict[str, Any]:
+    """Map, score and (when ``out`` is given) draw the lesion slices of one cache split.
+
+    For every output label that a lesion type shows (``LABEL_BITS``), up to
+    ``settings.limit`` slices whose mask holds that type are explained for that
+    label. With several target layers, each layer alone is scored as well.
+    Returns the ``localisation.json`` content.
+    """
+    settings = settings or ExplainConfig()
+    labels = list(config["labels"])
+    layer_names = target_layer_names(model)
+    variants = {"combined": layer_names}
+    if len(layer_names) > 1:
+        variants.update({name: [name] for name in layer_names})
+    rows = cache.rows(settings.split)
+    result: dict[str, Any] = {
+        "split": settings.split, "tolerance_px": settings.tolerance, "map_size": cache.size,
+        "target_layers": layer_names, "random_maps_per_slice": settings.random_per_slice,
+        "per_class": {}, "by_layer": {name: {} for name in variants if name != "combined"},
+    }
+    if not cache.has_masks:
+        raise ValueError(f"{cache.path}: the cache has no lesion masks (masks/); make it from a phantom")
+    for class_index, label in enumerate(labels):
+        bits = LABEL_BITS.get(label)
+        if bits is None:
+            continue
+        chosen = _lesion_rows(cache, rows, bits, settings.limit)
+        if not chosen:
+            log.info("%s: no %s lesion slices in the %s split", label, label, settings.split)
+            continue
+        masks = np.stack([(np.asarray(cache.mask(r)) & bits) > 0 for r in chosen])
+        for variant, layers in variants.items():
+            cams = _cache_maps(model, cache, chosen, class_index, layers, settings.batch_size)
+            score = score_maps(cams, masks, tolerance=settings.tolerance,
+                               random_per_slice=settings.random_per_slice, seed=settings.seed).__dict__
+            if variant == "combined":
+                result["per_class"][label] = score
+                if out is not None:
+                    _draw_gallery(out / "overlays", cache, chosen[:settings.gallery], cams, masks, label)
+            else:
+                result["by_layer"][variant][label] = score
+    if not result["by_layer"]:
+        del result["by_layer"]
+    return result
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    """``headct explain CKPT --data CACHE --out DIR [--score] [--limit N]``."""
+    from headct.checkpoint import load_checkpoint
+    from headct.data.cache import Cache
+
+    model, config = load_checkpoint(args.checkpoint)
+    model.eval()
+    cache = Cache(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = ExplainConfig(split=args.split, limit=args.limit)
+    if args.score:
+        result = score_cache(model, config, cache, out, settings)
+        result["checkpoint"] = str(args.checkpoint)
+        _atomic_write_bytes(out / "localisation.json", json.dumps(result, indent=2).encode())
+        print(format_table(result))
+        print(f"overlays in {out / 'overlays'}; scores in {out / 'localisation.json'}")
+        return 0
+    drawn = draw_split(model, config, cache, out / "overlays", settings)
+    print(f"{drawn} overlays in {out / 'overlays'}")
+    return 0
+
+
+def draw_split(model: nn.Module, config: dict[str, Any], cache: Any, folder: Path,
+               settings: ExplainConfig) -> int:
+    """Overlays of the predicted class for the first ``settings.limit`` slices of a split (no masks needed)."""
+    from headct.inference import probabilities, series_logits
+
+    rows = cache.rows(settings.split)[: settings.limit]
+    labels = list(config["labels"])
+    drawn = 0
+    for shard in tqdm(dict.fromkeys(str(cache.index["shard"][r]) for r in rows), desc="explaining", unit="series"):
+        series = np.asarray(cache.series_slices(shard))
+        series_rows = cache.series_rows(shard)
+        positions = [i for i, r in enumerate(series_rows) if r in set(rows.tolist())]
+        logits = series_logits(model, series).slice_logits
+        probs = probabilities(logits, config.get("label_kind", "multilabel"), config.get("temperature", 1.0))
+        for position in positions:
+            class_index = int(probs[position].argmax())
+            cam = _maps_for(model, series, [position], class_index, None, settings.batch_size)[0]
+            row = int(series_rows[position])
+            write_png(folder / f"{_row_name(cache, row)}_{labels[class_index]}.png", overlay(series[position], cam, cache.kind))
+            drawn += 1
+    return drawn
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The localisation scores as a fixed-width table (one row per class and layer choice)."""
+    header = f"{'class':<18} {'layers':<28} {'n':>5} {'pointing':>9} {'random':>7} {'energy':>7} {'random':>7}"
+    lines = [header, "-" * len(header)]
+    sections = [("combined", result["per_class"])] + list(result.get("by_layer", {}).items())
+    for layers, per_class in sections:
+        for label, s in per_class.items():
+            lines.append(f"{label:<18} {layers[-28:]:<28} {s['n_slices']:>5} {s['pointing_game']:>9.3f} "
+                         f"{s['random_pointing_game']:>7.3f} {s['energy_share']:>7.3f} {s['random_energy_share']:>7.3f}")
+    return "\n".join(lines)
+
+
+# --- helpers -------------------------------------------------------------------
+
+class _SeriesAsSlices(nn.Module):
+    """Single-input view of a series-level model: ``[S, 1, H, W]`` slices → ``[S, n]`` logits.
+
+    Grad-CAM batches images; here the batch is the series' slices, so the
+    per-slice encoder's activations line up one to one with the outputs.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x[:, 0][None])[0]
+
+
+def _centre_slice_maps(maps: np.ndarray, images: int) -> np.ndarray:
+    """One map per image: models that encode each of K stacked slices apart (effnet-lstm)
+    give K maps per image at the encoder; the centre slice's is the one predicted."""
+    per_image = maps.shape[0] // max(images, 1)
+    if per_image <= 1:
+        return maps
+    return maps.reshape(images, per_image, *maps.shape[1:])[:, per_image // 2]
+
+
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float()  # bf16/fp16 activations under AMP: numpy needs float32
+
+
+def _to_float_nchw(t: torch.Tensor) -> torch.Tensor:
+    return t.float().permute(0, 3, 1, 2)  # Swin stages are [B, H, W, C]
+
+
+def _maps_for(model: nn.Module, series: np.ndarray, positions: Sequence[int], class_index: int,
+              layers: Sequence[str] | None, batch_size: int) -> np.ndarray:
+    """Maps for some slices of one series (series-level models see the whole series)."""
+    if getattr(model.spec, "level", "slice") == "series":
+        cams = gradcam_maps(model, torch.from_numpy(np.asarray(series)).float(), class_index, layers=layers)
+        return cams[list(positions)]
+    stacks = series_stacks(series, model.spec.context, positions)
+    return gradcam_maps(model, stacks, class_index, layers=layers, batch_size=batch_size)
+
+
+def _cache_maps(model: nn.Module, cache: Any, rows: Sequence[int], class_index: int,
+                layers: Sequence[str], batch_size: int) -> np.ndarray:
+    """Maps for cache rows, series by series, returned in the order of ``rows``."""
+    by_shard: dict[str, list[int]] = {}
+    for row in rows:
+        by_shard.setdefault(str(cache.index["shard"][row]), []).append(int(row))
+    maps: dict[int, np.ndarray] = {}
+    for shard, shard_rows in by_shard.items():
+        positions = [int(cache.index["offset"][r]) for r in shard_rows]
+        cams = _maps_for(model, np.asarray(cache.series_slices(shard)), positions, class_index, layers, batch_size)
+        maps.update(zip(shard_rows, cams, strict=True))
+    return np.stack([maps[int(r)] for r in rows])
+
+
+def _lesion_rows(cache: Any, rows: np.ndarray, bits: int, limit: int) -> list[int]:
+    """Up to ``limit`` rows whose mask has any of ``bits``, spread evenly over the candidates."""
+    candidates = [int(r) for r in rows if (mask := cache.mask(int(r))) is not None and np.any(np.asarray(mask) & bits)]
+    if len(candidates) <= limit:
+        return candidates
+    pick = np.linspace(0, len(candidates) - 1, limit).round().astype(int)
+    return [candidates[i] for i in pick]
+
+
+def _row_name(cache: Any, row: int) -> str:
+    return f"{cache.index['study'][row]}_{int(cache.index['slice_index'][row]):03d}"
+
+
+def _draw_gallery(folder: Path, cache: Any, rows: Sequence[int], cams: np.ndarray, masks: np.ndarray, label: str) -> None:
+    """One overlay PNG per slice (lesion outline in white) and a montage ``gallery_<label>.png``."""
+    tiles = []
+    for row, cam, mask in zip(rows, cams, masks, strict=False):
+        rgb = overlay(np.asarray(cache.slice(row)), cam, cache.kind)
+        outline = mask & ~ndimage.binary_erosion(mask)
+        rgb[outline] = 255
+        write_png(folder / f"{_row_name(cache, row)}_{label}.png", rgb)
+        tiles.append(rgb)
+    if tiles:
+        columns = min(4, len(tiles))
+        blank = np.zeros_like(tiles[0])
+        tiles += [blank] * (-len(tiles) % columns)
+        grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)])
+        write_png(folder / f"gallery_{label}.png", grid)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
