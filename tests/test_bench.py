@@ -118,6 +118,57 @@ def test_bad_amp_is_refused() -> None:
         run_bench(BenchConfig(**SMALL, amp="int8"), model=_tiny())
 
 
+def _tiny_cache(path, *, series: int = 3, slices: int = 4, size: int = 16):
+    """A prepared cache written with the cache module: RSNA labels, every series in train."""
+    from headct.data.cache import FORMAT_VERSION, write_index, write_meta, write_shard
+    from headct.tasks import RSNA_LABELS
+
+    rng = np.random.default_rng(0)
+    columns = {name: [] for name in ("row", "study", "patient", "series", "slice_index", "uid", "shard",
+                                     "offset", "split", "fold", *RSNA_LABELS)}
+    for s in range(series):
+        key = f"s{s}"
+        write_shard(path, key, rng.integers(-1000, 1500, (slices, size, size)).astype(np.int16), None,
+                    {"key": key, "slices": slices, "uids": [f"{key}.{i}" for i in range(slices)]})
+        for i in range(slices):
+            values = dict(row=len(columns["row"]), study=f"st{s}", patient=f"p{s}", series=key, slice_index=i,
+                          uid=f"{key}.{i}", shard=key, offset=i, split="train", fold=-1)
+            values.update({name: int(rng.integers(0, 2)) for name in RSNA_LABELS})
+            for name, value in values.items():
+                columns[name].append(value)
+    write_index(path, columns, RSNA_LABELS)
+    write_meta(path, {"format_version": FORMAT_VERSION, "source_format": "rsna", "kind": "hu", "size": size,
+                      "labels": list(RSNA_LABELS), "split": {"how": "patient"}, "summary": {}, "has_masks": False})
+    return path
+
+
+def test_training_from_the_cache_is_compared_with_synthetic(tmp_path) -> None:
+    cache = _tiny_cache(tmp_path / "cache")
+    model = _tiny(num_classes=6, context=1)
+    result = run_bench(BenchConfig(**SMALL, train=True, data=str(cache), workers=0), model=model)
+    from_cache = result["from_cache"]
+    assert from_cache["samples_per_s_mean"] > 0 and from_cache["workers"] == 0
+    assert result["cache_vs_synthetic"] == pytest.approx(
+        from_cache["samples_per_s_mean"] / result["samples_per_s_mean"])
+    assert "cache/synthetic" in summary_line(result)
+
+
+def test_cache_batches_are_augmented_training_batches_on_the_device(tmp_path) -> None:
+    from headct.bench import cache_batches
+
+    cache = _tiny_cache(tmp_path / "cache", series=2, slices=3)
+    spec = SimpleNamespace(context=1, input_kind="hu")
+    batches = cache_batches(cache, spec, "rsna", 4, torch.device("cpu"))
+    seen = [next(batches) for _ in range(3)]  # 6 slices, batch 4, full batches: crosses an epoch boundary
+    for x, y in seen:
+        assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+        assert y.shape == (4, 6) and set(y.unique().tolist()) <= {0.0, 1.0}
+    raw = np.load(cache / "shards" / "s0.npy").astype(np.float32)
+    assert not any(np.allclose(x[i, 1].numpy(), raw[j]) for x, _ in seen for i in range(4) for j in range(3))
+    with pytest.raises(ValueError, match="fewer than a batch"):
+        next(cache_batches(cache, spec, "rsna", 64, torch.device("cpu")))
+
+
 # --- the fast inference path --------------------------------------------------------
 
 def test_fast_path_falls_back_cleanly_on_cpu() -> None:

@@ -27,7 +27,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,11 @@ def run_bench(config: BenchConfig, model: nn.Module | None = None) -> dict[str, 
     if model is None:
         from headct.models import build_model
 
-        model = build_model(config.model, config.num_classes, **config.model_kwargs)
+        num_classes, kwargs = config.num_classes, dict(config.model_kwargs)
+        if config.train and config.data:  # built as training would build it for this cache and task
+            num_classes, kind = _cache_task(config)
+            kwargs = {"input_kind": kind, **kwargs}
+        model = build_model(config.model, num_classes, **kwargs)
     model_name = getattr(model.spec, "name", "") or config.model
     result: dict[str, Any] = {
         "model": model_name,
@@ -191,21 +195,68 @@ class TrainStep:
 
 def bench_training_from_cache(model: nn.Module, config: BenchConfig, device: torch.device,
                               amp: str | None) -> dict[str, Any]:
-    """Time training steps on batches read from ``config.data`` by the training input pipeline."""
-    from headct.bench_data import cache_batches
+    """Time training steps on batches that the training input pipeline reads from ``config.data``.
 
+    Same step as :func:`bench_training`; the batch comes from :func:`cache_batches`
+    (memory-mapped cache → loader workers → pinned memory → device → augmentations
+    on the device), so the ratio to the synthetic figure is what the input path costs.
+    """
+    if getattr(model.spec, "level", "slice") != "slice":
+        raise ValueError("training from the cache is measured for slice-level models")
     step = TrainStep(model, device, amp, channels_last=config.channels_last, compile_mode=config.compile, lr=config.lr)
-    batches = cache_batches(config.data, model.spec, config.task, config.batch_size, device,
-                            workers=config.workers)
-    first_x, _ = next(batches)
-    step.random_targets(first_x)
+    workers = default_workers() if config.workers is None else config.workers
+    batches = cache_batches(config.data, model.spec, config.task, config.batch_size, device, workers=workers)
 
     def train_on_next() -> None:
         x, y = next(batches)
         step(x, y)
 
     times = time_steps(train_on_next, device, config.warmup, config.iters)
-    return _throughput(times, config.batch_size, _slices_per_sample(model.spec, config))
+    figures = _throughput(times, config.batch_size, _slices_per_sample(model.spec, config))
+    figures.update(workers=workers, pin_memory=device.type == "cuda", augment_on_device=True)
+    return figures
+
+
+def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch_size: int,
+                  device: torch.device, *, workers: int = 0, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches ``(x, y)`` on ``device``, built the way ``headct train`` builds them.
+
+    ``SliceDataset`` over the train split in a shuffled ``DataLoader`` (workers,
+    pinned memory on CUDA, full batches), then on the device: the float batch
+    and ``headct.training.augment.augment_batch`` with the default strengths.
+    Multi-class targets come back one-hot, so one BCE loss serves every task.
+    """
+    from torch.utils.data import DataLoader
+
+    from headct.data.cache import Cache
+    from headct.data.datasets import SliceDataset
+    from headct.tasks import get_task
+    from headct.training.augment import AugmentConfig, augment_batch
+
+    cache = Cache(cache_dir)
+    task = get_task(task_name, cache.labels)
+    dataset = SliceDataset(cache, "train", task, context=spec.context)
+    if len(dataset) < batch_size:
+        raise ValueError(f"{cache_dir}: the train split has {len(dataset)} usable slices, fewer than a batch of {batch_size}")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(seed),
+    )
+    augment, generator = AugmentConfig(), torch.Generator().manual_seed(seed)
+    input_kind = getattr(spec, "input_kind", "hu")
+    while True:
+        for x, y, _ in loader:
+            x = augment_batch(x.to(device, non_blocking=True).float(), augment, generator, input_kind)
+            y = y.to(device, non_blocking=True)
+            if task.kind == "multiclass":
+                y = torch.nn.functional.one_hot(y.long(), task.num_outputs)
+            yield x, y.float()
+
+
+def default_workers() -> int:
+    """Loader workers: all CPUs but two (the main process and the pin-memory thread), at least 1, at most 16."""
+    return max(1, min(16, (os.cpu_count() or 1) - 2))
 
 
 # --- measurement ------------------------------------------------------------------
@@ -350,6 +401,14 @@ def _resolve_amp(amp: str | None, device: torch.device) -> str | None:
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     return None if amp == "fp32" else amp
+
+
+def _cache_task(config: BenchConfig) -> tuple[int, str]:
+    from headct.data.cache import Cache
+    from headct.tasks import get_task
+
+    cache = Cache(config.data)
+    return get_task(config.task, cache.labels).num_outputs, cache.kind
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

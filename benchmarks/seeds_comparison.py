@@ -1,0 +1,308 @@
+"""The seeds' comparison on phantoms: five models, one budget, one patient-level split.
+
+    python benchmarks/seeds_comparison.py                      # GPU scale: >= 20,000 slices
+    python benchmarks/seeds_comparison.py --studies 16 --size 64 --epochs 2 \\
+        --models effnet-2d,effnet-2.5d,effnet-lstm,study-seq,strokenext-atto   # minutes on a CPU
+
+Everything goes through the public command line, as a user would run it:
+
+1. ``headct phantom`` writes a phantom set in the RSNA layout (DICOM + label CSV);
+2. ``headct prepare --format rsna`` caches it and splits it by patient;
+3. ``headct train --task rsna`` trains each model from scratch with the same
+   budget (epochs, batch size, learning rate, seed);
+4. ``headct evaluate RUN/best --split test`` gives per-class F1, micro-AUROC, ECE;
+5. ``headct compare`` tests the best model (slice-level micro-AUROC) against each other;
+6. ``headct.bench`` measures inference images/s at the same input size.
+
+Writes ``docs/results.md`` (one table, the p-values, the device, budget and
+split) and a JSON with every figure (``benchmarks/results/seeds_comparison_<device>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headct.bench import BenchConfig, environment, run_bench, write_json
+
+log = logging.getLogger("seeds_comparison")
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_MODELS = ("effnet-2d", "effnet-2.5d", "effnet-lstm", "study-seq", "strokenext-tiny")
+LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=700, help="phantom studies (default gives >= 20,000 slices at 256 px)")
+    parser.add_argument("--size", type=int, default=256, help="slice size in pixels (phantom and cache)")
+    parser.add_argument("--slices", type=int, default=None, help="slices per study (default: the phantom's)")
+    parser.add_argument("--difficulty", type=float, default=1.0, help="phantom difficulty, 0 easy .. 2 hard")
+    parser.add_argument("--epochs", type=int, default=10, help="the same epoch budget for every model")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on GPU, 16 on CPU")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap the budget per epoch")
+    parser.add_argument("--models", default=",".join(SEED_MODELS), help="comma-separated model names")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: CPUs - 1, at most 8)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--work", default="runs/seeds_comparison", help="phantom, cache, runs and evaluations go here")
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "results.md"))
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/seeds_comparison_<device>.json")
+    parser.add_argument("--bench-iters", type=int, default=20, help="timed iterations for inference images/s (0: skip)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in headct compare")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    batch_size = args.batch_size or (64 if on_gpu else 16)
+    workers = args.workers if args.workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    work = Path(args.work)
+    env = environment(device)
+    label = "gpu" if on_gpu else "cpu"
+    json_path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"seeds_comparison_{label}.json"
+
+    cache = prepare_phantom(work, args)
+    meta = json.loads((cache / "meta.json").read_text())
+    budget = {"epochs": args.epochs, "batch_size": batch_size, "lr": args.lr, "seed": args.seed,
+              "max_steps_per_epoch": args.max_steps_per_epoch, "amp": "auto (bf16 on CUDA, off on CPU)",
+              "pretrained": False, "augment": True}
+    rows: dict[str, dict[str, Any]] = {}
+    for model in models:
+        rows[model] = train_and_evaluate(model, cache, work, budget, workers, str(device))
+        if args.bench_iters:
+            rows[model]["inference"] = inference_speed(model, args.size, device, args.bench_iters)
+    best = max(rows, key=lambda m: _num(rows[m]["micro_auroc"]))
+    tests = {other: compare(work, best, other, args.bootstrap, args.seed) for other in rows if other != best}
+
+    result = {
+        "label": label,
+        "date": date.today().isoformat(),
+        "environment": env,
+        "phantom": {"studies": args.studies, "size": args.size, "slices": args.slices,
+                    "difficulty": args.difficulty, "layout": "rsna", "seed": args.seed},
+        "data": {"slices": meta.get("summary", {}).get("slices"), "studies": meta.get("summary", {}).get("studies"),
+                 "split": meta.get("split")},
+        "budget": budget,
+        "workers": workers,
+        "models": rows,
+        "best": best,
+        "compare": tests,
+    }
+    write_json(result, json_path)
+    write_markdown(result, Path(args.markdown), json_path)
+    print(f"wrote {args.markdown} and {json_path}")
+    return 0
+
+
+def prepare_phantom(work: Path, args: argparse.Namespace) -> Path:
+    """Phantom set → cache (split by patient); both kept under ``work`` and reused when present."""
+    raw, cache = work / "phantom", work / "cache"
+    if not (raw / ".done").exists():
+        extra = ["--slices", str(args.slices)] if args.slices else []
+        headct("phantom", "--out", str(raw), "--studies", str(args.studies), "--layout", "rsna",
+               "--seed", str(args.seed), "--size", str(args.size), "--difficulty", str(args.difficulty), *extra)
+        (raw / ".done").write_text("")
+    if not (cache / "meta.json").exists():
+        workers = max(1, (os.cpu_count() or 2) - 1)
+        headct("prepare", str(raw), "--format", "rsna", "--out", str(cache), "--size", str(args.size),
+               "--seed", str(args.seed), "--workers", str(workers))
+    return cache
+
+
+def train_and_evaluate(model: str, cache: Path, work: Path, budget: dict[str, Any], workers: int,
+                       device: str) -> dict[str, Any]:
+    """Train ``model`` with the shared budget, evaluate it on the test split; its row of the table."""
+    run, evaluation = work / "runs" / model, work / "evals" / model
+    flags = ["--epochs", str(budget["epochs"]), "--batch-size", str(budget["batch_size"]),
+             "--lr", str(budget["lr"]), "--seed", str(budget["seed"]), "--workers", str(workers),
+             "--device", device, "--progress", "false", "--tensorboard", "false"]
+    if budget["max_steps_per_epoch"]:
+        flags += ["--max-steps-per-epoch", str(budget["max_steps_per_epoch"])]
+    started = time.perf_counter()
+    headct("train", "--data", str(cache), "--model", model, "--task", "rsna", "--out", str(run), *flags)
+    train_seconds = time.perf_counter() - started
+    headct("evaluate", str(run / "best"), "--data", str(cache), "--split", "test", "--out", str(evaluation),
+           "--device", device)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    slice_level = metrics.get("level", {}).get("slice", metrics)
+    study_level = metrics.get("level", {}).get("study", {})
+    return {
+        "per_class_f1": {name: (slice_level["per_class"].get(name) or {}).get("f1") for name in LABELS},
+        "f1_macro": slice_level.get("f1_macro"),
+        "micro_auroc": slice_level.get("micro_auroc"),
+        "study_micro_auroc": study_level.get("micro_auroc"),
+        "ece": slice_level.get("ece"),
+        "ece_calibrated": slice_level.get("ece_calibrated"),
+        "train_seconds": train_seconds,
+        "train_images_per_s": _mean_column(run / "metrics.csv", "images_per_s"),
+        "epochs_run": _rows(run / "metrics.csv"),
+        "eval": str(evaluation),
+        "split": metrics.get("split"),
+    }
+
+
+def inference_speed(model: str, size: int, device: torch.device, iters: int) -> dict[str, Any]:
+    """Inference images/s of ``model`` at the comparison's input size (fast path, no compile)."""
+    on_gpu = device.type == "cuda"
+    config = BenchConfig(model=model, num_classes=len(LABELS), batch_size=256 if on_gpu else 16, img_size=size,
+                         channels_last=True, warmup=max(2, iters // 5), iters=iters, device=str(device),
+                         latency=False, series_slices=32)
+    result = run_bench(config)
+    return {"samples_per_s": result["samples_per_s"], "slice_images_per_s": result["slice_images_per_s"],
+            "batch_size": config.batch_size, "amp": result["settings"]["amp"],
+            "params": result["params"], "gflops_per_sample": result["gflops_per_sample"]}
+
+
+def compare(work: Path, best: str, other: str, bootstrap: int, seed: int) -> dict[str, Any]:
+    """``headct compare`` best vs other; the slice-level overall p-values (and the whole result)."""
+    out = work / "compare" / f"{best}__vs__{other}.json"
+    headct("compare", str(work / "evals" / best), str(work / "evals" / other), "--json", str(out),
+           "--bootstrap", str(bootstrap), "--seed", str(seed))
+    result = json.loads(out.read_text())
+    summary = {}
+    for level, block in result["levels"].items():
+        overall = block["overall"]
+        summary[level] = {"n_items": block["n_items"], "auroc_diff": overall["bootstrap"]["diff"],
+                          "p_bootstrap": overall["bootstrap"]["p"], "p_mcnemar": overall["mcnemar"]["p"]}
+    return {"file": str(out), "levels": summary}
+
+
+def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
+    """``docs/results.md``: the table, the p-values, and what the figures were measured on."""
+    env, budget, data = result["environment"], result["budget"], result["data"]
+    split = data.get("split") or {}
+    gpu = result["label"] == "gpu"
+    lines = [
+        "# Results",
+        "",
+        "## The seeds' comparison on phantoms",
+        "",
+        ("Measured on a GPU." if gpu else
+         "**CPU run at small settings: a smoke-scale comparison, not the real one.** The H100 run "
+         "(>= 20,000 phantom slices, 256 px, the seed models at full size) is still owed: "
+         "`python benchmarks/seeds_comparison.py` on a GPU machine regenerates this page."),
+        "",
+        f"- Device: {env['device_name']} ({env['device']}), torch {env['torch']}, timm {env['timm']}, "
+        f"{env['cpu_threads']} CPU threads; {result['date']}.",
+        f"- Data: phantom, RSNA layout, {result['phantom']['studies']} studies, {data.get('slices')} slices at "
+        f"{result['phantom']['size']} px, difficulty {result['phantom']['difficulty']}, seed {result['phantom']['seed']}.",
+        f"- Split: by {split.get('how', '?')}, seed {split.get('seed', '?')}, fractions {split.get('fractions', '?')}: "
+        f"{split.get('n_train', '?')} / {split.get('n_val', '?')} / {split.get('n_test', '?')} studies "
+        "(train / val / test); no patient on two sides.",
+        f"- Budget, the same for every model, trained from scratch (no pretrained weights): {budget['epochs']} epochs, "
+        f"batch {budget['batch_size']}, AdamW lr {budget['lr']}, seed {budget['seed']}"
+        + (f", at most {budget['max_steps_per_epoch']} steps per epoch" if budget["max_steps_per_epoch"] else "")
+        + f", AMP {budget['amp']}, augmentations on.",
+        "- Metrics on the test split, slice level: per-class F1 at thresholds frozen on validation, micro-AUROC, "
+        "ECE after temperature scaling (`ece_calibrated`). Training time is wall time of `headct train` "
+        "(validation and calibration included); images/s: training (mean over epochs) and inference "
+        "(`headct.bench`, channels_last, batch "
+        f"{next(iter(result['models'].values())).get('inference', {}).get('batch_size', '-')}).",
+        "",
+    ]
+    head = ["model", *[f"F1 {name[:6]}" for name in LABELS], "micro-AUROC", "ECE", "train s",
+            "train img/s", "infer img/s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, row in result["models"].items():
+        cells = [f"**{model}**" if model == result["best"] else model]
+        cells += [_fmt(row["per_class_f1"][name]) for name in LABELS]
+        cells += [_fmt(row["micro_auroc"], 4), _fmt(row["ece_calibrated"] if row["ece_calibrated"] is not None
+                                                     else row["ece"]),
+                  f"{row['train_seconds']:.0f}", _fmt(row["train_images_per_s"], 1),
+                  _fmt((row.get("inference") or {}).get("samples_per_s"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Best by slice-level micro-AUROC: **{result['best']}**. `headct compare` against it "
+              "(overall = macro AUROC; bootstrap resamples whole studies; McNemar on every-label-right decisions):", ""]
+    lines += ["| vs | level | items | AUROC diff (best - other) | p bootstrap | p McNemar |", "|---|---|---|---|---|---|"]
+    for other, test in result["compare"].items():
+        for level, s in test["levels"].items():
+            lines.append(f"| {other} | {level} | {s['n_items']} | {_fmt(s['auroc_diff'], 4)} | "
+                         f"{_fmt(s['p_bootstrap'], 4)} | {_fmt(s['p_mcnemar'], 4)} |")
+    lines += ["", f"Every figure, with per-model details: `{_relative(json_path)}`.", ""]
+    lines += performance_section()
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def performance_section() -> list[str]:
+    """The issue-7 performance targets from ``benchmarks/results/*targets*.json``, where measured."""
+    lines = ["## Performance targets (issue 7)", ""]
+    files = sorted((ROOT / "benchmarks" / "results").glob("*targets*.json"))
+    if not any(f.name.startswith("gpu_targets") for f in files):
+        lines += ["The GPU figures are still owed: `python benchmarks/gpu_targets.py` on an H100 writes "
+                  "`benchmarks/results/gpu_targets_<device>.json` and judges each target.", ""]
+    for f in files:
+        data = json.loads(f.read_text())
+        env = data["environment"]
+        lines += [f"`{_relative(f)}`: {env['device_name']}, torch {env['torch']}, timm {env['timm']}"
+                  + (" — CPU smoke settings, targets not judged." if data.get("label") == "cpu" else "."), "",
+                  "| target | value | bar | met |", "|---|---|---|---|"]
+        for target in data.get("targets", {}).values():
+            bar = "reported" if target["target"] is None else f"{target['better']} {target['target']:g} {target['unit']}"
+            met = {True: "yes", False: "no", None: "-"}[target["met"]]
+            lines.append(f"| {target['description']} | {_fmt(target['value'], 2)} {target['unit']} | {bar} | {met} |")
+        lines.append("")
+    return lines
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def headct(*args: str) -> None:
+    """Run one ``headct`` command; a failure stops the comparison with that command's error."""
+    log.info("headct %s", " ".join(args))
+    subprocess.run([sys.executable, "-m", "headct.cli", *args], check=True)
+
+
+def _mean_column(path: Path, column: str) -> float | None:
+    values = [float(r[column]) for r in _read_csv(path) if r.get(column) not in (None, "")]
+    return sum(values) / len(values) if values else None
+
+
+def _rows(path: Path) -> int:
+    return len(_read_csv(path))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(value: Any) -> float:
+    return float(value) if value is not None else float("-inf")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and value != value:
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
