@@ -235,6 +235,14 @@ def test_instance_number_fallback_warns(write_ct, tmp_path) -> None:
     assert any("SliceThickness" in w for w in vol.warnings)
 
 
+def test_mixed_orientations_warn(write_ct, tmp_path) -> None:
+    for k in range(3):
+        write_ct(f"s/{k}.dcm", stored=_constant_slice(k), z=float(k))
+    write_ct("s/scout.dcm", z=9.0, orientation=[1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    (vol,) = read_dicom(tmp_path / "s")
+    assert "1 slices have another ImageOrientationPatient than the first" in vol.warnings
+
+
 def test_non_uniform_spacing_warns(write_ct, tmp_path) -> None:
     for k, z in enumerate([0.0, 5.0, 10.0, 20.0, 25.0]):
         write_ct(f"s/{k}.dcm", stored=_constant_slice(k), z=z)

@@ -152,6 +152,7 @@ def assemble_series(
     ordered, keys, how = _scan_order(kept)
     if how != "position":
         warnings.append(how)
+    _check_orientations(ordered, warnings)
     slice_spacing = _slice_spacing(ordered, keys, warnings)
     pixel_spacing = _pixel_spacing(ordered, warnings)
     warnings.extend(_merged_slice_warnings(ordered))
@@ -550,6 +551,15 @@ def _scan_order(slices: list[DicomSlice]) -> tuple[list[DicomSlice], np.ndarray 
         )
     ordered = sorted(slices, key=_tiebreak)
     return ordered, None, "no slice positions and no InstanceNumber; slices kept in file-name order"
+
+
+def _check_orientations(slices: list[DicomSlice], warnings: list[str]) -> None:
+    oriented = [s.orientation for s in slices if s.orientation is not None]
+    if not oriented:
+        return
+    odd = sum(1 for o in oriented if not np.allclose(o, oriented[0], atol=1e-3))
+    if odd:
+        warnings.append(f"{odd} slices have another ImageOrientationPatient than the first")
 
 
 def _tiebreak(s: DicomSlice) -> tuple:
