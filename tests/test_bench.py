@@ -222,3 +222,19 @@ def test_cuda_graph_pads_the_last_batch() -> None:  # pragma: no cover - runs wh
         out = fast(x)
     assert fast.uses_cuda_graphs
     torch.testing.assert_close(out, _tiny().cuda()(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_headct_bench_command_writes_json(tmp_path, capsys) -> None:
+    from headct.cli import build_parser, main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "effnet-2d", "--batch-size", "2", "--img-size", "32", "--warmup", "0",
+                 "--iters", "1", "--device", "cpu", "--compile", "--channels-last", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "effnet-2d" and result["settings"]["img_size"] == 32
+    assert result["settings"]["compile"] == "default" and result["effective"]["compile"] is None  # CPU: skipped
+    assert result["gflops_per_sample"] > 0 and result["params"] > 1_000_000
+    assert str(out) in capsys.readouterr().out
+    args = build_parser().parse_args(["bench", "--model", "m", "--compile", "max-autotune", "--amp", "bf16"])
+    assert args.compile == "max-autotune" and args.amp == "bf16" and not args.train
