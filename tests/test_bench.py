@@ -238,3 +238,18 @@ def test_headct_bench_command_writes_json(tmp_path, capsys) -> None:
     assert str(out) in capsys.readouterr().out
     args = build_parser().parse_args(["bench", "--model", "m", "--compile", "max-autotune", "--amp", "bf16"])
     assert args.compile == "max-autotune" and args.amp == "bf16" and not args.train
+
+
+
+def test_series_level_models_pass_through_the_fast_path() -> None:
+    from headct.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("study-seq", 2, hidden=16, layers=1).eval()
+    pixels = np.random.default_rng(0).integers(-1000, 1500, size=(5, 32, 32)).astype(np.int16)
+    reference = series_logits(model, pixels)
+    fast = prepare_for_inference(model, "cpu", channels_last=True, cuda_graph_batch=8)
+    out = series_logits(fast, pixels)
+    assert out.series_logits is not None and out.slice_logits.shape == (5, 2)
+    torch.testing.assert_close(out.series_logits, reference.series_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.slice_logits, reference.slice_logits, rtol=1e-4, atol=1e-4)
