@@ -16,8 +16,9 @@ for unknown. Label names are kept as written in the header.
 
 A volume matches the rows whose patient value equals its file name without
 ``.nii``/``.nii.gz`` (as numbers when both are: ``049.nii`` is patient 49).
-Slice numbers count the slices of the volume as :func:`headct.io.read_nifti`
-returns them, from 1 (CT-ICH) or from 0 when the CSV has a slice 0. Slices
+Slice numbers count along the file's third (stored slice) axis, from 1
+(CT-ICH) or from 0 when the CSV has a slice 0; the cache holds slices in scan
+order (inferior first, :func:`headct.io.read_nifti`) and maps them. Slices
 without a row keep unknown labels; rows without a volume or slice are counted
 and listed. The patient value is hashed before it is stored.
 """

@@ -284,8 +284,24 @@ def _read_source(reader: str, path: str, uid: str | None, study: str
         from headct.io.nifti import read_nifti
 
         volume = read_nifti(path)
-        return volume.pixels, [f"{study}_{i:03d}" for i in range(volume.num_slices)], list(range(volume.num_slices))
+        count = volume.num_slices
+        return volume.pixels, [f"{study}_{i:03d}" for i in range(count)], _file_slice_numbers(path, count)
     raise ValueError(f"unknown reader {reader!r}")
+
+
+def _file_slice_numbers(path: str, count: int) -> list[int | None]:
+    """For each slice in scan order (as read_nifti gives it), its index along the file's third axis.
+
+    Label CSVs (CT-ICH) number slices along the stored third axis; read_nifti
+    reorients to inferior-first, which reverses that axis in files stored head first.
+    """
+    import nibabel as nib
+
+    orientation = nib.io_orientation(nib.load(path).affine)
+    if int(orientation[2, 0]) != 2:
+        log.warning("%s: third axis is not inferior-superior; slice numbers taken in scan order", Path(path).name)
+        return list(range(count))
+    return list(range(count)) if orientation[2, 1] > 0 else list(range(count - 1, -1, -1))
 
 
 class _MaskLookup:

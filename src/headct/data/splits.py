@@ -88,7 +88,8 @@ def split_studies(studies: Sequence[str], groups: Sequence[str], labels: np.ndar
     a group's stratum is the union of its studies' positive labels.
     """
     n = len(studies)
-    labels = np.asarray(labels).reshape(n, -1)
+    labels = np.asarray(labels)
+    labels = labels.reshape(n, -1) if labels.ndim != 2 else labels
     group_ids, group_of_item = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     signature = np.zeros((len(group_ids), labels.shape[1]), dtype=np.int8)
     np.maximum.at(signature, group_of_item, (labels > 0).astype(np.int8))
