@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headct.data.cache import FORMAT_VERSION, Cache, write_index, write_meta, write_shard
+
 
 def write_ct(path: Path, pixels: np.ndarray, *, sop: str, series: str, study: str, patient: str | None,
              z: float, modality: str = "CT", intercept: float = -1024.0) -> Path:
@@ -54,3 +56,33 @@ def ct_writer():
 @pytest.fixture
 def hu_slice():
     return slice_hu
+
+
+def build_cache(path, lengths=(3, 1, 4), size=8, labels=("non-stroke", "hemorrhagic", "ischemic")):
+    """Series i has lengths[i] slices; every pixel of cache row r equals r; labels cycle through classes."""
+    columns = {name: [] for name in ("row", "study", "patient", "series", "slice_index", "uid", "shard",
+                                     "offset", "split", "fold", *labels)}
+    row = 0
+    for i, length in enumerate(lengths):
+        key = f"series{i}"
+        pixels = np.stack([np.full((size, size), row + k, np.int16) for k in range(length)])
+        masks = (pixels % 2).astype(np.uint8) if i == 0 else None
+        write_shard(path, key, pixels, masks, {"key": key, "slices": length, "uids": [f"u{row + k}" for k in range(length)],
+                                               "has_mask": masks is not None})
+        for k in range(length):
+            values = dict(row=row, study=f"st{i}", patient=f"p{i}", series=key, slice_index=k, uid=f"u{row}",
+                          shard=key, offset=k, split=["train", "val", "test"][min(i, 2)], fold=-1)
+            for name, value in values.items():
+                columns[name].append(value)
+            for j, name in enumerate(labels):
+                columns[name].append(int(row % len(labels) == j))
+            row += 1
+    write_index(path, columns, list(labels))
+    write_meta(path, {"format_version": FORMAT_VERSION, "kind": "hu", "size": size, "labels": list(labels),
+                      "has_masks": True, "split": {"how": "patient"}, "summary": {}})
+    return Cache(path)
+
+
+@pytest.fixture(name="build_cache")
+def build_cache_fixture():
+    return build_cache
