@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,154 @@ def test_train_state_round_trip_restores_rng(tmp_path: Path) -> None:
     assert state["epoch"] == 2 and state["history"][0]["lr"] == 0.1
     torch.testing.assert_close(torch.rand(2), expected[0])
     np.testing.assert_array_equal(np.random.rand(2), expected[1])
+
+
+# --- training on a tiny cache -------------------------------------------------------------
+
+TINY = "tiny-test-effnet"
+LAUNCHER = """
+import sys
+from headct.models.backbones import SliceClassifier
+from headct.models.registry import list_models, register_model
+
+if "{name}" not in list_models():
+    register_model("{name}")(lambda num_classes, *, input_kind="hu", drop_rate=0.0: SliceClassifier(
+        "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
+        drop_rate=drop_rate))
+from headct.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _register_tiny() -> None:
+    exec(LAUNCHER.format(name=TINY).split("from headct.cli")[0], {})
+
+
+_register_tiny()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _config(cache: Path, out: Path, **kw) -> TrainConfig:
+    base = {"data": str(cache), "model": TINY, "task": "rsna", "out": str(out), "epochs": 2, "batch_size": 8,
+            "lr": 3e-3, "warmup_epochs": 0.0, "max_steps_per_epoch": 4, "progress": False, "tensorboard": False,
+            "patience": 0, "model_kwargs": {"drop_rate": 0.2}}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_few_steps_lower_the_loss(cache: Path, tmp_path: Path) -> None:
+    from headct.checkpoint import read_checkpoint_config
+    from headct.train import train
+
+    best = train(_config(cache, tmp_path / "run", epochs=4, augment=False))
+    rows = list(csv_rows(tmp_path / "run" / "metrics.csv"))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert len(rows) == 4 and losses[-1] < 0.8 * losses[0]
+    assert {"epoch", "train_loss", "val_loss", "val_macro_auroc", "lr", "images_per_s"} <= set(rows[0])
+    config = read_checkpoint_config(best)
+    assert config["labels"][-1] == "any" and config["label_kind"] == "multilabel"
+    assert set(config["thresholds"]) == set(config["labels"]) and config["temperature"] > 0
+    training = config["training"]
+    assert training["split"]["how"] == "study" and training["slices"]["train"] > 0
+    assert str(cache) not in str(training)  # the cache is named by a hash, not its path
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "last").is_dir()
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    import headct.train as train_module
+    from headct.checkpoint import load_checkpoint
+
+    config = _config(cache, tmp_path / "whole", epochs=3, max_steps_per_epoch=3)
+    train_module.train(config)
+
+    real_save, calls = train_module.save_train_state, []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # killed right after epoch 1 was written
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_train_state", save_then_die)
+    cut = _config(cache, tmp_path / "cut", epochs=3, max_steps_per_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(cut)
+    monkeypatch.setattr(train_module, "save_train_state", real_save)
+    assert load_train_state(tmp_path / "cut")["epoch"] == 1
+    torch.manual_seed(1234)  # a different global RNG history must not matter
+    train_module.train(cut, resume=True)
+
+    whole, _ = load_checkpoint(tmp_path / "whole" / "last")
+    resumed, _ = load_checkpoint(tmp_path / "cut" / "last")
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    timeless = [[{k: v for k, v in row.items() if k != "images_per_s"} for row in csv_rows(run / "metrics.csv")]
+                for run in (tmp_path / "whole", tmp_path / "cut")]
+    assert len(timeless[0]) == 3 and timeless[0] == timeless[1]
+
+
+def test_two_gloo_processes_train_with_ddp(cache: Path, tmp_path: Path) -> None:
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER.format(name=TINY))
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+           "train", "--data", str(cache), "--model", TINY, "--task", "rsna", "--out", str(run), "--epochs", "1",
+           "--batch-size", "4", "--max-steps-per-epoch", "3", "--progress", "false", "--tensorboard", "false",
+           "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best checkpoint:") == 1  # only rank 0 reports
+    state = load_train_state(run)
+    # Two ranks x 4 samples per step x 3 steps: every step saw both shards.
+    assert state["history"][0]["images_per_s"] > 0 and state["epoch"] == 0
+    assert (run / "best" / "config.json").is_file()
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32) -> Path:
+    """A small RSNA-style cache: half the series have a bright intraparenchymal blob on slices 1..3."""
+    from headct.data.cache import (
+        FORMAT_VERSION,
+        INDEX_COLUMNS,
+        write_index,
+        write_meta,
+        write_shard,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+    columns: dict[str, list] = {k: [] for k in (*INDEX_COLUMNS, *labels)}
+    splits = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.4) ** 2
+    for s in range(n_series):
+        key = f"s{s:03d}"
+        pixels = np.full((slices, size, size), -1000, np.int16)
+        pixels[:, head] = 30
+        pixels += rng.normal(0, 5, pixels.shape).astype(np.int16)
+        for k in range(slices):
+            label = [0] * 6
+            if s % 2 == 0 and 1 <= k <= 3:
+                cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+                pixels[k][(yy - cy) ** 2 + (xx - cx) ** 2 < 16] = 75
+                label[1] = label[5] = 1
+            values = (len(columns["row"]), f"study{s}", "", f"series{s}", k, f"uid{s}.{k}", key, k, splits[s], -1)
+            for name, value in zip((*INDEX_COLUMNS, *labels), (*values, *label), strict=True):
+                columns[name].append(value)
+        write_shard(path, key, pixels, None, {"key": key, "slices": slices,
+                                              "uids": [f"uid{s}.{k}" for k in range(slices)]})
+    write_index(path, columns, labels)
+    write_meta(path, {"format_version": FORMAT_VERSION, "source_format": "rsna", "kind": "hu", "size": size,
+                      "labels": labels, "summary": {}, "has_masks": False,
+                      "split": {"how": "study", "seed": 0, "n_train": 12, "n_val": 4, "n_test": 4}})
+    return path

@@ -170,7 +170,7 @@ def predict_split(
         keep = keep_all[series_rows]
         if not keep.any():
             continue
-        out = series_logits(model, np.asarray(cache.series_slices(shard)), batch_size=batch_size,
+        out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
                             device=device, amp=amp)
         rows.append(series_rows[keep])
         logits.append(out.slice_logits.numpy()[keep])

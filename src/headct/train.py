@@ -230,20 +230,25 @@ class Trainer:
             with self._autocast():
                 logits = self.net(x)
             return self.criterion(logits.float(), y), x.shape[0]
-        x, y_slices, y_series, mask = (t.to(self.device, non_blocking=True) for t in batch[:4])
+        x, y_slices, y_series, _, mask = (t.to(self.device, non_blocking=True) for t in batch)
         if self.mode == "series":
             x = x.float()
             if self.augment is not None and generator is not None:
                 x = augment_batch(x, self.augment, generator, self.spec.input_kind)
         with self._autocast():
             slice_logits, series_logits = self.net(x, mask)
-        loss = self.config.slice_loss_weight * self.criterion(slice_logits.float()[mask], y_slices[mask])
-        loss = loss + self.config.series_loss_weight * self.criterion(series_logits.float(), y_series)
+        usable = mask & (y_slices[..., 0] >= 0)  # padding and slices the task cannot use carry -1
+        loss = self.config.series_loss_weight * self.criterion(series_logits.float(), y_series)
+        if usable.any():
+            loss = loss + self.config.slice_loss_weight * self.criterion(slice_logits.float()[usable],
+                                                                         y_slices[usable])
         return loss, int(mask.sum())
 
     def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy."""
         if self.task.kind == "multiclass":
+            if targets.dim() == logits.dim():  # one-hot (series datasets) → class indices
+                targets = targets.argmax(-1)
             return F.cross_entropy(logits, targets.long(), label_smoothing=self.smoothing)
         bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
         return (bce * self.loss_weights).sum(-1).mean() / self.loss_weights.sum()
@@ -282,12 +287,15 @@ class Trainer:
             with self._autocast():
                 out = self.net(x)
             return out.float().cpu(), batch[1].cpu(), batch[2].cpu()
-        x, y_slices, _, mask, rows = batch[:5]
-        x, mask = x.to(self.device), mask.to(self.device)
+        x, y_slices, _, rows, mask = batch
         with self._autocast():
-            slice_logits, _ = self.net(x.float() if self.mode == "series" else x, mask)
-        mask = mask.cpu()
-        return slice_logits.float().cpu()[mask], y_slices[mask], rows[mask]
+            slice_logits, _ = self.net(x.to(self.device).float() if self.mode == "series"
+                                       else x.to(self.device), mask.to(self.device))
+        usable = mask & (y_slices[..., 0] >= 0)
+        targets = y_slices[usable]
+        if self.task.kind == "multiclass":
+            targets = targets.argmax(-1)
+        return slice_logits.float().cpu()[usable], targets, rows[usable]
 
     # -- bookkeeping --
 
@@ -387,6 +395,7 @@ class Trainer:
         if self.mode == "embeddings":
             train_data = EmbeddingDataset.from_series(self.model, train_data, self.device, self.info)
             val_data = EmbeddingDataset.from_series(self.model, val_data, self.device, self.info)
+            return train_data, val_data, collate_embeddings
         return train_data, val_data, collate_series
 
     def _loaders(self) -> tuple[DataLoader, DataLoader]:
@@ -511,6 +520,15 @@ class EmbeddingDataset(Dataset):
             pixels = torch.as_tensor(x, device=device).float()[None]
             items.append((model.encode_slices(pixels, None)[0].cpu(), *rest))
         return cls(items)
+
+
+def collate_embeddings(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """``collate_series`` for ``[S, d]`` embeddings: the same outputs, padded at the end."""
+    from headct.data.datasets import collate_series
+
+    # Pad through collate_series by viewing each [S, d] as [S, 1, d].
+    x, y_slices, y_series, rows, mask = collate_series([(e[:, None, :], *rest) for e, *rest in batch])
+    return x[:, :, 0, :], y_slices, y_series, rows, mask
 
 
 class _SeriesForward(nn.Module):
