@@ -119,12 +119,16 @@ class StudySequence(nn.Module):
         return self.forward_embeddings(self.encode_slices(x, mask), mask)
 
     def encode_slices(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Slice embeddings ``[B, S, d]`` (zeros at padded slices)."""
+        """Slice embeddings ``[B, S, d]`` (zeros at padded slices, which are never encoded)."""
         if x.dim() != 4:
             raise ValueError(f"study-seq expects raw series [B, S, H, W], got shape {tuple(x.shape)}")
         batch, slices = x.shape[:2]
+        if mask is None:  # no data-dependent indexing: traceable for ONNX and shape-only (meta) runs
+            lengths = torch.full((batch,), slices, device=x.device)
+            stacks = _neighbour_stacks(x, lengths, self.context)  # [B, S, K, H, W]
+            return self.encoder.encode(stacks.flatten(0, 1)).view(batch, slices, -1)
         mask = _check_mask(mask, batch, slices, x.device)
-        stacks = _neighbour_stacks(x, mask.sum(1), self.context)  # [B, S, K, H, W]
+        stacks = _neighbour_stacks(x, mask.sum(1), self.context)
         features = self.encoder.encode(stacks[mask])  # only the real slices: [N, d]
         embeddings = features.new_zeros(batch, slices, features.shape[-1])
         embeddings[mask] = features
@@ -134,13 +138,13 @@ class StudySequence(nn.Module):
         self, embeddings: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """RNN and heads on slice embeddings ``[B, S, d]``: ``(slice_logits, series_logits)``."""
-        batch, slices = embeddings.shape[:2]
-        mask = _check_mask(mask, batch, slices, embeddings.device)
-        lengths = mask.sum(1)
-        if bool((lengths == slices).all()):
+        if mask is None:
             outputs, _ = self.rnn(embeddings)
+            mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
         else:  # packed, so the backward direction starts at each series' own last slice
-            packed = pack_padded_sequence(embeddings, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            batch, slices = embeddings.shape[:2]
+            mask = _check_mask(mask, batch, slices, embeddings.device)
+            packed = pack_padded_sequence(embeddings, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
             outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=slices)
         return self.slice_head(outputs), self.series_head(self._pool(outputs, mask))
 
