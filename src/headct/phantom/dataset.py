@@ -1,0 +1,223 @@
+"""A whole phantom dataset on disk: plan the studies, render them, write one layout.
+
+Layouts:
+- ``rsna``: ``dicom/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` plus ``labels.csv`` (RSNA ``ID,Label``);
+- ``png-folders``: brain-window PNGs in ``non-stroke/``, ``hemorrhagic/``, ``ischemic/``
+  (TEKNOFEST), named ``<study>_<slice:03d>.png``.
+Both get ``masks/<study>.npz`` and ``phantom.json`` (arguments, lesions, counts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from headct import __version__
+from headct.io.privacy import short_hash
+from headct.phantom.generator import PhantomStudy, default_slices, generate_study
+from headct.phantom.lesions import HEMORRHAGE_TYPES, LESION_BITS
+from headct.phantom.writers import (
+    RESCALES,
+    RSNA_LABELS,
+    SeriesInfo,
+    brain_window_png,
+    write_dicom_series,
+    write_masks,
+    write_png,
+    write_rsna_labels,
+    write_text,
+)
+
+log = logging.getLogger(__name__)
+
+PHANTOM_VERSION = "1"
+"""Bumped whenever the same seed would render different images."""
+
+LAYOUTS = ("rsna", "png-folders")
+STROKE_CLASSES = ("non-stroke", "hemorrhagic", "ischemic")
+
+
+@dataclass
+class PhantomConfig:
+    """What ``headct phantom`` writes."""
+
+    out: Path
+    studies: int = 20
+    layout: str = "rsna"
+    seed: int = 0
+    difficulty: float = 1.0
+    size: int = 512
+    slices: int | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.studies < 1:
+            raise ValueError(f"studies must be at least 1, got {self.studies}")
+        if not 0.0 <= self.difficulty <= 5.0:
+            raise ValueError(f"difficulty must be in [0, 5], got {self.difficulty}")
+
+
+@dataclass
+class StudyPlan:
+    """Everything decided about one study before rendering it."""
+
+    index: int
+    patient: int
+    lesions: tuple[str, ...]
+    name: str  # short stable id (png names, masks for png-folders)
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    rescale: str
+    descending_instances: bool
+    table_offset: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def patient_id(self) -> str:
+        return f"PHANTOM-{self.patient:04d}"
+
+    def seed(self, config: PhantomConfig) -> list[int]:
+        return [config.seed, 1, self.index]
+
+    def patient_seed(self, config: PhantomConfig) -> list[int]:
+        return [config.seed, 2, self.patient]
+
+
+def plan_studies(config: PhantomConfig) -> list[StudyPlan]:
+    """Patients, lesion types and identifiers for every study; study i never depends on N."""
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng([config.seed, 0])
+    plans: list[StudyPlan] = []
+    patient = 0
+    for index in range(config.studies):
+        follow_up = index > 0 and rng.random() < 0.25
+        patient = patient if follow_up else patient + 1
+        if config.layout == "rsna":
+            count = int(rng.choice([0, 1, 2, 3], p=[0.3, 0.45, 0.18, 0.07]))
+            chosen = rng.choice(len(HEMORRHAGE_TYPES), size=count, replace=False)
+            lesions = tuple(HEMORRHAGE_TYPES[i] for i in sorted(chosen))
+        elif rng.random() < 0.5:
+            lesions = ("ischemic",)
+        else:
+            count = int(rng.choice([1, 2], p=[0.75, 0.25]))
+            chosen = rng.choice(len(HEMORRHAGE_TYPES), size=count, replace=False)
+            lesions = tuple(HEMORRHAGE_TYPES[i] for i in sorted(chosen))
+
+        def uid(*parts: object, index: int = index) -> str:
+            return generate_uid(entropy_srcs=["headct-phantom", str(config.seed), str(index), *map(str, parts)])
+
+        study_uid = uid("study")
+        plans.append(StudyPlan(
+            index=index, patient=patient, lesions=lesions, name=f"ph{short_hash(study_uid)[:10]}",
+            study_uid=study_uid, series_uid=uid("series"), frame_uid=uid("frame"),
+            rescale=RESCALES[index % len(RESCALES)].name,
+            descending_instances=bool(rng.random() < 0.3),
+            table_offset=round(float(rng.uniform(-120, 40)), 1),
+        ))
+    return plans
+
+
+def write_phantom(config: PhantomConfig) -> dict:
+    """Render and write every study; returns the phantom.json content."""
+    from pydicom.uid import generate_uid
+
+    started = time.perf_counter()
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    slices = config.slices or default_slices(config.size)
+    rescales = {r.name: r for r in RESCALES}
+    csv_rows: list[tuple[str, dict[str, int]]] = []
+    records = []
+    slice_counts = dict.fromkeys([*LESION_BITS, "any", *STROKE_CLASSES], 0)
+    total_slices = 0
+    for plan in tqdm(plan_studies(config), desc="phantom", unit="study", disable=None):
+        study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
+                               slices=slices, difficulty=config.difficulty, lesions=plan.lesions)
+        labels = study.slice_labels()
+        n = study.num_slices
+        total_slices += n
+        for name in [*LESION_BITS, "any"]:
+            slice_counts[name] += int(labels[name].sum())
+        if config.layout == "rsna":
+            sop_uids = [generate_uid(entropy_srcs=["headct-phantom", str(config.seed), str(plan.index), "sop", str(k)])
+                        for k in range(n)]
+            info = SeriesInfo(plan.patient_id, plan.study_uid, plan.series_uid, plan.frame_uid, sop_uids,
+                              study.pixel_spacing, study.slice_thickness,
+                              [plan.table_offset + float(z) for z in study.z], rescales[plan.rescale],
+                              plan.descending_instances)
+            write_dicom_series(out / "dicom" / plan.study_uid, study.hu, info)
+            csv_rows += [(sop_uids[k], {name: int(labels[name][k]) for name in RSNA_LABELS}) for k in range(n)]
+            key, uids = plan.study_uid, sop_uids
+        else:
+            classes = _stroke_classes(labels)
+            uids = []
+            for k in range(n):
+                stem = f"{plan.name}_{k:03d}"
+                write_png(out / classes[k] / f"{stem}.png", brain_window_png(study.hu[k]))
+                uids.append(stem)
+                slice_counts[classes[k]] += 1
+            key = plan.name
+        write_masks(out / "masks" / f"{key}.npz", uids, study.masks)
+        records.append(_study_record(plan, study, labels, key, config.layout))
+
+    if config.layout == "rsna":
+        write_rsna_labels(out / "labels.csv", csv_rows)
+    summary = {
+        "generator": "headct.phantom",
+        "phantom_version": PHANTOM_VERSION,
+        "headct_version": __version__,
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "out"}
+        | {"slices": slices},
+        "lesion_bits": LESION_BITS,
+        "studies": records,
+        "counts": {
+            "studies": len(records),
+            "patients": len({r["patient"] for r in records}),
+            "slices": total_slices,
+            "slices_with": {k: v for k, v in slice_counts.items() if config.layout == "png-folders" or k not in STROKE_CLASSES},
+            "studies_with": {name: sum(1 for r in records if any(les["type"] == name for les in r["lesions"])) for name in LESION_BITS},
+        },
+    }
+    write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")
+    log.info("phantom: %d studies, %d slices in %.1f s", len(records), total_slices, time.perf_counter() - started)
+    return summary
+
+
+def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
+    """TEKNOFEST class per slice: ischemic if the ischemic bit, hemorrhagic if any bleed, else non-stroke."""
+    return ["ischemic" if labels["ischemic"][k] else "hemorrhagic" if labels["any"][k] else "non-stroke"
+            for k in range(len(labels["any"]))]
+
+
+def _study_record(plan: StudyPlan, study: PhantomStudy, labels: dict[str, np.ndarray], key: str, layout: str) -> dict:
+    lesions = []
+    for lesion in study.lesions:
+        bits = (study.masks & np.uint8(lesion.bit)) != 0
+        on = np.flatnonzero(bits.reshape(study.num_slices, -1).any(axis=1))
+        entry = lesion.describe()
+        entry["slices"] = [int(on.min()), int(on.max())]
+        entry["voxels"] = int(bits.sum())
+        lesions.append(entry)
+    return {
+        "study": key,
+        "study_uid": plan.study_uid if layout == "rsna" else None,
+        "patient": plan.patient_id,
+        "slices": study.num_slices,
+        "pixel_spacing_mm": round(study.pixel_spacing, 4),
+        "slice_thickness_mm": round(study.slice_thickness, 3),
+        "rescale": plan.rescale if layout == "rsna" else None,
+        "noise_sd": round(study.noise_sd, 2),
+        "streaks": study.streaks,
+        "lesions": lesions,
+        "positive_slices": {name: int(v.sum()) for name, v in labels.items()},
+    }

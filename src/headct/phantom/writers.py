@@ -1,0 +1,207 @@
+"""File formats the phantom writes: CT DICOM slices, brain-window PNGs, masks, RSNA labels.
+
+Every writer is deterministic (fixed dates, UIDs from the seed, zip entries
+with a fixed timestamp) and atomic (temp file in the same folder, then
+``os.replace``), so the same seed gives the same bytes and an interrupted run
+never leaves a half-written file that loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headct.windows import apply_windows
+
+RSNA_LABELS: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+"""RSNA label names in the order of the competition's CSV."""
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """How stored pixel values map to HU: HU = stored * slope + intercept."""
+
+    name: str
+    bits_stored: int
+    signed: bool
+    intercept: float
+    slope: float
+
+    def encode(self, hu: np.ndarray) -> np.ndarray:
+        """HU → stored integers (rounded, clipped to what the bits can hold)."""
+        stored = np.rint((hu - np.float32(self.intercept)) / np.float32(self.slope))
+        if self.signed:
+            low, high, dtype = -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1, np.int16
+        else:
+            low, high, dtype = 0, 2**self.bits_stored - 1, np.uint16
+        return np.clip(stored, low, high).astype(dtype)
+
+
+RESCALES: tuple[Rescale, ...] = (
+    Rescale("int16", 16, True, 0.0, 1.0),
+    Rescale("int16-intercept", 16, True, -1024.0, 1.0),
+    Rescale("uint12", 12, False, -1024.0, 1.0),
+    Rescale("uint16", 16, False, -1024.0, 1.0),
+    Rescale("int16-half-hu", 16, True, -1024.0, 0.5),
+)
+"""The stored-value conventions studies rotate through (none triggers the RSNA 12-bit fault)."""
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """Identifiers and geometry of one written series."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    sop_uids: Sequence[str]
+    pixel_spacing: float
+    slice_thickness: float
+    table_z: Sequence[float]  # patient z (mm) of each slice, scan order
+    rescale: Rescale
+    descending_instances: bool = False
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[Path]:
+    """One CT DICOM file per slice, ``<folder>/<SOPInstanceUID>.dcm``; returns the paths."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n, rows, cols = hu.shape
+    implementation_uid = generate_uid(entropy_srcs=["headct-phantom-implementation"])
+    origin = -(cols / 2 - 0.5) * info.pixel_spacing, -(rows / 2 - 0.5) * info.pixel_spacing
+    paths = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = info.sop_uids[k]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = implementation_uid
+        meta.ImplementationVersionName = "HEADCT_PHANTOM"
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = info.sop_uids[k]
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
+        ds.Modality = "CT"
+        ds.Manufacturer = "headct phantom"
+        ds.StudyDescription = "HEAD WO CONTRAST (synthetic)"
+        ds.SeriesDescription = "AXIAL BRAIN (synthetic)"
+        ds.PatientName = ""
+        ds.PatientID = info.patient_id
+        ds.KVP = "120"
+        ds.SliceThickness = _ds(info.slice_thickness)
+        ds.SpacingBetweenSlices = _ds(info.slice_thickness)
+        ds.StudyInstanceUID = info.study_uid
+        ds.SeriesInstanceUID = info.series_uid
+        ds.FrameOfReferenceUID = info.frame_uid
+        ds.StudyID = "1"
+        ds.SeriesNumber = 2
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = (n - k) if info.descending_instances else (k + 1)
+        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(info.table_z[k])]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.SliceLocation = _ds(info.table_z[k])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelSpacing = [_ds(info.pixel_spacing), _ds(info.pixel_spacing)]
+        ds.BitsAllocated = 16
+        ds.BitsStored = info.rescale.bits_stored
+        ds.HighBit = info.rescale.bits_stored - 1
+        ds.PixelRepresentation = 1 if info.rescale.signed else 0
+        ds.WindowCenter, ds.WindowWidth = "40", "80"
+        ds.RescaleIntercept = _ds(info.rescale.intercept)
+        ds.RescaleSlope = _ds(info.rescale.slope)
+        ds.RescaleType = "HU"
+        ds.PixelData = info.rescale.encode(hu[k]).tobytes()
+        path = folder / f"{info.sop_uids[k]}.dcm"
+        _atomic(path, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        paths.append(path)
+    return paths
+
+
+def brain_window_png(hu: np.ndarray) -> np.ndarray:
+    """HU slice → 8-bit brain window (40/80), the TEKNOFEST images' look."""
+    return np.rint(apply_windows(hu, ["brain"])[0] * 255.0).astype(np.uint8)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """An 8-bit grey (or RGB) PNG, atomically."""
+    from PIL import Image
+
+    _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
+    """``masks/<study>.npz``: ``uids`` (str [S]) and ``masks`` (uint8 [S, H, W]), compressed.
+
+    Written by hand rather than with ``np.savez_compressed``, which stamps the
+    current time into each zip entry; a fixed stamp keeps outputs byte-identical.
+    """
+    arrays = {"uids": np.asarray(list(uids), dtype=str), "masks": np.ascontiguousarray(masks, dtype=np.uint8)}
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, array, allow_pickle=False)
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                entry.external_attr = 0o644 << 16
+                archive.writestr(entry, buffer.getvalue())
+
+    _atomic(path, write)
+
+
+def write_rsna_labels(path: Path, rows: Sequence[tuple[str, dict[str, int]]]) -> None:
+    """RSNA ``ID,Label`` CSV: six rows ``ID_<SOPInstanceUID>_<subtype>`` per slice."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            out = csv.writer(handle, lineterminator="\n")
+            out.writerow(["ID", "Label"])
+            for sop_uid, labels in rows:
+                for name in RSNA_LABELS:
+                    out.writerow([f"ID_{sop_uid}_{name}", int(labels[name])])
+
+    _atomic(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file, atomically."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    _atomic(path, write)
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _ds(value: float) -> str:
+    """A DICOM decimal string (at most 16 characters) for a float."""
+    text = f"{float(value):.6g}"
+    return "0" if text == "-0" else text
