@@ -1,0 +1,147 @@
+"""Evaluation outputs: predictions.csv and metrics.json by the contract, consistent with sklearn."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+
+from headct.checkpoint import read_checkpoint_config, save_checkpoint
+from headct.evaluate import evaluate
+from headct.models.backbones import SliceClassifier
+from headct.models.registry import list_models, register_model
+
+TINY = "tiny-test-effnet"
+RSNA = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+CONTRACT = {"per_class", "micro_auroc", "macro_auroc", "f1_macro", "f1_micro", "f1_weighted", "accuracy",
+            "confusion_matrix", "ece", "ece_calibrated", "temperature", "ci95", "split"}
+
+if TINY not in list_models():
+    register_model(TINY)(lambda num_classes, *, input_kind="hu", drop_rate=0.0: SliceClassifier(
+        "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
+        drop_rate=drop_rate))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _checkpoint(path: Path, task: str, labels: list[str], kind: str, **fields) -> Path:
+    from headct.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY, len(labels))
+    with torch.no_grad():  # spread the outputs so AUROC and thresholds mean something
+        model.head[-1].weight.mul_(50.0)
+    return save_checkpoint(model, path, size=32, task=task, labels=labels, label_kind=kind, **fields)
+
+
+def test_rsna_outputs_follow_the_contract_and_agree_with_sklearn(cache: Path, tmp_path: Path) -> None:
+    thresholds = {label: 0.3 + 0.05 * i for i, label in enumerate(RSNA)}
+    ckpt = _checkpoint(tmp_path / "ckpt", "rsna", RSNA, "multilabel", thresholds=thresholds, temperature=2.0)
+    paths = evaluate(ckpt, cache, tmp_path / "eval", split="test", device="cpu", n_bootstrap=100)
+    metrics = json.loads(paths["metrics"].read_text())
+    rows = list(csv.DictReader(paths["predictions"].open()))
+
+    assert CONTRACT <= set(metrics) and {"slice", "study"} == set(metrics["level"])
+    assert metrics["split"] == {"how": "study", "seed": 0, "n_train": 12, "n_val": 4, "n_test": 4,
+                                "evaluated": "test"}
+    assert metrics["temperature"] == 2.0 and metrics["checkpoint"]["thresholds_source"] == "checkpoint"
+    assert "rsna_log_loss" in metrics
+    assert set(rows[0]) == {"level", "study", "uid", "row", *(f"{p}_{label}" for p in "pyd" for label in RSNA)}
+
+    slices = [r for r in rows if r["level"] == "slice"]
+    assert len(slices) == 4 * 6 and metrics["n"] == 24
+    p = np.array([[float(r[f"p_{label}"]) for label in RSNA] for r in slices])
+    y = np.array([[int(r[f"y_{label}"]) for label in RSNA] for r in slices])
+    d = np.array([[int(r[f"d_{label}"]) for label in RSNA] for r in slices])
+    np.testing.assert_array_equal(d, p >= np.array([thresholds[label] for label in RSNA]))
+    for c, label in enumerate(RSNA):
+        block = metrics["per_class"][label]
+        assert block["threshold"] == pytest.approx(thresholds[label])
+        assert block["f1"] == pytest.approx(f1_score(y[:, c], d[:, c], zero_division=0))
+        if len(set(y[:, c])) == 2:
+            assert block["auroc"] == pytest.approx(roc_auc_score(y[:, c], p[:, c]))
+        else:
+            assert block["auroc"] is None
+    assert metrics["micro_auroc"] == pytest.approx(roc_auc_score(y.ravel(), p.ravel()))
+    assert metrics["f1_micro"] == pytest.approx(f1_score(y, d, average="micro", zero_division=0))
+    low, high = metrics["ci95"]["micro_auroc"]
+    assert low <= metrics["micro_auroc"] <= high
+
+    # study rows: the maximum over each study's slices, and the labels any slice has
+    studies = [r for r in rows if r["level"] == "study"]
+    assert [r["uid"] for r in studies] == [r["study"] for r in studies] and len(studies) == 4
+    for study in studies:
+        members = [i for i, r in enumerate(slices) if r["study"] == study["study"]]
+        for c, label in enumerate(RSNA):
+            assert float(study[f"p_{label}"]) == pytest.approx(p[members, c].max())
+            assert int(study[f"y_{label}"]) == y[members, c].max()
+    assert metrics["level"]["study"]["n"] == 4
+    assert (tmp_path / "eval" / "report.html").is_file()
+    assert "by study" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "ckpt", "presence", ["non-stroke", "stroke"], "multiclass", thresholds=None,
+                       temperature=None)
+    paths = evaluate(ckpt, cache, tmp_path / "eval", split="test", device="cpu", report=False, n_bootstrap=50)
+    stored = read_checkpoint_config(ckpt)
+    metrics = json.loads(paths["metrics"].read_text())
+    assert set(stored["thresholds"]) == {"non-stroke", "stroke"} and stored["temperature"] > 0
+    assert metrics["temperature"] == pytest.approx(stored["temperature"])
+    assert metrics["checkpoint"]["thresholds_source"] == "validation"
+
+    rows = [r for r in csv.DictReader(paths["predictions"].open()) if r["level"] == "slice"]
+    p = np.array([[float(r["p_non-stroke"]), float(r["p_stroke"])] for r in rows])
+    y = np.array([int(r["y_stroke"]) for r in rows])
+    d = np.array([[int(r["d_non-stroke"]), int(r["d_stroke"])] for r in rows])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-9)
+    np.testing.assert_array_equal(d.argmax(axis=1), p.argmax(axis=1))  # multi-class: one-hot arg-max
+    assert (d.sum(axis=1) == 1).all()
+    assert metrics["confusion_matrix"] == confusion_matrix(y, p.argmax(axis=1), labels=[0, 1]).tolist()
+    assert metrics["per_class"]["stroke"]["auroc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
+
+
+def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32) -> Path:
+    """A small RSNA-style cache: half the series have a bright intraparenchymal blob on slices 1..3."""
+    from headct.data.cache import (
+        FORMAT_VERSION,
+        INDEX_COLUMNS,
+        write_index,
+        write_meta,
+        write_shard,
+    )
+
+    rng = np.random.default_rng(0)
+    columns: dict[str, list] = {k: [] for k in (*INDEX_COLUMNS, *RSNA)}
+    splits = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.4) ** 2
+    for s in range(n_series):
+        key = f"s{s:03d}"
+        pixels = np.full((slices, size, size), -1000, np.int16)
+        pixels[:, head] = 30
+        pixels += rng.normal(0, 5, pixels.shape).astype(np.int16)
+        for k in range(slices):
+            label = [0] * 6
+            if s % 2 == 0 and 1 <= k <= 3:
+                cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+                pixels[k][(yy - cy) ** 2 + (xx - cx) ** 2 < 16] = 75
+                label[1] = label[5] = 1
+            values = (len(columns["row"]), f"study{s}", "", f"series{s}", k, f"uid{s}.{k}", key, k, splits[s], -1)
+            for name, value in zip((*INDEX_COLUMNS, *RSNA), (*values, *label), strict=True):
+                columns[name].append(value)
+        write_shard(path, key, pixels, None, {"key": key, "slices": slices,
+                                              "uids": [f"uid{s}.{k}" for k in range(slices)]})
+    write_index(path, columns, RSNA)
+    write_meta(path, {"format_version": FORMAT_VERSION, "source_format": "rsna", "kind": "hu", "size": size,
+                      "labels": RSNA, "summary": {}, "has_masks": False,
+                      "split": {"how": "study", "seed": 0, "n_train": 12, "n_val": 4, "n_test": 4}})
+    return path
