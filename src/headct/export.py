@@ -183,19 +183,41 @@ def export_command(args: argparse.Namespace) -> int:
 # --- helpers -------------------------------------------------------------------
 
 class _SeriesOutputs(nn.Module):
-    """A series-level model as a two-output graph: ``x [B, S, H, W] → (slice_logits, series_logits)``."""
+    """A series-level model as a two-output graph: ``x [B, S, H, W] → (slice_logits, series_logits)``.
+
+    Whole series only (no padding mask): ``StudySequence.forward_series`` checks
+    its mask and picks packed or plain RNN input from the data, which
+    ``torch.export`` cannot trace with a dynamic slice count (and TorchScript
+    tracing bakes in the example's count). Without a mask that path is this
+    one: encode every slice with its neighbours, RNN, heads, pool over slices.
+    The export test checks it against ``forward_series``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_series(x, None)
+        m = self.model
+        batch, slices = x.shape[0], x.shape[1]
+        stacks = x[:, _neighbour_index(slices, m.context, x.device)]  # [B, S, K, H, W]
+        features = m.encoder.encode(stacks.flatten(0, 1)).reshape(batch, slices, -1)
+        outputs, _ = m.rnn(features)
+        if m.attention is None:
+            pooled = outputs.amax(dim=1)
+        else:
+            pooled = (torch.softmax(m.attention(outputs), dim=1) * outputs).sum(dim=1)
+        return m.slice_head(outputs), m.series_head(pooled)
+
+
+def _neighbour_index(slices: int, context: int, device: torch.device) -> torch.Tensor:
+    offsets = torch.arange(-context, context + 1, device=device)
+    return (torch.arange(slices, device=device)[:, None] + offsets[None, :]).clamp(0, slices - 1)
 
 
 def _export_form(model: nn.Module, spec: ModelSpec, size: int) -> tuple[nn.Module, torch.Tensor, list[str], list[str], dict[str, dict[int, str]]]:
     if spec.level == "series":
-        example = torch.full((1, EXAMPLE_SLICES, size, size), 40.0)
+        example = torch.full((2, EXAMPLE_SLICES, size, size), 40.0)  # sizes of 1 would be specialised
         return _SeriesOutputs(model), example, ["x"], ["slice_logits", "series_logits"], {"x": {0: "batch", 1: "slices"}}
     example = torch.full((2, spec.slices, size, size), 40.0)
     return model, example, ["x"], ["logits"], {"x": {0: "batch"}}
