@@ -59,6 +59,7 @@ def save_checkpoint(model: nn.Module, directory: str | Path, **config_fields: An
     config = _config_for(model, config_fields)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     try:
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         safetensors.torch.save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
+import timm
 import torch
 
 from headct.checkpoint import save_checkpoint
@@ -84,3 +86,12 @@ def test_masks_with_holes_or_empty_rows_are_refused() -> None:
         model.forward_embeddings(embeddings, torch.tensor([[True, False, True], [True, True, True]]))
     with pytest.raises(ValueError, match="at least one real slice"):
         model.forward_embeddings(embeddings, torch.tensor([[False] * 3, [True] * 3]))
+
+
+def test_pretrained_inside_encoder_kwargs_is_not_recorded(tmp_path) -> None:
+    path = tmp_path / "efficientnet_b0.safetensors"
+    source = timm.create_model("efficientnet_b0")
+    safetensors.torch.save_file(source.state_dict(), str(path))
+    model = build_model("study-seq", 2, hidden=8, encoder_kwargs={"pretrained": str(path), "drop_rate": 0.3})
+    assert torch.equal(model.encoder.encoder.conv_stem.weight, source.conv_stem.weight)
+    assert model.spec.kwargs["encoder_kwargs"] == {"drop_rate": 0.3}

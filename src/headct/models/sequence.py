@@ -63,9 +63,9 @@ def study_seq(
         extra = {"encoder": encoder, "encoder_kwargs": encoder_kwargs}
     else:
         kwargs = dict(encoder_kwargs or {})
-        if pretrained:
-            kwargs["pretrained"] = pretrained
-        slice_encoder = build_model(encoder, num_classes=0, **kwargs)
+        pretrained = kwargs.pop("pretrained", pretrained)  # where weights come from: not recorded
+        slice_encoder = build_model(encoder, num_classes=0, pretrained=pretrained, **kwargs)
+        extra = {"encoder_kwargs": kwargs or None}
     model = StudySequence(slice_encoder, num_classes, rnn=rnn, hidden=hidden, layers=layers, rnn_dropout=rnn_dropout, pooling=pooling)
     model.spec.kwargs = extra
     return model
