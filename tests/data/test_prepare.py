@@ -112,7 +112,7 @@ def test_rsna_cache_by_value(tmp_path, ct_writer, hu_slice):
     # every fault: one entry with its reason; the run went on
     summary = cache.meta["summary"]
     reasons = {item["file"]: item["reason"] for item in summary["skipped"]}
-    assert reasons["bad/notes.dcm"] == "not a DICOM file"
+    assert reasons["bad/notes.dcm"].startswith("not a DICOM file")
     assert "truncated" in reasons["bad/truncated.dcm"]
     assert "pixel data" in reasons["bad/nopixels.dcm"]
     assert "MR" in reasons["bad/mr.dcm"]
@@ -290,6 +290,13 @@ def test_resume_after_sigkill_gives_every_slice_once(tmp_path, ct_writer, hu_sli
         assert cache.slice(row)[8, 8] == 10 * s + k
     assert not list(out.rglob("*.tmp-*"))
     assert json.loads((out / "meta.json").read_text())["summary"]["slices"] == 36
+    assert not list((out / "work").glob("*.npy"))  # staged pixels cleared once the shards hold them
+
+    lost = cache.index["shard"][0]
+    (out / "shards" / f"{lost}.json").unlink()  # a shard lost after the build: only it is read again
+    again = prepare(PrepareConfig(input=str(root), format="dicom", out=str(out), size=16))
+    assert again.reused == 11 and again.slices == 36
+    assert Cache(out).slice(0)[8, 8] == cache.slice(0)[8, 8]
 
 
 def test_rerun_reuses_everything(tmp_path):

@@ -8,6 +8,8 @@ Layout (docs/internals.md, "The cache")::
       shards/<key>.npy   one series [S, size, size], int16 HU or uint8
       shards/<key>.json  the shard's sidecar: its slice uids and sources, skipped files
       masks/<key>.npy    optional uint8 lesion bit flags, same shape as the shard
+      work/              DICOM inputs: staged chunks (see headct.data.dicom_series); their
+                         pixels are deleted once the build finishes, their headers kept
 
 Every file is written to a temporary name and renamed into place, so a build
 killed at any moment leaves only whole files. A shard counts as done once its
@@ -94,7 +96,7 @@ def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
 def remove_stale_temporaries(cache_dir: Path) -> int:
     """Delete temporary files a killed build left behind; returns how many."""
     removed = 0
-    for folder in (Path(cache_dir), Path(cache_dir) / "shards", Path(cache_dir) / "masks"):
+    for folder in (Path(cache_dir), *(Path(cache_dir) / name for name in ("shards", "masks", "work"))):
         if folder.is_dir():
             for path in folder.glob(f"*{_TMP_MARK}*"):
                 path.unlink(missing_ok=True)

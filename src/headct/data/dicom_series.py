@@ -1,38 +1,37 @@
-"""Group a folder of DICOM files into series by their headers (no pixels read).
+"""DICOM trees in one read pass: stage every file resampled, then group and sort series.
 
 Real datasets do not keep one series per folder (RSNA puts 750k slices in one
-flat folder), so a cache build first reads every header up to the pixel data
-to learn SOP, series and study UIDs, then hands each series to one worker.
-The PatientID is hashed at once (:func:`headct.io.privacy.patient_key`) and
-never kept.
+flat folder), so the series a file belongs to is known only from its header.
+Reading headers first and pixels later would parse every file twice. Instead
+each file is read once with :func:`headct.io.dicom.read_slice`, resampled to
+the cache size at once, and staged: chunks of files become ``work/<chunk>.npy``
+(small slices) plus ``work/<chunk>.json`` (UIDs, geometry, the salted patient
+key; never a raw identifier). Series are then grouped from the staged headers
+and sorted by :func:`headct.io.dicom.assemble_series` on the small slices.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from headct.io.privacy import patient_key
+import numpy as np
+
+from headct.data.cache import atomic_save_npy, atomic_write_text
+from headct.data.resample import resample_slices
+from headct.errors import InputError
 
 log = logging.getLogger(__name__)
 
+CHUNK_FILES = 64
 NOT_DICOM_SUFFIXES = frozenset({
     ".csv", ".npz", ".npy", ".json", ".txt", ".md", ".html", ".yaml", ".yml", ".png", ".jpg",
     ".jpeg", ".nii", ".gz", ".zip", ".py", ".pdf",
 })
-
-
-@dataclass
-class ScannedFile:
-    """What the header says about one DICOM file."""
-
-    path: str
-    name: str
-    sop_uid: str
-    series_uid: str | None
-    study_uid: str | None
-    patient: str  # salted hash of PatientID, "" when absent
 
 
 def list_dicom_candidates(root: Path, *, skip_dirs: tuple[str, ...] = ("masks",)) -> list[Path]:
@@ -44,69 +43,124 @@ def list_dicom_candidates(root: Path, *, skip_dirs: tuple[str, ...] = ("masks",)
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or (rel.parts and rel.parts[0] in skip_dirs):
             continue
-        if path.is_file() and path.suffix.lower() not in NOT_DICOM_SUFFIXES:
+        if path.is_file() and path.suffix.lower() not in NOT_DICOM_SUFFIXES and path.name.upper() != "DICOMDIR":
             files.append(path)
     return sorted(files)
 
 
-def scan_headers(paths: list[str], root: str) -> tuple[list[ScannedFile], list[dict[str, str]]]:
-    """Read the headers of ``paths``; returns the usable files and ``{file, reason}`` for the rest.
+def chunk_digest(names: list[str], size: int) -> str:
+    """Fingerprint of a chunk's files and the size they were staged at."""
+    return hashlib.sha256(json.dumps([size, names]).encode()).hexdigest()[:16]
 
-    A top-level function so a process pool can run it on chunks of files.
+
+def stage_chunk(paths: list[str], names: list[str], work_dir: str, key: str, size: int) -> dict[str, Any]:
+    """Read, resample and stage one chunk of files; returns (and writes) its record.
+
+    A top-level function so a process pool can run it. Unusable files become
+    ``skipped`` entries ``{file, reason}``.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from headct.io.dicom import read_slice
 
-    scanned, skipped = [], []
-    base = Path(root)
-    for path in paths:
-        name = _relative(Path(path), base)
+    slices, headers, skipped = [], [], []
+    for path, name in zip(paths, names, strict=True):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            skipped.append({"file": name, "reason": "not a DICOM file"})
+            item = read_slice(path)
+        except InputError as err:
+            skipped.append({"file": name, "reason": err.fault})
             continue
-        except Exception as err:  # pydicom raises many types on damaged files
-            skipped.append({"file": name, "reason": f"unreadable DICOM header ({type(err).__name__})"})
-            continue
-        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
-        modality = str(ds.get("Modality", "") or "").strip().upper()
-        if not sop:
-            skipped.append({"file": name, "reason": "no SOPInstanceUID"})
-        elif modality and modality != "CT":
-            skipped.append({"file": name, "reason": f"modality {modality}, not CT"})
-        else:
-            scanned.append(ScannedFile(
-                path=str(path), name=name, sop_uid=sop,
-                series_uid=_text(ds.get("SeriesInstanceUID")), study_uid=_text(ds.get("StudyInstanceUID")),
-                patient=patient_key(_text(ds.get("PatientID"))) or "",
-            ))
-    return scanned, skipped
+        headers.append({
+            "name": name, "path": path, "row": len(slices), "sop": item.sop_uid, "series": item.series_uid,
+            "study": item.study_uid, "patient": item.patient_key or "", "shape": list(item.hu.shape),
+            "position": _list(item.position), "orientation": _list(item.orientation),
+            "instance": item.instance_number, "pixel_spacing": _list(item.pixel_spacing),
+            "thickness": item.slice_thickness, "warnings": item.warnings,
+        })
+        slices.append(resample_slices(item.hu[None], size)[0])
+    work = Path(work_dir)
+    if slices:
+        atomic_save_npy(work / f"{key}.npy", np.stack(slices))
+    record = {"key": key, "digest": chunk_digest(names, size), "headers": headers, "skipped": skipped}
+    atomic_write_text(work / f"{key}.json", json.dumps(record))
+    return record
 
 
-def group_by_series(scanned: list[ScannedFile]) -> tuple[dict[str, list[ScannedFile]], list[dict[str, str]]]:
-    """Series UID (or folder, when a file has none) → its files; later copies of a SOP UID are skipped."""
-    series: dict[str, list[ScannedFile]] = {}
+def read_chunk_record(work_dir: Path, key: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads((Path(work_dir) / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def group_by_series(headers: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, str]]]:
+    """Series UID (or study + folder, when a file has none) → its staged headers.
+
+    A SOPInstanceUID seen again is skipped, naming the file that had it first.
+    """
+    series: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, str] = {}
     skipped = []
-    for item in sorted(scanned, key=lambda s: s.name):
-        if item.sop_uid in seen:
-            skipped.append({"file": item.name, "reason": f"duplicate SOPInstanceUID (same slice as {seen[item.sop_uid]})"})
+    for header in sorted(headers, key=lambda h: h["name"]):
+        sop = header["sop"]
+        if sop and sop in seen:
+            skipped.append({"file": header["name"], "reason": f"duplicate SOPInstanceUID (same slice as {seen[sop]})"})
             continue
-        seen[item.sop_uid] = item.name
-        group = item.series_uid or f"{item.study_uid or ''}|{Path(item.name).parent}"
-        series.setdefault(group, []).append(item)
+        if sop:
+            seen[sop] = header["name"]
+        group = header["series"] or f"{header['study'] or ''}|{Path(header['name']).parent}"
+        series.setdefault(group, []).append(header)
     return series, skipped
 
 
-def _text(value: object) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
+def assemble_staged(headers: list[dict[str, Any]], work_dir: Path,
+                    skipped: list[dict[str, str]]) -> tuple[np.ndarray, list[int], list[str]] | None:
+    """Sort staged slices of one series: (pixels [S, size, size], header index per slice, warnings).
+
+    Slices whose original size differs from the series' majority are dropped
+    (one skipped entry each), as :func:`headct.io.dicom.assemble_series` does
+    for full-size slices; it then orders the rest along the slice normal.
+    """
+    from headct.io.dicom import DicomSlice, assemble_series
+
+    shapes = Counter(tuple(h["shape"]) for h in headers)
+    majority = max(shapes, key=lambda s: (shapes[s], -next(i for i, h in enumerate(headers) if tuple(h["shape"]) == s)))
+    kept = []
+    for index, header in enumerate(headers):
+        if tuple(header["shape"]) != majority:
+            skipped.append({"file": header["name"], "reason": f"size {header['shape'][0]}x{header['shape'][1]} differs "
+                                                              f"from the series' {majority[0]}x{majority[1]}"})
+        else:
+            kept.append(index)
+    chunks: dict[str, np.ndarray] = {}
+    slices = []
+    for index in kept:
+        header = headers[index]
+        chunk = header["chunk"]
+        if chunk not in chunks:
+            chunks[chunk] = np.load(Path(work_dir) / f"{chunk}.npy", mmap_mode="r")
+        slices.append(DicomSlice(
+            hu=np.asarray(chunks[chunk][header["row"]]), sop_uid=header["sop"] or f"staged-{index}",
+            series_uid=header["series"], study_uid=header["study"], patient_key=header["patient"] or None,
+            position=_array(header["position"]), orientation=_array(header["orientation"]),
+            instance_number=header["instance"], pixel_spacing=_tuple(header["pixel_spacing"]),
+            slice_thickness=header["thickness"], warnings=list(header["warnings"]), path=header["name"],
+        ))
+    if not slices:
+        return None
+    errors: list[InputError] = []
+    volume = assemble_series(slices, errors=errors)
+    skipped += [{"file": err.path or "", "reason": err.fault} for err in errors]
+    position = {s.sop_uid: kept[i] for i, s in enumerate(slices)}
+    return volume.pixels, [position[uid] for uid in volume.slice_uids], volume.warnings
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        rel = path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-    return path.name if rel in ("", ".") else rel
+def _list(value: Any) -> list[float] | None:
+    return None if value is None else [float(v) for v in value]
+
+
+def _array(value: list[float] | None) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+def _tuple(value: list[float] | None) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))

@@ -16,7 +16,7 @@ from typing import Any
 
 from headct.io.privacy import short_hash
 
-READERS = ("dicom", "image", "nifti")
+READERS = ("dicom", "image", "nifti", "staged")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -31,9 +31,10 @@ class SliceSource:
 
     path: str
     name: str
-    reader: str
+    reader: str  # "dicom" | "image" | "nifti" | "staged" (DICOM already read, see dicom_series)
     labels: tuple[int, ...] | None = None
     uid: str | None = None
+    header: dict[str, Any] | None = None  # staged DICOM: UIDs, geometry, chunk and row
 
 
 @dataclass
@@ -42,8 +43,8 @@ class SeriesJob:
 
     ``frame_labels`` is for multi-slice files (NIfTI): label vectors by slice
     position, since the slice count is known only once the volume is read.
-    ``assemble`` sorts DICOM slices along the slice normal (``assemble_series``);
-    otherwise the source order is the scan order.
+    ``assemble`` sorts staged DICOM slices along the slice normal
+    (``assemble_series``); otherwise the source order is the scan order.
     """
 
     key: str

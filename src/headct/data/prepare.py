@@ -1,8 +1,10 @@
 """``headct prepare``: read a dataset once into a resampled, memory-mapped cache with a split.
 
 Steps: plan the input (per format: which files form which series, their
-labels), read and resample each series in a process pool and write it as a
-shard, then write the index with a patient/study/image split and meta.json.
+labels; DICOM files are read and resampled once while planning, since only
+their headers say which series they belong to), read/sort and resample each
+series in a process pool and write it as a shard, then write the index with a
+patient/study/image split and meta.json.
 
 Resumable: a shard whose sidecar exists and matches its job is not read
 again, so a build killed at any point (even SIGKILL) finishes on the next run
@@ -35,7 +37,13 @@ from headct.data.cache import (
     write_meta,
     write_shard,
 )
-from headct.data.dicom_series import ScannedFile, scan_headers
+from headct.data.dicom_series import (
+    CHUNK_FILES,
+    assemble_staged,
+    chunk_digest,
+    read_chunk_record,
+    stage_chunk,
+)
 from headct.data.plan import Plan, SeriesJob, report_examples
 from headct.data.resample import resample_masks, resample_slices
 from headct.data.splits import SplitConfig, choose_groups, parse_fractions, split_studies
@@ -45,7 +53,6 @@ from headct.errors import InputError
 log = logging.getLogger(__name__)
 
 FORMATS = ("dicom", "rsna", "png-folders", "csv", "nifti")
-_SCAN_CHUNK = 256  # DICOM headers per scan task
 
 
 @dataclass
@@ -89,13 +96,13 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     (out / "meta.json").unlink(missing_ok=True)  # unfinished until written again
     remove_stale_temporaries(out)
 
-    with _Pool(config.workers) as pool:
+    with _Pool(config.workers, out, config.size) as pool:
         plan = make_plan(config, pool)
         clash = set(plan.label_names) & set(INDEX_COLUMNS)
         if clash:
             raise InputError(config.labels or config.input, f"label columns {sorted(clash)} clash with index columns")
         records, reused = _build_all(plan.jobs, out, config.size, pool)
-    _remove_orphans(out, {job.key for job in plan.jobs})
+    _remove_orphans(out, {job.key for job in plan.jobs}, pool.chunks)
 
     columns, skipped, notes = _index_columns(plan, records)
     skipped = plan.skipped + skipped
@@ -175,7 +182,9 @@ def make_plan(config: PrepareConfig, pool: _Pool | None = None) -> Plan:
             labels = rsna.find_label_csv(source)
             if labels is None:
                 raise InputError(source, "rsna needs --labels CSV (no single *.csv found in the input folder)")
-        return rsna.plan_dicom(source, labels, (pool or _Pool(1)).scan, source_format=config.format)
+        if pool is None:
+            raise ValueError("DICOM formats are read through a _Pool")
+        return rsna.plan_dicom(source, labels, pool.stage, source_format=config.format)
     if config.format == "png-folders":
         return stroke.plan_png_folders(source, stroke.parse_class_map(config.class_map))
     if config.format == "csv":
@@ -193,68 +202,49 @@ def build_series(job: SeriesJob, cache_dir: str, size: int) -> dict[str, Any]:
     """
     skipped: list[dict[str, str]] = []
     warnings: list[str] = []
-    pieces = _read_assembled(job, skipped, warnings) if job.assemble else _read_each(job, skipped, warnings)
+    pieces: list[Piece] = []
+    if job.assemble:  # staged DICOM: already read and resampled, sort them
+        headers = [source.header or {} for source in job.sources]
+        staged = assemble_staged(headers, Path(cache_dir) / "work", skipped)
+        if staged is not None:
+            pixels, order, notes = staged
+            warnings += notes
+            kept = [(i, None, job.sources[i].uid or headers[i]["sop"]) for i in order]
+            pieces.append((pixels, kept, tuple(headers[order[0]]["shape"])))
+    else:
+        pieces = [(resample_slices(stack, size), kept, stack.shape[1:])
+                  for stack, kept in _read_each(job, skipped, warnings)]
     mask_lookup = _MaskLookup(job.mask_file, warnings)
-    pixels, masks, kept = [], [], []
-    for stack, slices in pieces:
-        pixels.append(resample_slices(stack, size))
-        found = mask_lookup.stack([(uid, job.sources[src].name) for src, _, uid in slices], stack.shape[1:])
-        masks.append(resample_masks(found, size) if found is not None else None)
-        kept += slices
-    has_mask = any(m is not None for m in masks)
+    pixels_out, masks_out, kept_all = [], [], []
+    for pixels, kept, source_shape in pieces:
+        found = mask_lookup.stack([(uid, job.sources[src].name) for src, _, uid in kept], source_shape)
+        pixels_out.append(pixels)
+        masks_out.append(resample_masks(found, size) if found is not None else None)
+        kept_all += kept
+    has_mask = any(m is not None for m in masks_out)
     record = {
         "key": job.key, "digest": job.digest(size), "study": job.study, "patient": job.patient,
-        "series": job.series, "slices": len(kept), "uids": [uid for _, _, uid in kept],
-        "sources": [src for src, _, _ in kept], "frames": [frame for _, frame, _ in kept],
+        "series": job.series, "slices": len(kept_all), "uids": [uid for _, _, uid in kept_all],
+        "sources": [src for src, _, _ in kept_all], "frames": [frame for _, frame, _ in kept_all],
         "skipped": skipped, "warnings": warnings, "has_mask": has_mask,
     }
-    shard = np.concatenate(pixels) if pixels else None
+    shard = np.concatenate(pixels_out) if pixels_out else None
     mask_stack = None
     if has_mask and shard is not None:
         mask_stack = np.concatenate([m if m is not None else np.zeros(p.shape, np.uint8)
-                                     for m, p in zip(masks, pixels, strict=True)])
+                                     for m, p in zip(masks_out, pixels_out, strict=True)])
     write_shard(Path(cache_dir), job.key, shard, mask_stack, record)
     return record
 
 
-Piece = tuple[np.ndarray, list[tuple[int, int | None, str]]]  # pixels [s,H,W], (source, frame, uid) per slice
+Kept = list[tuple[int, int | None, str]]  # (source index, frame, uid) per slice
+Piece = tuple[np.ndarray, Kept, tuple[int, ...]]  # pixels [s, size, size], their slices, source slice shape
 
 
-def _read_assembled(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]) -> list[Piece]:
-    """DICOM slices of one series, sorted along the normal by ``assemble_series``."""
-    from headct.io.dicom import assemble_series, read_slice
-
-    slices, source_of = [], {}
-    for index, source in enumerate(job.sources):
-        try:
-            item = read_slice(source.path)
-        except InputError as err:
-            skipped.append({"file": source.name, "reason": err.fault})
-            continue
-        source_of[item.sop_uid] = index
-        slices.append(item)
-    if not slices:
-        return []
-    errors: list[InputError] = []
-    try:
-        volume = assemble_series(slices, errors=errors)
-    except InputError as err:
-        skipped += [{"file": job.sources[source_of[s.sop_uid]].name, "reason": err.fault} for s in slices]
-        return []
-    names = {job.sources[i].path: job.sources[i].name for i in source_of.values()}
-    skipped += [{"file": names.get(err.path or "", err.path or job.key), "reason": err.fault} for err in errors]
-    warnings += volume.warnings
-    kept = [(source_of[uid], None, uid) for uid in volume.slice_uids]
-    dropped = set(source_of.values()) - {src for src, _, _ in kept}
-    known = {entry["file"] for entry in skipped}
-    skipped += [{"file": job.sources[i].name, "reason": "dropped while assembling the series"}
-                for i in sorted(dropped) if job.sources[i].name not in known]
-    return [(volume.pixels, kept)]
-
-
-def _read_each(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]) -> list[Piece]:
+def _read_each(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]
+               ) -> list[tuple[np.ndarray, Kept]]:
     """Sources read one by one, in job order (PNG/JPG, NIfTI volumes, listed DICOM files)."""
-    pieces: list[Piece] = []
+    pieces: list[tuple[np.ndarray, Kept]] = []
     for index, source in enumerate(job.sources):
         try:
             pixels, uids, frames = _read_source(source.reader, source.path, source.uid, job.study)
@@ -341,11 +331,13 @@ class _MaskLookup:
 # --- orchestration helpers -----------------------------------------------------
 
 class _Pool:
-    """Runs tasks inline (1 worker) or in a spawn-started process pool."""
+    """Runs tasks inline (1 worker) or in a spawn-started process pool; stages DICOM chunks."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, out: Path, size: int) -> None:
         self.workers = max(1, int(workers))
+        self.out, self.size = Path(out), size
         self.executor: ProcessPoolExecutor | None = None
+        self.chunks: dict[str, list[tuple[str, str]]] = {}  # staged chunk key → its (path, name) pairs
 
     def __enter__(self) -> _Pool:
         if self.workers > 1:
@@ -369,19 +361,39 @@ class _Pool:
         for future in as_completed(futures):
             yield future.result()
 
-    def scan(self, paths: list[str], root: str) -> tuple[list[ScannedFile], list[dict[str, str]]]:
-        """Read DICOM headers in chunks, with a progress bar."""
-        scanned: list[ScannedFile] = []
-        skipped: list[dict[str, str]] = []
-        chunks = [paths[i:i + _SCAN_CHUNK] for i in range(0, len(paths), _SCAN_CHUNK)]
-        with tqdm(total=len(paths), desc="reading headers", unit="file", disable=len(paths) < 200) as bar:
-            for found, bad in self.imap(scan_headers, ((chunk, root) for chunk in chunks)):
-                scanned += found
-                skipped += bad
-                bar.update(len(found) + len(bad))
+    def stage(self, files: list[Path], base: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """Read every DICOM file once, resampled, in chunks; chunks staged by an earlier run are reused."""
+        names = [_relative(path, base) for path in files]
+        work = self.out / "work"
+        todo, records = [], []
+        for start in range(0, len(files), CHUNK_FILES):
+            key = f"chunk-{start // CHUNK_FILES:06d}"
+            pairs = list(zip(map(str, files[start:start + CHUNK_FILES]), names[start:start + CHUNK_FILES],
+                             strict=True))
+            self.chunks[key] = pairs
+            record = read_chunk_record(work, key)
+            if record is not None and record["digest"] == chunk_digest([n for _, n in pairs], self.size):
+                records.append(record)
+            else:
+                todo.append(key)
+        with tqdm(total=len(files), desc="reading DICOM", unit="file", disable=len(files) < 200) as bar:
+            bar.update(len(files) - sum(len(self.chunks[k]) for k in todo))
+            for record in self.restage(todo):
+                records.append(record)
+                bar.update(len(self.chunks[record["key"]]))
+        headers, skipped = [], []
+        for record in sorted(records, key=lambda r: r["key"]):
+            headers += [{**header, "chunk": record["key"]} for header in record["headers"]]
+            skipped += record["skipped"]
         for item in skipped:
             log.warning("%s: %s", item["file"], item["reason"])
-        return scanned, skipped
+        return headers, skipped
+
+    def restage(self, keys: Iterable[str]) -> Iterable[dict[str, Any]]:
+        """(Re)read chunks: staged slices are the input of every series built from them."""
+        work = str(self.out / "work")
+        jobs = (([p for p, _ in self.chunks[k]], [n for _, n in self.chunks[k]], work, k, self.size) for k in keys)
+        return self.imap(stage_chunk, jobs)
 
 
 def _worker_init() -> None:
@@ -403,6 +415,11 @@ def _build_all(jobs: list[SeriesJob], out: Path, size: int, pool: _Pool) -> tupl
     reused = len(records)
     if reused:
         log.info("resuming: %d of %d series already in the cache", reused, len(jobs))
+    needed = {source.header["chunk"] for job in pending for source in job.sources if source.header}
+    missing = sorted(k for k in needed if not (out / "work" / f"{k}.npy").is_file())
+    if missing:  # staged slices were cleared after an earlier finished build
+        for _ in pool.restage(missing):
+            pass
     with tqdm(total=len(jobs), initial=reused, desc="caching", unit="series") as bar:
         for record in pool.imap(build_series, ((job, str(out), size) for job in pending)):
             records[record["key"]] = record
@@ -412,12 +429,24 @@ def _build_all(jobs: list[SeriesJob], out: Path, size: int, pool: _Pool) -> tupl
     return [records[job.key] for job in jobs], reused
 
 
-def _remove_orphans(out: Path, keys: set[str]) -> None:
-    """Shards of series no longer in the input (an earlier run on other data) go."""
+def _remove_orphans(out: Path, keys: set[str], chunks: dict[str, Any]) -> None:
+    """Shards of series no longer in the input (an earlier run on other data) go; so do the staged
+    slices, now in the shards (their small headers stay, so a re-run reads no file again)."""
     for folder in ("shards", "masks"):
         for path in (out / folder).glob("*"):
             if path.suffix in (".npy", ".json") and path.stem not in keys:
                 path.unlink(missing_ok=True)
+    for path in (out / "work").glob("*"):
+        if path.suffix == ".npy" or path.stem not in chunks:
+            path.unlink(missing_ok=True)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        rel = path.relative_to(base).as_posix()
+    except ValueError:
+        return path.name
+    return path.name if rel in ("", ".") else rel
 
 
 def _index_columns(plan: Plan, records: list[dict[str, Any]]

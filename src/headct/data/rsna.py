@@ -21,15 +21,16 @@ import csv
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from headct.data.dicom_series import ScannedFile, group_by_series, list_dicom_candidates
+from headct.data.dicom_series import group_by_series, list_dicom_candidates
 from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
 from headct.errors import InputError
 from headct.tasks import RSNA_LABELS
 
 log = logging.getLogger(__name__)
 
-Scanner = Callable[[list[str], str], tuple[list[ScannedFile], list[dict[str, str]]]]
+Stager = Callable[[list[Path], Path], tuple[list[dict[str, Any]], list[dict[str, str]]]]
 
 
 def read_rsna_labels(path: str | Path) -> tuple[dict[str, list[int]], list[str]]:
@@ -71,15 +72,14 @@ def find_label_csv(root: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def plan_dicom(root: Path, labels_csv: Path | None, scan: Scanner, *, source_format: str) -> Plan:
-    """Scan a DICOM tree (``scan`` reads headers, possibly in parallel) and plan one job per series."""
+def plan_dicom(root: Path, labels_csv: Path | None, stage: Stager, *, source_format: str) -> Plan:
+    """Read a DICOM tree once (``stage`` reads and resamples, possibly in parallel); one job per series."""
     root = Path(root)
     if not root.exists():
         raise InputError(root, "input not found")
     base = root if root.is_dir() else root.parent
-    files = list_dicom_candidates(root)
-    scanned, skipped = scan([str(p) for p in files], str(base))
-    series, duplicates = group_by_series(scanned)
+    headers, skipped = stage(list_dicom_candidates(root), base)
+    series, duplicates = group_by_series(headers)
     skipped += duplicates
 
     labels: dict[str, list[int]] | None = None
@@ -102,17 +102,17 @@ def plan_dicom(root: Path, labels_csv: Path | None, scan: Scanner, *, source_for
         for item in items:
             vector = None
             if labels is not None:
-                image_id = lookup_rsna(labels, item.sop_uid)
+                image_id = lookup_rsna(labels, item["sop"])
                 if image_id is not None:
                     matched.add(image_id)
                     vector = tuple(labels[image_id])
-            sources.append(SliceSource(path=item.path, name=item.name, reader="dicom", labels=vector,
-                                       uid=item.sop_uid))
-        study = first.study_uid or group
+            sources.append(SliceSource(path=item["path"], name=item["name"], reader="staged", labels=vector,
+                                       uid=item["sop"], header=item))
+        study = first["study"] or group
         mask = masks_dir / f"{study}.npz"
         jobs.append(SeriesJob(
-            key=series_key(first.series_uid or group, taken), study=study, patient=first.patient,
-            series=first.series_uid or group, sources=sources, assemble=True,
+            key=series_key(first["series"] or group, taken), study=study, patient=first["patient"],
+            series=first["series"] or group, sources=sources, assemble=True,
             mask_file=str(mask) if mask.is_file() else None,
         ))
 
