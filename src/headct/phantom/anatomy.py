@@ -276,10 +276,11 @@ class ShellLesions:
     subarachnoid: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
-def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLesions | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Tissue labels (uint8 [H, W]) at height z, and the shell lesions' bit mask (None when none)."""
+def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLesions | None = None,
+                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tissue labels (uint8 [H, W], into ``out`` if given) at height z, and the shell lesions' bits (or None)."""
     labels_table, bits_table = _shell_table(anatomy, grid, z, shell)
-    labels = labels_table.ravel().take(grid.flat)
+    labels = labels_table.ravel().take(grid.flat, out=out)
     bits = bits_table.ravel().take(grid.flat) if bits_table is not None else None
     gates: dict[tuple[int, ...], np.ndarray] = {}
     for blob in anatomy.blobs:

@@ -153,8 +153,7 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
             shell.subarachnoid.append((lesion.bit, on))
     # epidural blood lies outside the dura, subdural inside it
     shell.extra_axial.sort(key=lambda item: item[0] != LESION_BITS["epidural"])
-    labels, bits = render_anatomy(anatomy, grid, z, shell)
-    tissue[...] = labels
+    labels, bits = render_anatomy(anatomy, grid, z, shell, out=tissue)
     anatomy.hu.take(labels, out=hu)
     if bits is not None:
         mask[...] = bits

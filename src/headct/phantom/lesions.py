@@ -191,11 +191,11 @@ class Intraparenchymal(Lesion):
 
 @dataclass
 class Intraventricular(Lesion):
-    """Blood layering in the dependent (posterior) lateral ventricles, optionally a fourth-ventricle cast."""
+    """Blood layering in the dependent (posterior) lateral ventricles, optionally filling the third ventricle."""
 
     side: int = 0  # -1 right, +1 left, 0 both
     level: float = 27.0  # head-frame Y (mm) behind which ventricular CSF is blood
-    cast_below: float | None = None  # fill whole ventricles below this height (fourth ventricle)
+    third_ventricle: tuple[float, float] | None = None  # |X| and top height (mm) of a third-ventricle cast
 
     def paint(self, canvas: SliceCanvas) -> None:
         if not self.touches(canvas.z):
@@ -204,12 +204,12 @@ class Intraventricular(Lesion):
         ventricle = canvas.labels == VENTRICLE
         if not ventricle.any():
             return
-        if self.cast_below is not None and canvas.z < self.cast_below:
-            blood = ventricle
-        else:
-            blood = ventricle & (grid.Y > np.float32(self.level))
-            if self.side:
-                blood &= grid.X * np.float32(self.side) > 0
+        layer = grid.Y > np.float32(self.level)
+        if self.side:
+            layer &= grid.X * np.float32(self.side) > 0
+        if self.third_ventricle is not None and canvas.z < self.third_ventricle[1]:
+            layer |= np.abs(grid.X) < np.float32(self.third_ventricle[0])
+        blood = ventricle & layer
         canvas.hu[blood] = self.hu
         canvas.mask[blood] |= np.uint8(self.bit)
 
@@ -292,6 +292,8 @@ def sample_lesion(kind: str, rng: np.random.Generator, anatomy: HeadAnatomy, dif
         theta = side * float(rng.uniform(0.6, 2.4))
         z_center = float(rng.uniform(20, 55)) * anatomy.scale
         z_half = max(float(rng.uniform(15, 28)) * s, min_half)
+        if convexity and cisterns is not None:  # one continuous spread: cisterns up over the convexity
+            z_center = cisterns[1] + z_half * float(rng.uniform(0.2, 0.8))
         value = contrast(float(rng.uniform(52, 65)), float(hu[CISTERN]))
         z_lo = min(z_center - z_half if convexity else math.inf, cisterns[0] if cisterns else math.inf)
         z_hi = max(z_center + z_half if convexity else -math.inf, cisterns[1] if cisterns else -math.inf)
@@ -330,13 +332,12 @@ def sample_lesion(kind: str, rng: np.random.Generator, anatomy: HeadAnatomy, dif
     if kind == "intraventricular":
         sc = anatomy.scale
         which = int(rng.choice([-1, 0, 1]))
-        level = float(rng.uniform(22, 32)) * sc
-        cast = -12.0 * sc if rng.random() < 0.3 else None
+        level = float(rng.uniform(17, 24)) * sc
+        third = (3.5 * sc, 20.0 * sc) if rng.random() < 0.3 else None
         value = contrast(float(rng.uniform(55, 75)), float(hu[VENTRICLE]))
-        z_lo = -33.0 * sc if cast is not None else 0.0
-        return Intraventricular(kind, value, (z_lo, 40.0 * sc),
-                                {"side": {-1: "right", 0: "both", 1: "left"}[which], "fourth_ventricle": cast is not None},
-                                side=which, level=level, cast_below=cast)
+        return Intraventricular(kind, value, (0.0, 40.0 * sc),
+                                {"side": {-1: "right", 0: "both", 1: "left"}[which], "third_ventricle": third is not None},
+                                side=which, level=level, third_ventricle=third)
 
     # ischemic
     territory = str(rng.choice(["mca", "mca", "mca", "pca", "aca"]))

@@ -2,7 +2,8 @@
 
 Rows show one study each in the brain window (40/80) with the lesion mask
 outlined in the type's colour; the normal row runs from skull base to vertex,
-lesion rows through the lesion.
+lesion rows through the lesion. The last column is the middle slice again in
+the bone window (500/2000), where the skull's diploë shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from scipy import ndimage
 from headct.phantom.generator import generate_study
 from headct.phantom.lesions import LESION_BITS
 from headct.phantom.writers import brain_window_png, write_png
+from headct.windows import apply_windows
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "epidural": (255, 64, 64),
@@ -50,6 +52,8 @@ def _row(kind: str, seed: int, size: int, columns: int, difficulty: float) -> np
     else:
         picks = np.linspace(1, n - 2, columns).round().astype(int)
     tiles = [_tile(study.hu[k], study.masks[k]) for k in picks]
+    bone = np.rint(apply_windows(study.hu[picks[columns // 2]], ["bone"])[0] * 255).astype(np.uint8)
+    tiles.append(np.repeat(bone[:, :, None], 3, axis=2))
     label = _label(kind, size)
     return np.concatenate([label, *tiles], axis=1)
 

@@ -1,0 +1,76 @@
+"""Phantom speed: slices per second for HU + masks at 512², and for writing them as DICOM.
+
+Run: ``python benchmarks/phantom_speed.py [--studies 6] [--size 512]``; writes
+``benchmarks/results/phantom_speed.json``. One process, one thread (numpy here
+is single-threaded elementwise work); the first study warms up and is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from headct.phantom import HEMORRHAGE_TYPES, RESCALES, default_slices, generate_study
+from headct.phantom.writers import SeriesInfo, write_dicom_series
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=6)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "phantom_speed.json"))
+    args = parser.parse_args()
+    slices = default_slices(args.size)
+    lesion_sets = [(), ("epidural", "intraventricular"), ("subdural",), ("subarachnoid", "intraparenchymal"),
+                   ("ischemic",), tuple(HEMORRHAGE_TYPES)]
+
+    generate_study(0, size=args.size, slices=slices)  # warm-up
+    generated, seconds = [], []
+    for i in range(args.studies):
+        start = time.perf_counter()
+        study = generate_study(i + 1, size=args.size, slices=slices, lesions=lesion_sets[i % len(lesion_sets)])
+        seconds.append(time.perf_counter() - start)
+        generated.append(study)
+    total = sum(seconds)
+
+    write_seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, study in enumerate(generated):
+            info = SeriesInfo("PHANTOM-0001", f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.2",
+                              [f"1.2.3.{i}.3.{k}" for k in range(study.num_slices)], study.pixel_spacing,
+                              study.slice_thickness, list(study.z), RESCALES[i % len(RESCALES)])
+            start = time.perf_counter()
+            write_dicom_series(Path(tmp) / str(i), study.hu, info)
+            write_seconds.append(time.perf_counter() - start)
+    n = args.studies * slices
+    result = {
+        "benchmark": "phantom_speed",
+        "size": args.size,
+        "slices_per_study": slices,
+        "studies": args.studies,
+        "generate_slices_per_s": round(n / total, 1),
+        "generate_ms_per_slice": round(1000 * total / n, 2),
+        "generate_ms_per_slice_best_study": round(1000 * min(seconds) / slices, 2),
+        "dicom_write_slices_per_s": round(n / sum(write_seconds), 1),
+        "dicom_write_ms_per_slice": round(1000 * sum(write_seconds) / n, 2),
+        "what": "generate = HU float32 + lesion masks + tissue labels per slice (noise, blur, lesions included); "
+                "dicom_write = encode + pydicom write of those slices to a temp folder",
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "python": sys.version.split()[0], "numpy": np.__version__, "platform": platform.platform()},
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
