@@ -7,6 +7,11 @@ read to HU, sort, antialiased resample, shard writes, index and split. The best
 of ``--repeats`` fresh builds is kept; one more build runs under cProfile to say
 where the time goes. Target: >= 800 slices/s/core.
 
+``slices_per_s_per_core`` is wall-clock with the process pinned to one core;
+on a machine that other work shares, that core is not ours alone, so
+``slices_per_cpu_second`` (slices / process CPU time) and the load average
+are recorded beside it.
+
     python benchmarks/ingest.py [--slices 400] [--repeats 3] [--json benchmarks/results/ingest.json]
 """
 
@@ -62,8 +67,11 @@ def main() -> None:
             _write_ct(source / f"{i:06d}.dcm", i)
         for path in source.iterdir():  # warm the page cache: measure the build, not the disk
             path.read_bytes()
+        load_before = os.getloadavg()[0]
         runs = [_timed_build(source, Path(tmp) / f"cache{r}", args.size) for r in range(args.repeats)]
+        load_after = os.getloadavg()[0]
         best = max(runs, key=lambda r: r["slices_per_s"])
+        best_cpu = min(r["cpu_ms_per_slice"] for r in runs)
         profile = _profiled_build(source, Path(tmp) / "cache-profiled", args.size, args.slices)
 
     result = {
@@ -75,11 +83,15 @@ def main() -> None:
         "torch_threads": 1,
         "repeats": args.repeats,
         "slices_per_s_per_core": best["slices_per_s"],
-        "cpu_seconds_per_slice_ms": best["cpu_ms_per_slice"],
+        "slices_per_cpu_second": round(1000.0 / best_cpu, 1),
+        "cpu_ms_per_slice": best_cpu,
         "wall_seconds": best["wall_s"],
         "all_runs_slices_per_s": [r["slices_per_s"] for r in runs],
+        "all_runs_cpu_ms_per_slice": [r["cpu_ms_per_slice"] for r in runs],
+        "load_average_1m": [round(load_before, 2), round(load_after, 2)],
         "target_slices_per_s_per_core": TARGET,
         "meets_target": best["slices_per_s"] >= TARGET,
+        "meets_target_in_cpu_time": 1000.0 / best_cpu >= TARGET,
         "profile_ms_per_slice": profile,
         "cpu": _cpu_name(),
         "cores_visible": os.cpu_count(),

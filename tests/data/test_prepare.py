@@ -322,3 +322,24 @@ def test_csv_columns_can_be_named(tmp_path):
                           columns=TableColumns(path="file_name", patient="who", labels=["z"])))
     cache = Cache(tmp_path / "c")
     assert cache.labels == ["z"] and cache.label_matrix.tolist() == [[0]]
+
+
+@pytest.mark.parametrize("layout", ["rsna", "png-folders"])
+def test_phantom_output_ingests_with_masks_matching_labels(tmp_path, layout):
+    from headct.phantom import LESION_BITS
+
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--studies", "4", "--layout", layout, "--seed", "3",
+                 "--size", "64", "--slices", "6"]) == 0
+    assert main(["prepare", str(tmp_path / "ph"), "--format", layout, "--out", str(tmp_path / "c"),
+                 "--size", "32"]) == 0
+    cache = Cache(tmp_path / "c")
+    assert len(cache) == 24 and cache.has_masks and not cache.meta["summary"]["skipped"]
+    assert (cache.label_matrix >= 0).all()
+    assert sum(int(cache.mask(r).any()) for r in range(len(cache)) if cache.mask(r) is not None) > 0
+    lesion_label = {"rsna": {name: name for name in SUBTYPES if name != "any"},
+                    "png-folders": {name: "hemorrhagic" for name in SUBTYPES if name != "any"} | {"ischemic": "ischemic"}}
+    for row in range(len(cache)):
+        mask = cache.mask(row)
+        for lesion, bit in LESION_BITS.items():
+            if mask is not None and (mask & bit).any() and lesion in lesion_label[layout]:
+                assert cache.label_matrix[row, cache.labels.index(lesion_label[layout][lesion])] == 1

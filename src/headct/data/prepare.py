@@ -18,8 +18,9 @@ import argparse
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     (out / "meta.json").unlink(missing_ok=True)  # unfinished until written again
     remove_stale_temporaries(out)
 
-    with _Pool(config.workers, out, config.size) as pool:
+    with _one_torch_thread(), _Pool(config.workers, out, config.size) as pool:
         plan = make_plan(config, pool)
         clash = set(plan.label_names) & set(INDEX_COLUMNS)
         if clash:
@@ -400,6 +401,20 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core already
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Resampling is many small tensor ops: torch's intra-op threads only add wake-up latency
+    (x10 and worse on a busy machine), so the build runs them on one thread, then restores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build_all(jobs: list[SeriesJob], out: Path, size: int, pool: _Pool) -> tuple[list[dict[str, Any]], int]:
