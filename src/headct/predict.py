@@ -99,10 +99,16 @@ class Predictor:
         if runtime == "onnx":
             from headct.export import OnnxModel, onnx_for_checkpoint
 
-            config = read_checkpoint_config(checkpoint_dir)
-            model = OnnxModel(onnx_for_checkpoint(checkpoint_dir), config, threads=threads)
-            return cls(model, config, runtime="onnx", device="cpu", batch_size=batch_size,
-                       checkpoint_dir=checkpoint_dir)
+            path = Path(checkpoint_dir)
+            if path.suffix == ".onnx":  # an exported file with its config beside it (`headct export`)
+                beside = path.with_suffix(".config.json")
+                if not beside.is_file():
+                    raise InputError(path, f"no {beside.name} beside it (`headct export` writes one)")
+                config = json.loads(beside.read_text())
+                return cls(OnnxModel(path, config, threads=threads), config, runtime="onnx", batch_size=batch_size)
+            config = read_checkpoint_config(path)
+            model = OnnxModel(onnx_for_checkpoint(path), config, threads=threads)
+            return cls(model, config, runtime="onnx", device="cpu", batch_size=batch_size, checkpoint_dir=path)
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
 
     # --- what the model is ---------------------------------------------------
@@ -307,35 +313,38 @@ def study_sources(path: Path) -> list[Path]:
     """What to read, one at a time: the file, a study folder, or each entry of a folder of studies.
 
     A folder holding only sub-folders is a folder of studies (one source each); a
-    folder of NIfTI or PNG files gives one source per file; any other folder is
-    read as one DICOM source (it may still hold several studies).
+    folder of NIfTI files gives one source per file; any other folder is one
+    source (DICOM, which may still hold several studies, or PNG slices).
     """
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if path.is_file():
         return [path]
-    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file() and p.name.upper() != "DICOMDIR"]
-    folders = [p for p in entries if p.is_dir()]
+    files, folders = _entries(path)
     if folders and not files:
         return folders
-    if files and all(_is_image(p) or _is_nifti(p) for p in files):
+    if files and all(_is_nifti(p) for p in files):
         return files
     return [path]
 
 
 def read_studies(source: Path) -> list[StudyInput]:
-    """The studies in one source (file or folder), read and grouped by StudyInstanceUID."""
+    """The studies in one source (file or folder), read and grouped by StudyInstanceUID.
+
+    PNG/JPG slices in one folder are grouped as the cache groups them
+    (``<group>_<digits>.png`` is slice ``<digits>`` of study ``<group>``).
+    Studies without a StudyInstanceUID are keyed by a hash of where they came from.
+    """
+    from headct.io import read_dicom, read_image, read_nifti
+
     if _is_image(source):
-        from headct.io import read_image
-
-        return group_studies([read_image(source)], str(source))
+        return [StudyInput(_path_key(source), [read_image(source)], [], str(source))]
     if _is_nifti(source):
-        from headct.io import read_nifti
-
-        return group_studies([read_nifti(source)], str(source))
-    from headct.io import read_dicom
-
+        return [StudyInput(_path_key(source), [read_nifti(source)], [], str(source))]
+    files, _ = _entries(source) if source.is_dir() else ([], [])
+    if files and all(_is_image(p) for p in files):
+        return [StudyInput(_path_key(source, group), [read_image(members)], [], str(source))
+                for group, members in _image_groups(files).items()]
     errors: list[InputError] = []
     volumes = read_dicom(source, errors=errors)
     studies = group_studies(volumes, str(source))
@@ -375,6 +384,28 @@ def _study_key(volume: Volume, source: str) -> str:
     if source:
         return short_hash(str(Path(source).resolve()))
     return hashlib.sha256(np.ascontiguousarray(volume.pixels).tobytes()).hexdigest()[:16]
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.name.upper() != "DICOMDIR"]
+    return files, [p for p in entries if p.is_dir()]
+
+
+def _image_groups(files: list[Path]) -> dict[str, list[Path]]:
+    """Image files by study, each in slice-number order (the cache's PNG grouping)."""
+    from headct.data.stroke import split_group
+
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for file in files:
+        parsed = split_group(file.stem)
+        group, number = parsed if parsed else (file.stem, 0)
+        groups.setdefault(group, []).append((number, file))
+    return {group: [f for _, f in sorted(members)] for group, members in groups.items()}
+
+
+def _path_key(path: Path, group: str = "") -> str:
+    return short_hash(f"{path.resolve()}#{group}")
 
 
 def _relative(err: InputError, root: Path) -> str:
