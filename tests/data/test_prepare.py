@@ -160,12 +160,17 @@ def test_png_folders_cache_by_value(tmp_path):
     assert "hemorrhagic/s9_000.png" in reasons
 
 
-def test_png_folders_parallel_matches_serial(tmp_path):
-    _png_input(tmp_path / "in")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_parallel_build_matches_serial(tmp_path, ct_writer, hu_slice):
+    _rsna_input(tmp_path / "in", ct_writer, hu_slice)
     for workers, out in ((1, "serial"), (2, "parallel")):
-        prepare(PrepareConfig(input=str(tmp_path / "in"), format="png-folders", out=str(tmp_path / out),
+        prepare(PrepareConfig(input=str(tmp_path / "in"), format="rsna", out=str(tmp_path / out),
                               size=32, workers=workers))
     assert (tmp_path / "serial" / "index.csv").read_text() == (tmp_path / "parallel" / "index.csv").read_text()
+    serial, parallel = Cache(tmp_path / "serial"), Cache(tmp_path / "parallel")
+    for shard in set(serial.index["shard"]):
+        np.testing.assert_array_equal(serial.series_slices(shard), parallel.series_slices(shard))
+    assert serial.meta["summary"]["skipped"] == parallel.meta["summary"]["skipped"]
 
 
 def test_csv_cache_by_value(tmp_path):

@@ -94,7 +94,6 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     start = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # unfinished until written again
     remove_stale_temporaries(out)
 
     with _one_torch_thread(), _Pool(config.workers, out, config.size) as pool:
@@ -102,6 +101,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         clash = set(plan.label_names) & set(INDEX_COLUMNS)
         if clash:
             raise InputError(config.labels or config.input, f"label columns {sorted(clash)} clash with index columns")
+        (out / "meta.json").unlink(missing_ok=True)  # the cache is unfinished until meta.json is back
         records, reused = _build_all(plan.jobs, out, config.size, pool)
     _remove_orphans(out, {job.key for job in plan.jobs}, pool.chunks)
 
