@@ -173,10 +173,12 @@ def format_summary(result: PrepareResult) -> str:
 
 
 def make_plan(config: PrepareConfig, pool: _Pool | None = None) -> Plan:
-    """Turn the input into series jobs for its format (DICOM headers read through ``pool``)."""
+    """Turn the input into series jobs for its format (DICOM files are staged through ``pool``)."""
     from headct.data import nifti_labels, rsna, stroke, tabular
 
     source = Path(config.input)
+    if not source.exists():
+        raise InputError(source, "input not found")
     labels = Path(config.labels) if config.labels else None
     if config.format in ("rsna", "dicom"):
         if config.format == "rsna" and labels is None:

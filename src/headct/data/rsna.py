@@ -12,7 +12,9 @@ and subtype, ``ID_<SOPInstanceUID>_<subtype>,<0|1>`` with subtypes epidural,
 intraparenchymal, intraventricular, subarachnoid, subdural, any. The real RSNA
 files set SOPInstanceUID itself to ``ID_<hex>`` (rows read ``ID_<hex>_any``);
 dotted UIDs appear as ``ID_1.2.3_any``. Both match. A subtype row missing for
-a slice leaves that label unknown (-1).
+a slice leaves that label unknown (-1). ``--format dicom`` is the same reader
+without labels (for prediction or a cache to label later); given ``--labels``
+it reads them as above.
 """
 
 from __future__ import annotations
