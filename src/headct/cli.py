@@ -209,6 +209,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo", help="output directory")
+    p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test in about a minute")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
