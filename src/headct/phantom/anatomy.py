@@ -21,48 +21,53 @@ import numpy as np
 TISSUES: dict[str, int] = {
     "air": 0,
     "soft_tissue": 1,
-    "bone": 2,
+    "bone": 2,  # outer table and skull-base bone
     "diploe": 3,
-    "csf": 4,
-    "gray": 5,
-    "white": 6,
-    "deep_gray": 7,
-    "ventricle": 8,
-    "cistern": 9,
-    "fat": 10,
-    "globe": 11,
-    "lens": 12,
-    "dura": 13,
+    "inner_table": 4,
+    "csf": 5,  # over the convexity
+    "sulcal_csf": 6,
+    "gray": 7,
+    "white": 8,
+    "deep_gray": 9,
+    "ventricle": 10,
+    "cistern": 11,  # basal cisterns and the Sylvian and interhemispheric fissures
+    "fat": 12,
+    "globe": 13,
+    "lens": 14,
+    "dura": 15,
 }
-"""Tissue label per voxel (the ``tissue`` volume of a generated study)."""
+"""Tissue label per voxel (the ``tissue`` volume of a generated study).
+
+The first nine are also the polar shell's layer codes: the number of nested
+surfaces (skin, outer table, diploë, inner table, dura, brain) a point lies
+inside, plus one past the sulcal CSF and one past the cortex.
+"""
 
 TISSUE_GROUPS: dict[str, tuple[int, ...]] = {
     "air": (0,),
     "scalp": (1,),
-    "skull": (2, 3),
-    "skull_tables": (2,),
+    "skull": (2, 3, 4),
+    "skull_tables": (2, 4),
     "diploe": (3,),
-    "csf": (4, 8, 9),
-    "gray": (5,),
-    "white": (6,),
-    "deep_gray": (7,),
-    "ventricle": (8,),
-    "fat": (10,),
-    "globe": (11,),
+    "csf": (5, 6, 10, 11),
+    "gray": (7,),
+    "white": (8,),
+    "deep_gray": (9,),
+    "ventricle": (10,),
+    "cistern": (11,),
+    "fat": (12,),
+    "globe": (13,),
 }
 """Named groups of tissue labels, e.g. all CSF spaces (sulci, ventricles, cisterns)."""
 
-AIR, SOFT, BONE, DIPLOE, CSF, GRAY, WHITE, DEEP, VENTRICLE, CISTERN, FAT, GLOBE, LENS, DURA = range(14)
+(AIR, SOFT, BONE, DIPLOE, INNER, CSF, SULCUS, GRAY, WHITE, DEEP, VENTRICLE, CISTERN,
+ FAT, GLOBE, LENS, DURA) = range(16)
 N_LABELS = 16
 
 PARENCHYMA = (GRAY, WHITE, DEEP)
-BRAIN = (GRAY, WHITE, DEEP, CSF, CISTERN)
-EXTRACRANIAL = (SOFT, BONE, DIPLOE)
+BRAIN = (GRAY, WHITE, DEEP, CSF, SULCUS, CISTERN)
+EXTRACRANIAL = (SOFT, BONE, DIPLOE, INNER)
 NOT_AIR = tuple(range(1, N_LABELS))
-
-# Polar-table layer codes: how many nested surfaces a cell lies inside, plus
-# two more for "deeper than the sulcal CSF" and "deeper than the cortex".
-_LAYER_LABELS = np.array([AIR, SOFT, BONE, DIPLOE, BONE, CSF, CSF, GRAY, WHITE], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -384,8 +389,10 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     radius = grid.radius_table[:, lo:]
 
     code = np.zeros(radius.shape, dtype=np.uint8)
+    flag = np.empty(radius.shape, dtype=bool)
     for boundary in boundaries:
-        code += (radius < boundary[:, None]).view(np.uint8)
+        np.less(radius, boundary[:, None], out=flag)
+        code += flag.view(np.uint8)
 
     # in-plane depth under the brain surface, corrected for the oblique cut near the vertex
     mean_radius = float(np.mean(b_brain))
@@ -395,19 +402,38 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
         zeta = min((z - a.z_wide) / half_height, 0.999)
         slope = mean_radius / max(float(np.mean(a.dome(z, d_brain))), 1e-3) * zeta / (half_height * math.sqrt(1 - zeta * zeta))
         obliquity = max(1.0 / math.sqrt(1.0 + slope * slope), 0.35)
-    depth = (b_brain[:, None] - radius) * np.float32(obliquity)
+    # cells beyond the outermost brain surface can hold no gray or white matter
+    hi = int(np.clip(math.ceil(float(np.max(b_brain / outline)) / grid.du) + 1 - lo, 0, radius.shape[1]))
+    cells = radius[:, :hi]
     distance, sulcus_depth, lean = a.sulci(theta, z, np.maximum(b_brain, 1.0))
-    across = np.abs(distance[:, None] - lean[:, None] * depth)
-    taper = np.clip(np.float32(1.5) - depth / np.maximum(sulcus_depth[:, None], 1.0), 0.35, 1.5)
-    across = np.maximum(across - np.float32(a.sulcus_halfwidth) * taper, 0.0)
-    down = np.maximum(depth - sulcus_depth[:, None], 0.0)
-    to_csf = np.minimum(depth, np.sqrt(down * down + across * across))
-    code += (to_csf > 0).view(np.uint8)
-    code += (to_csf >= np.float32(a.cortex)).view(np.uint8)
+    depth = np.subtract(b_brain[:, None], cells)
+    depth *= np.float32(obliquity)
+    # distance to the nearest CSF: the brain surface, or a sulcus that leans and narrows as it deepens
+    across = lean[:, None] * depth
+    np.subtract(distance[:, None], across, out=across)
+    np.abs(across, out=across)
+    work = depth * (np.float32(1.0) / np.maximum(sulcus_depth, 1.0))[:, None]
+    np.subtract(np.float32(1.5), work, out=work)
+    np.clip(work, 0.35, 1.5, out=work)
+    work *= np.float32(a.sulcus_halfwidth)
+    across -= work
+    np.maximum(across, 0.0, out=across)
+    across *= across
+    np.subtract(depth, sulcus_depth[:, None], out=work)
+    np.maximum(work, 0.0, out=work)
+    work *= work
+    work += across
+    np.sqrt(work, out=work)
+    np.minimum(depth, work, out=work)
+    sub_code, sub_flag = code[:, :hi], flag[:, :hi]
+    np.greater(work, 0.0, out=sub_flag)
+    sub_code += sub_flag.view(np.uint8)
+    np.greater_equal(work, np.float32(a.cortex), out=sub_flag)
+    sub_code += sub_flag.view(np.uint8)
 
     labels = np.empty((grid.n_theta, grid.n_u), dtype=np.uint8)
     labels[:, :lo] = WHITE
-    labels[:, lo:] = _LAYER_LABELS.take(code)
+    labels[:, lo:] = code  # layer codes are tissue labels
 
     if shell is None or not (shell.extra_axial or shell.subarachnoid):
         return labels, None
@@ -438,9 +464,9 @@ def sample_anatomy(rng: np.random.Generator) -> HeadAnatomy:
     hu = np.zeros(N_LABELS, dtype=np.float32)
     hu[AIR] = -1000.0
     hu[SOFT] = rng.uniform(30, 45)
-    hu[BONE] = rng.uniform(1450, 1750)
+    hu[BONE] = hu[INNER] = rng.uniform(1450, 1750)
     hu[DIPLOE] = rng.uniform(650, 850)
-    hu[CSF] = hu[VENTRICLE] = hu[CISTERN] = rng.uniform(4, 10)
+    hu[CSF] = hu[SULCUS] = hu[VENTRICLE] = hu[CISTERN] = rng.uniform(4, 10)
     hu[GRAY] = rng.uniform(37, 42)
     hu[WHITE] = rng.uniform(26, 30)
     hu[DEEP] = rng.uniform(34, 38)
@@ -519,7 +545,7 @@ def _deep_structures(rng: np.random.Generator, a: HeadAnatomy) -> list[Blob]:
     for center, (length, height) in fissures:
         blobs.append(Blob(CISTERN, center, ((0.8 + 1.0 * a.atrophy) * s, length, height), power=6.0, gate=BRAIN))
     for center, (length, height) in fissures:
-        blobs.append(Blob(DURA, center, (0.3 * s, length, height), power=6.0, gate=(CISTERN, CSF)))
+        blobs.append(Blob(DURA, center, (0.3 * s, length, height), power=6.0, gate=(CISTERN, CSF, SULCUS)))
     # posterior fossa: cerebellum, cisterns, brainstem, fourth ventricle
     blobs += [
         Blob(GRAY, (-22 * s, j(47 * s), j(-25 * s)), (j(27 * s), j(25 * s), j(19 * s)), yaw=0.3, gate=(GRAY, WHITE), texture="folia"),
@@ -544,7 +570,7 @@ def _deep_structures(rng: np.random.Generator, a: HeadAnatomy) -> list[Blob]:
     for side in (-1.0, 1.0):
         blobs += [
             Blob(BONE, (side * j(33 * s), j(9 * s), j(-29 * s)), (j(5 * s), j(22 * s), j(8 * s)), yaw=-side * 0.95, gate=NOT_AIR),
-            Blob(AIR, (side * j(52 * s), j(20 * s), j(-32 * s)), (j(8 * s), j(10 * s), j(7 * s)), gate=(BONE, DIPLOE), texture="cells"),
+            Blob(AIR, (side * j(52 * s), j(20 * s), j(-32 * s)), (j(8 * s), j(10 * s), j(7 * s)), gate=(BONE, DIPLOE, INNER), texture="cells"),
         ]
     # orbits: fat cone, optic nerve, globe, lens; ethmoid cells between them
     z_eye = a.z_orbit_roof - 15.0 * s

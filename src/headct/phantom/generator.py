@@ -124,14 +124,15 @@ def generate_study(
     hu = np.empty((n_slices, size, size), dtype=np.float32)
     masks = np.zeros((n_slices, size, size), dtype=np.uint8)
     tissue = np.empty((n_slices, size, size), dtype=np.uint8)
-    scratch = np.empty((size, size), dtype=np.float32)
+    head = _head_box(grid)  # outside it is uniform air: nothing to blur
+    scratch = np.empty((head[0].stop - head[0].start, head[1].stop - head[1].start), dtype=np.float32)
     noise_rng = np.random.default_rng([noise_seed, 2])
     bank = _noise_bank(size, sd, noise_rng) if noise else None
     streaker = _Streaks(grid, anatomy, np.random.default_rng([noise_seed, 1])) if noise and with_streaks else None
     for k, height in enumerate(z):
         _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
         if bank is not None:  # the scanner: point spread, skull-base streaks, correlated noise
-            _blur_slice(hu[k], scratch)
+            _blur_slice(hu[k][head], scratch)
             if streaker is not None:
                 streaker.add(hu[k], tissue[k], float(height))
             hu[k] += _noise_window(bank, size, noise_rng)
@@ -168,6 +169,16 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
 def _present_types(masks: np.ndarray) -> dict[str, bool]:
     present = int(np.bitwise_or.reduce(masks, axis=None)) if masks.size else 0
     return {name: bool(present & bit) for name, bit in LESION_BITS.items()}
+
+
+def _head_box(grid: SliceGrid) -> tuple[slice, slice]:
+    """Pixel rows and columns that can hold anything but air, with a 2-pixel margin."""
+    inside = grid.u < np.float32(1.0 + 3.0 * grid.du)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return slice(0, grid.size), slice(0, grid.size)
+    return (slice(max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, grid.size)),
+            slice(max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, grid.size)))
 
 
 def _blur_slice(image: np.ndarray, scratch: np.ndarray) -> None:

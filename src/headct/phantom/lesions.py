@@ -201,17 +201,18 @@ class Intraventricular(Lesion):
         if not self.touches(canvas.z):
             return
         grid = canvas.grid
-        ventricle = canvas.labels == VENTRICLE
-        if not ventricle.any():
+        where = np.flatnonzero(canvas.labels.ravel() == VENTRICLE)  # few pixels: test only those
+        if where.size == 0:
             return
-        layer = grid.Y > np.float32(self.level)
+        x, y = grid.X.ravel()[where], grid.Y.ravel()[where]
+        layer = y > np.float32(self.level)
         if self.side:
-            layer &= grid.X * np.float32(self.side) > 0
+            layer &= x * np.float32(self.side) > 0
         if self.third_ventricle is not None and canvas.z < self.third_ventricle[1]:
-            layer |= np.abs(grid.X) < np.float32(self.third_ventricle[0])
-        blood = ventricle & layer
-        canvas.hu[blood] = self.hu
-        canvas.mask[blood] |= np.uint8(self.bit)
+            layer |= np.abs(x) < np.float32(self.third_ventricle[0])
+        blood = where[layer]
+        canvas.hu.ravel()[blood] = self.hu
+        canvas.mask.ravel()[blood] |= np.uint8(self.bit)
 
 
 @dataclass
@@ -232,18 +233,41 @@ class Ischemic(Lesion):
         grid = canvas.grid
         taper = math.sqrt(1.0 - ((canvas.z - self.z_center) / self.z_half) ** 2)
         half = np.float32(self.theta_half * (0.35 + 0.65 * taper))
-        u = grid.u
-        edge = half * (1.0 + np.float32(0.12) * np.sin(u * np.float32(19.0) + np.float32(self.wobble)))
-        region = np.abs(_wrap(grid.theta - np.float32(self.theta))) < edge
-        region &= u > np.float32(self.u_inner)
-        region &= _PARENCHYMA_LUT[canvas.labels]
-        region &= (canvas.mask & np.uint8(HEMORRHAGE_BITS)) == 0
+        box, angle, edge = self._geometry(grid)
+        if box is None:
+            return
+        labels, hu, mask = canvas.labels[box], canvas.hu[box], canvas.mask[box]
+        region = angle < half * edge
+        region &= _PARENCHYMA_LUT[labels]
+        region &= (mask & np.uint8(HEMORRHAGE_BITS)) == 0
         if not region.any():
             return
         offset = np.zeros(256, dtype=np.float32)
         offset[GRAY], offset[WHITE], offset[DEEP] = 1.0, -1.0, 0.5  # gray/white difference all but gone
-        canvas.hu[region] = np.float32(self.hu) + offset.take(canvas.labels[region])
-        canvas.mask[region] |= np.uint8(self.bit)
+        hu[region] = np.float32(self.hu) + offset.take(labels[region])
+        mask[region] |= np.uint8(self.bit)
+
+    def _geometry(self, grid: SliceGrid) -> tuple[tuple[slice, slice] | None, np.ndarray, np.ndarray]:
+        """The territory's pixel box, and in it the angle from its axis (inf inside u_inner) and the wobbly edge.
+
+        The same for every slice of a study, so computed once per grid.
+        """
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is grid:
+            return cached[1]
+        angle = np.abs(_wrap(grid.theta - np.float32(self.theta)))
+        angle[(grid.u <= np.float32(self.u_inner)) | (grid.u > 1.0)] = np.inf
+        near = angle < np.float32(1.2 * self.theta_half)
+        rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
+        if rows.size == 0:
+            found = (None, angle[:0, :0], angle[:0, :0])
+        else:
+            box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+            u = grid.u[box]
+            edge = np.float32(1.0) + np.float32(0.12) * np.sin(u * np.float32(19.0) + np.float32(self.wobble))
+            found = (box, np.ascontiguousarray(angle[box]), edge)
+        self._cache = (grid, found)
+        return found
 
 
 # --- sampling ---------------------------------------------------------------
