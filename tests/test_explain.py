@@ -1,0 +1,258 @@
+"""Grad-CAM maps (per class, batched, hooks released, AMP), overlays and the localisation scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch import nn
+
+from headct.explain import (
+    LABEL_BITS,
+    ExplainConfig,
+    energy_inside,
+    format_table,
+    gradcam_maps,
+    overlay,
+    pointing_hit,
+    random_maps,
+    score_cache,
+    score_maps,
+    to_original,
+)
+from headct.models import build_model
+from headct.models.registry import ModelSpec
+
+SIDE = 32
+
+
+class BlobModel(nn.Module):
+    """Class 0 rises with bright tissue (a blood-like blob), class 1 falls with it.
+
+    Its target layer's activation is the input's brightness, so a correct
+    Grad-CAM of class 0 peaks on the blob, and class 1's map (negative weights,
+    ReLU'd away) is empty.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        nn.init.constant_(self.features.weight, 1.0 / 9)
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
+        self.spec = ModelSpec(name="blob", target_layers=["features"], context=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.features(x / 100.0))
+        return self.head(a.mean(dim=(2, 3)))
+
+
+def _blob_slices(centres: list[tuple[int, int]], radius: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """int16 HU slices (brain 30 HU, a 70 HU blob per slice) and the blob masks."""
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    slices, masks = [], []
+    for cy, cx in centres:
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        slices.append(np.where(blob, 70, 30).astype(np.int16))
+        masks.append(blob)
+    return np.stack(slices), np.stack(masks)
+
+
+def test_class_maps_peak_on_the_evidence_and_hooks_are_released() -> None:
+    model = BlobModel()
+    hu, masks = _blob_slices([(8, 8), (20, 24), (25, 5)])
+    x = torch.from_numpy(hu).float()[:, None]
+    cams = gradcam_maps(model, x, class_index=0, batch_size=2)  # two batches
+    assert cams.shape == (3, SIDE, SIDE) and cams.dtype == np.float32
+    assert cams.min() >= 0 and cams.max() == pytest.approx(1.0, abs=1e-5)
+    for cam, mask in zip(cams, masks, strict=True):
+        assert mask[np.unravel_index(cam.argmax(), cam.shape)]
+        assert energy_inside(cam, mask) > mask.mean()  # more than a uniform map would put there
+    against = gradcam_maps(model, x, class_index=1)
+    assert against.max() < 1e-3  # class 1 has no positive evidence anywhere
+    assert not model.features._forward_hooks and not model.features._backward_hooks
+
+
+def test_maps_under_bf16_autocast_on_cpu() -> None:
+    model = BlobModel()
+    hu, masks = _blob_slices([(10, 20)])
+    x = torch.from_numpy(hu).float()[:, None]
+    full = gradcam_maps(model, x, 0)
+    mixed = gradcam_maps(model, x, 0, amp="bf16")
+    assert mixed.dtype == np.float32
+    assert np.unravel_index(mixed[0].argmax(), mixed[0].shape) == np.unravel_index(full[0].argmax(), full[0].shape)
+    assert np.abs(mixed - full).max() < 0.1
+
+
+class NhwcModel(BlobModel):
+    """Same evidence, but the target layer hands out [B, H, W, C] like a Swin stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = nn.Identity()
+        self.spec = ModelSpec(name="nhwc", target_layers=["stage"], target_layout="nhwc")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.stage(torch.relu(self.features(x / 100.0)).permute(0, 2, 3, 1))
+        return self.head(a.mean(dim=(1, 2)))
+
+
+def test_nhwc_target_layers_are_reshaped() -> None:
+    hu, masks = _blob_slices([(6, 26)])
+    cam = gradcam_maps(NhwcModel(), torch.from_numpy(hu).float()[:, None], 0)[0]
+    assert masks[0][np.unravel_index(cam.argmax(), cam.shape)]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("effnet-2d", {}, (2, 1)),
+    ("strokenext-atto", {}, (2, 1)),       # both encoders, combined
+])
+def test_every_kind_of_registered_model_gives_one_map_per_image(name: str, kwargs: dict, shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 2, **kwargs).eval()
+    side = 64  # the last stage is 2x2 here (1x1 at 32 px would leave nothing to locate)
+    x = torch.from_numpy(np.random.default_rng(0).integers(-100, 200, (*shape, side, side))).float()
+    cams = gradcam_maps(model, x, 1)
+    assert cams.shape == (shape[0], side, side)
+    assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() == pytest.approx(1.0, abs=1e-5)
+    if name.startswith("strokenext"):
+        alone = [gradcam_maps(model, x, 1, layers=[layer]) for layer in model.spec.target_layers]
+        assert all(a.shape == cams.shape for a in alone)
+        assert not np.allclose(alone[0], alone[1])  # the two encoders look at different things
+
+
+class PerSliceModel(BlobModel):
+    """effnet-lstm's shape: each of the K stacked slices goes through the encoder on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec(name="per-slice", target_layers=["features"], context=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, k = x.shape[:2]
+        a = torch.relu(self.features(x.reshape(batch * k, 1, *x.shape[2:]) / 100.0))  # [B*K, C, H, W]
+        return self.head(a.mean(dim=(2, 3)).reshape(batch, k, -1).mean(dim=1))
+
+
+def test_per_slice_encoders_give_the_centre_slice_map() -> None:
+    hu, masks = _blob_slices([(5, 5), (16, 16), (27, 27)])  # the centre slice's blob is in the middle
+    x = torch.from_numpy(np.stack([hu, hu[::-1]])).float()  # two stacks [2, 3, H, W]; both centres (16, 16)
+    cams = gradcam_maps(PerSliceModel(), x, 0)
+    assert cams.shape == (2, SIDE, SIDE)
+    for cam in cams:
+        assert masks[1][np.unravel_index(cam.argmax(), cam.shape)]
+
+
+def test_series_model_is_explained_per_slice() -> None:
+    torch.manual_seed(0)
+    model = build_model("study-seq", 2, encoder="mobilenetv2", hidden=8, layers=1).eval()
+    series = torch.from_numpy(np.random.default_rng(1).integers(-100, 200, (5, SIDE, SIDE))).float()
+    cams = gradcam_maps(model, series, 0)
+    assert cams.shape == (5, SIDE, SIDE) and np.isfinite(cams).all()
+
+
+def test_to_original_undoes_padding_and_resampling() -> None:
+    cam = np.zeros((SIDE, SIDE), np.float32)
+    cam[:, : SIDE // 4] = 1.0  # left quarter of the padded square
+    original = to_original(cam, (20, 40))  # wide slice: padded above and below, not at the sides
+    assert original.shape == (20, 40)
+    assert original[:, :8].min() > 0.9 and original[:, 12:].max() < 0.1
+    tall = to_original(cam, (40, 20))  # tall slice: 10 columns of padding on the left are cropped
+    assert tall.shape == (40, 20) and tall[:, 2:].max() < 0.1
+
+
+def test_overlay_is_jet_on_the_brain_window() -> None:
+    hu, masks = _blob_slices([(16, 16)])
+    cam = masks[0].astype(np.float32)
+    rgb = overlay(hu[0], cam)
+    assert rgb.shape == (SIDE, SIDE, 3) and rgb.dtype == np.uint8
+    assert rgb[16, 16, 0] > rgb[16, 16, 2]  # hot spot red
+    assert rgb[0, 0, 2] > rgb[0, 0, 0]  # cold background blue
+
+
+def test_pointing_game_tolerance() -> None:
+    cam = np.zeros((20, 20))
+    cam[5, 5] = 1
+    mask = np.zeros((20, 20), bool)
+    mask[5, 8] = True
+    assert not pointing_hit(cam, mask, tolerance=0)
+    assert not pointing_hit(cam, mask, tolerance=2)
+    assert pointing_hit(cam, mask, tolerance=3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 19), st.integers(1, 19), st.integers(1, 10))
+def test_energy_share_of_a_uniform_map_is_the_mask_area(h: int, w: int, seed: int) -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[:h, :w] = True
+    assert energy_inside(np.ones((20, 20)), mask) == pytest.approx(h * w / 400)
+    noise = np.random.default_rng(seed).random((20, 20))
+    assert 0 <= energy_inside(noise, mask) <= 1
+
+
+def test_random_maps_are_smooth_and_normalised() -> None:
+    maps = random_maps(4, (64, 64), np.random.default_rng(0))
+    assert maps.shape == (4, 64, 64)
+    assert maps.min(axis=(1, 2)) == pytest.approx([0] * 4) and maps.max(axis=(1, 2)) == pytest.approx([1] * 4)
+    assert np.abs(np.diff(maps, axis=2)).mean() < 0.05  # neighbours agree: not white noise
+
+
+class ToyCache:
+    """The slice of ``headct.data.cache.Cache``'s reading API that scoring uses."""
+
+    def __init__(self, slices: np.ndarray, masks: np.ndarray) -> None:
+        self.slices, self.masks = slices, masks
+        n = len(slices)
+        self.size, self.kind, self.has_masks, self.path = SIDE, "hu", True, Path("toy")
+        self.index = {"row": np.arange(n), "shard": np.array(["s0"] * n), "offset": np.arange(n),
+                      "study": np.array(["study1"] * n), "slice_index": np.arange(n)}
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.index["row"]
+
+    def mask(self, row: int) -> np.ndarray:
+        return self.masks[row]
+
+    def slice(self, row: int) -> np.ndarray:
+        return self.slices[row]
+
+    def series_slices(self, shard: str) -> np.ndarray:
+        return self.slices
+
+
+def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None:
+    centres = [(6 + 4 * i, 26 - 4 * i) for i in range(5)]
+    hu, masks = _blob_slices(centres)
+    bits = np.where(masks, LABEL_BITS["intraparenchymal"], 0).astype(np.uint8)
+    config = {"labels": ["intraparenchymal", "subdural"]}
+    result = score_cache(BlobModel(), config, ToyCache(hu, bits), tmp_path, ExplainConfig(limit=4, tolerance=1))
+    scores = result["per_class"]["intraparenchymal"]
+    assert scores["n_slices"] == 4  # limit: 4 of the 5 lesion slices
+    assert scores["pointing_game"] == 1.0
+    assert scores["random_pointing_game"] < 0.5
+    assert scores["energy_share"] > 2 * scores["random_energy_share"]
+    assert "subdural" not in result["per_class"]  # no subdural lesions: not scored
+    gallery = Image.open(tmp_path / "overlays" / "gallery_intraparenchymal.png")
+    assert gallery.size == (4 * SIDE, SIDE)
+    assert len(list((tmp_path / "overlays").glob("study1_*_intraparenchymal.png"))) == 4
+    table = format_table(result)
+    assert "intraparenchymal" in table and "1.000" in table
+
+
+def test_score_maps_empty_is_nan() -> None:
+    score = score_maps(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool))
+    assert score.n_slices == 0 and np.isnan(score.pointing_game)
+
+
+def test_spec_without_target_layers_is_refused() -> None:
+    model = BlobModel()
+    model.spec = SimpleNamespace(name="bare", target_layers=[], level="slice")
+    with pytest.raises(ValueError, match="no Grad-CAM target layers"):
+        gradcam_maps(model, torch.zeros(1, 1, 8, 8), 0)
