@@ -38,23 +38,13 @@ from torch import nn
 from tqdm import tqdm
 
 from headct.inference import autocast_context, neighbour_index
+from headct.phantom.lesions import HEMORRHAGE_BITS, LESION_BITS
 from headct.windows import apply_windows
 
 log = logging.getLogger(__name__)
 
-LESION_BITS: dict[str, int] = {
-    "epidural": 1,
-    "intraparenchymal": 2,
-    "intraventricular": 4,
-    "subarachnoid": 8,
-    "subdural": 16,
-    "ischemic": 32,
-}
-"""Mask bit per lesion type, as ``headct.phantom.LESION_BITS`` (docs/internals.md)."""
-
-HEMORRHAGE_BITS = 1 | 2 | 4 | 8 | 16
 LABEL_BITS: dict[str, int] = {**LESION_BITS, "any": HEMORRHAGE_BITS, "hemorrhagic": HEMORRHAGE_BITS,
-                              "stroke": HEMORRHAGE_BITS | 32}
+                              "stroke": HEMORRHAGE_BITS | LESION_BITS["ischemic"]}
 """Which mask bits show each output label; labels absent here (non-stroke) are not scored."""
 
 
