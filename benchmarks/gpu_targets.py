@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--json", help="output file (default: benchmarks/results/gpu_targets_<device>.json or cpu_targets.json)")
     parser.add_argument("--phantom-studies", type=int, default=None,
-                        help="studies in the generated phantom set (default: 64 on GPU, 6 on CPU)")
+                        help="studies in the generated phantom set (default: 400 on GPU, 8 on CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="headct-targets-") as tmp:
         data = args.data
         if data is None and any(t.config.train for t in targets):
-            studies = args.phantom_studies or (64 if on_gpu else 6)
+            studies = args.phantom_studies or (400 if on_gpu else 8)
             size = 256 if on_gpu else 64
             data = phantom_cache(Path(tmp), studies=studies, size=size)
         results = _load(out)

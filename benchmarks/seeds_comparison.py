@@ -45,7 +45,7 @@ LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=700, help="phantom studies (default gives >= 20,000 slices at 256 px)")
+    parser.add_argument("--studies", type=int, default=1000, help="phantom studies (1000 x 21 slices at 256 px: 21,000 slices)")
     parser.add_argument("--size", type=int, default=256, help="slice size in pixels (phantom and cache)")
     parser.add_argument("--slices", type=int, default=None, help="slices per study (default: the phantom's)")
     parser.add_argument("--difficulty", type=float, default=1.0, help="phantom difficulty, 0 easy .. 2 hard")
@@ -62,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="default: benchmarks/results/seeds_comparison_<device>.json")
     parser.add_argument("--bench-iters", type=int, default=20, help="timed iterations for inference images/s (0: skip)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in headct compare")
+    parser.add_argument("--markdown-only", metavar="JSON",
+                        help="only rewrite the markdown from this earlier result (e.g. after new target figures)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.markdown_only:
+        write_markdown(json.loads(Path(args.markdown_only).read_text()), Path(args.markdown), Path(args.markdown_only))
+        print(f"wrote {args.markdown}")
+        return 0
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
