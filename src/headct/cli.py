@@ -158,6 +158,9 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-upload-mb", type=float, default=512, help="largest request body (413 above)")
+    p.add_argument("--max-files", type=int, default=2000, help="most files per upload or zip (413 above)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -92,8 +92,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     import headct
 
-    predictor = headct.load(args.model)
-    app = create_app(predictor, ServeLimits())
+    predictor = headct.load(args.model, runtime=getattr(args, "runtime", "torch"))
+    limits = ServeLimits(max_upload_bytes=int(getattr(args, "max_upload_mb", 512) * 2**20),
+                         max_files=getattr(args, "max_files", ServeLimits.max_files))
+    app = create_app(predictor, limits)
     log.info("serving %s on http://%s:%d (OpenAPI at /docs)", args.model, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     print(f"headct serve stopped (was http://{args.host}:{args.port})")
