@@ -256,3 +256,36 @@ def test_spec_without_target_layers_is_refused() -> None:
     model.spec = SimpleNamespace(name="bare", target_layers=[], level="slice")
     with pytest.raises(ValueError, match="no Grad-CAM target layers"):
         gradcam_maps(model, torch.zeros(1, 1, 8, 8), 0)
+
+
+def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from headct.checkpoint import save_checkpoint
+    from headct.cli import main
+    from headct.data.prepare import PrepareConfig, prepare
+    from headct.data.splits import SplitConfig
+    from headct.phantom.dataset import PhantomConfig, write_phantom
+    from headct.tasks import RSNA_LABELS
+
+    write_phantom(PhantomConfig(out=tmp_path / "phantom", studies=4, size=64, slices=6, seed=3, difficulty=0.2))
+    prepare(PrepareConfig(input=str(tmp_path / "phantom"), format="rsna", out=str(tmp_path / "cache"), size=64,
+                          split=SplitConfig(seed=0, fractions=(0.0, 0.0, 1.0))))
+    torch.manual_seed(0)
+    save_checkpoint(build_model("mobilenetv2", len(RSNA_LABELS)), tmp_path / "ckpt", size=64, task="rsna",
+                    labels=list(RSNA_LABELS), label_kind="multilabel")
+    out = tmp_path / "explain"
+    assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(out),
+                 "--score", "--limit", "2"]) == 0
+    result = json.loads((out / "localisation.json").read_text())
+    assert result["target_layers"] == ["encoder.conv_head"] and result["split"] == "test"
+    assert "any" in result["per_class"]  # the phantom puts a bleed in most studies
+    for scores in result["per_class"].values():
+        assert 1 <= scores["n_slices"] <= 2
+        assert 0 <= scores["pointing_game"] <= 1 and 0 <= scores["random_energy_share"] <= 1
+    assert "pointing" in capsys.readouterr().out
+    assert list((out / "overlays").glob("gallery_*.png"))
+    plain = tmp_path / "plain"  # without --score: overlays of the predicted class, no masks needed
+    assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(plain),
+                 "--limit", "3"]) == 0
+    assert len(list((plain / "overlays").glob("*.png"))) == 3

@@ -131,6 +131,9 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--score", action="store_true", help="score maps against lesion masks")
     p.add_argument("--limit", type=int, default=64, help="slices to explain")
+    p.add_argument("--layer", action="append", default=None, metavar="MODULE",
+                   help="Grad-CAM target layer by module path (repeatable); default: the model's")
+    p.add_argument("--tolerance", type=int, default=3, help="pointing-game tolerance in pixels")
 
 
 def _run_explain(args: argparse.Namespace) -> int:

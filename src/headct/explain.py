@@ -211,6 +211,8 @@ class ExplainConfig:
     random_per_slice: int = 8
     seed: int = 0
     batch_size: int = 16
+    layers: list[str] | None = None
+    """Target layers (module paths) instead of the model's defaults."""
 
 
 def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path | None,
@@ -224,7 +226,7 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
     """
     settings = settings or ExplainConfig()
     labels = list(config["labels"])
-    layer_names = target_layer_names(model)
+    layer_names = list(settings.layers) if settings.layers else target_layer_names(model)
     variants = {"combined": layer_names}
     if len(layer_names) > 1:
         variants.update({name: [name] for name in layer_names})
@@ -270,7 +272,8 @@ def explain_command(args: argparse.Namespace) -> int:
     cache = Cache(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = ExplainConfig(split=args.split, limit=args.limit)
+    settings = ExplainConfig(split=args.split, limit=args.limit, tolerance=getattr(args, "tolerance", 3),
+                             layers=getattr(args, "layer", None))
     if args.score:
         result = score_cache(model, config, cache, out, settings)
         result["checkpoint"] = str(args.checkpoint)
@@ -289,20 +292,24 @@ def draw_split(model: nn.Module, config: dict[str, Any], cache: Any, folder: Pat
     from headct.inference import probabilities, series_logits
 
     rows = cache.rows(settings.split)[: settings.limit]
+    wanted = set(rows.tolist())
     labels = list(config["labels"])
     drawn = 0
     for shard in tqdm(dict.fromkeys(str(cache.index["shard"][r]) for r in rows), desc="explaining", unit="series"):
         series = np.asarray(cache.series_slices(shard))
         series_rows = cache.series_rows(shard)
-        positions = [i for i, r in enumerate(series_rows) if r in set(rows.tolist())]
+        positions = [i for i, r in enumerate(series_rows) if int(r) in wanted]
         logits = series_logits(model, series).slice_logits
         probs = probabilities(logits, config.get("label_kind", "multilabel"), config.get("temperature", 1.0))
+        by_class: dict[int, list[int]] = {}
         for position in positions:
-            class_index = int(probs[position].argmax())
-            cam = _maps_for(model, series, [position], class_index, None, settings.batch_size)[0]
-            row = int(series_rows[position])
-            write_png(folder / f"{_row_name(cache, row)}_{labels[class_index]}.png", overlay(series[position], cam, cache.kind))
-            drawn += 1
+            by_class.setdefault(int(probs[position].argmax()), []).append(position)
+        for class_index, chosen in by_class.items():
+            cams = _maps_for(model, series, chosen, class_index, settings.layers, settings.batch_size)
+            for position, cam in zip(chosen, cams, strict=True):
+                name = f"{_row_name(cache, int(series_rows[position]))}_{labels[class_index]}.png"
+                write_png(folder / name, overlay(series[position], cam, cache.kind))
+                drawn += 1
     return drawn
 
 
