@@ -22,7 +22,7 @@ CONTRACT = {"per_class", "micro_auroc", "macro_auroc", "f1_macro", "f1_micro", "
             "confusion_matrix", "ece", "ece_calibrated", "temperature", "ci95", "split"}
 
 if TINY not in list_models():
-    register_model(TINY)(lambda num_classes, *, input_kind="hu", drop_rate=0.0: SliceClassifier(
+    register_model(TINY)(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
         "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
         drop_rate=drop_rate))
 

@@ -144,7 +144,7 @@ from headct.models.backbones import SliceClassifier
 from headct.models.registry import list_models, register_model
 
 if "{name}" not in list_models():
-    register_model("{name}")(lambda num_classes, *, input_kind="hu", drop_rate=0.0: SliceClassifier(
+    register_model("{name}")(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
         "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
         drop_rate=drop_rate))
 from headct.cli import main
@@ -171,12 +171,21 @@ def _config(cache: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_a_few_steps_lower_the_loss(cache: Path, tmp_path: Path) -> None:
-    from headct.checkpoint import read_checkpoint_config
+@pytest.fixture(scope="module")
+def trained(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-D model trained 4 short epochs; returns its run directory."""
     from headct.train import train
 
-    best = train(_config(cache, tmp_path / "run", epochs=4, augment=False))
-    rows = list(csv_rows(tmp_path / "run" / "metrics.csv"))
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(_config(cache, run, epochs=4, augment=False))
+    return run
+
+
+def test_a_few_steps_lower_the_loss(cache: Path, trained: Path) -> None:
+    from headct.checkpoint import read_checkpoint_config
+
+    best = trained / "best"
+    rows = list(csv_rows(trained / "metrics.csv"))
     losses = [float(r["train_loss"]) for r in rows]
     assert len(rows) == 4 and losses[-1] < 0.8 * losses[0]
     assert {"epoch", "train_loss", "val_loss", "val_macro_auroc", "lr", "images_per_s"} <= set(rows[0])
@@ -186,7 +195,32 @@ def test_a_few_steps_lower_the_loss(cache: Path, tmp_path: Path) -> None:
     training = config["training"]
     assert training["split"]["how"] == "study" and training["slices"]["train"] > 0
     assert str(cache) not in str(training)  # the cache is named by a hash, not its path
-    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "last").is_dir()
+    assert (trained / "config.yaml").is_file() and (trained / "last").is_dir()
+
+
+def test_two_stage_series_model_trains_only_the_rnn_on_frozen_embeddings(cache: Path, trained: Path,
+                                                                          tmp_path: Path) -> None:
+    from headct.checkpoint import load_checkpoint
+    from headct.train import train
+
+    config = _config(cache, tmp_path / "seq", model="study-seq", epochs=1, batch_size=2, lr=1e-2,
+                     encoder_checkpoint=str(trained / "best"), model_kwargs={"hidden": 8, "layers": 1})
+    best = train(config)
+    encoder_2d, _ = load_checkpoint(trained / "best")
+    seq, seq_config = load_checkpoint(best)
+    assert seq_config["model"]["level"] == "series" and seq_config["model"]["kwargs"]["encoder"] == TINY
+    frozen = {k: v for k, v in encoder_2d.state_dict().items() if not k.startswith("head.")}
+    for name, value in frozen.items():  # the encoder is the trained 2-D model's, untouched
+        assert torch.equal(seq.encoder.state_dict()[name], value), name
+    from headct.models import build_model
+
+    torch.manual_seed(config.seed)  # what the trainer built before the first step
+    initial = build_model("study-seq", 6, encoder_checkpoint=str(trained / "best"), hidden=8, layers=1)
+    assert torch.equal(initial.encoder.state_dict()["encoder.conv_stem.weight"],
+                       seq.encoder.state_dict()["encoder.conv_stem.weight"])
+    assert not torch.equal(initial.rnn.weight_hh_l0, seq.rnn.weight_hh_l0)  # the RNN did train
+    assert not torch.equal(initial.series_head.weight, seq.series_head.weight)
+    assert load_train_state(tmp_path / "seq")["history"][0]["val_loss"] > 0
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(cache: Path, tmp_path: Path, monkeypatch) -> None:

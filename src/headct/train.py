@@ -116,7 +116,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, info: DistInfo) -> None:
         from headct.data.cache import Cache
-        from headct.models import build_model
         from headct.tasks import get_task
 
         self.config, self.info, self.device = config, info, info.device
@@ -124,11 +123,11 @@ class Trainer:
         self.cache = Cache(config.data)
         self.task = get_task(config.task, self.cache.labels)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        kwargs = {"input_kind": self.cache.kind, **config.model_kwargs}
-        if config.encoder_checkpoint:
-            kwargs["encoder_checkpoint"] = config.encoder_checkpoint
-        self.model = build_model(config.model, self.task.num_outputs, **kwargs).to(self.device)
+        self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
         self.spec = self.model.spec
+        if self.spec.input_kind != self.cache.kind:
+            raise ValueError(f"{config.model} reads {self.spec.input_kind} input but the cache holds "
+                             f"{self.cache.kind}; set input_kind in --model-kwargs")
         self.mode = _mode(self.spec.level, config.encoder_checkpoint)
         self.amp = resolve_amp(config.amp, self.device)
         self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
@@ -545,6 +544,23 @@ class _SeriesForward(nn.Module):
         if self.mode == "embeddings":
             return self.model.forward_embeddings(x, mask)
         return self.model.forward_series(x, mask)
+
+
+def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
+    """Build the model for the cache's input kind (given to the encoder of series-level models)."""
+    from headct.models import build_model
+
+    kwargs = dict(config.model_kwargs)
+    if config.encoder_checkpoint:
+        kwargs["encoder_checkpoint"] = config.encoder_checkpoint
+    try:
+        return build_model(config.model, num_classes, **{"input_kind": input_kind, **kwargs})
+    except ValueError as err:
+        if "input_kind" not in str(err):
+            raise
+    if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
+        kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
+    return build_model(config.model, num_classes, **kwargs)
 
 
 def _mode(level: str, encoder_checkpoint: str | None) -> str:
