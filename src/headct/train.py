@@ -67,6 +67,12 @@ from headct.training.distributed import (
     init_distributed,
     sum_scalar,
 )
+from headct.training.series import (
+    EmbeddingDataset,
+    SeriesForward,
+    collate_embeddings,
+    training_mode,
+)
 from headct.training.state import STATE_FILE, load_train_state, save_train_state, seed_epoch
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,7 @@ class Trainer:
         if self.spec.input_kind != self.cache.kind:
             raise ValueError(f"{config.model} reads {self.spec.input_kind} input but the cache holds "
                              f"{self.cache.kind}; set input_kind in --model-kwargs")
-        self.mode = _mode(self.spec.level, config.encoder_checkpoint)
+        self.mode = training_mode(self.spec.level, config.encoder_checkpoint)
         self.amp = resolve_amp(config.amp, self.device)
         self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
         self.smoothing = (config.label_smoothing if config.label_smoothing is not None
@@ -138,13 +144,12 @@ class Trainer:
         self.train_data, self.val_data, self.collate = self._datasets()
         self.train_loader, self.val_loader = self._loaders()
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / config.grad_accum))
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
             config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch),
             config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.net = self._wrap(trainable)
+        self.net = self._wrap()
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
         self.stopped = False
@@ -387,10 +392,10 @@ class Trainer:
         from headct.data.datasets import SeriesDataset, SliceDataset, collate_series
 
         if self.mode == "slice":
-            make = lambda split: SliceDataset(self.cache, split, self.task, context=self.spec.context)  # noqa: E731
-            return make("train"), make("val"), None
-        make = lambda split: SeriesDataset(self.cache, split, self.task, max_slices=self.config.max_slices)  # noqa: E731
-        train_data, val_data = make("train"), make("val")
+            return (SliceDataset(self.cache, "train", self.task, context=self.spec.context),
+                    SliceDataset(self.cache, "val", self.task, context=self.spec.context), None)
+        train_data, val_data = (SeriesDataset(self.cache, split, self.task, max_slices=self.config.max_slices)
+                                for split in ("train", "val"))
         if self.mode == "embeddings":
             train_data = EmbeddingDataset.from_series(self.model, train_data, self.device, self.info)
             val_data = EmbeddingDataset.from_series(self.model, val_data, self.device, self.info)
@@ -422,8 +427,8 @@ class Trainer:
         n = len(self.val_loader)
         return n if self.config.max_val_batches is None else min(n, self.config.max_val_batches)
 
-    def _wrap(self, trainable: list[nn.Parameter]) -> nn.Module:
-        net: nn.Module = self.model if self.mode == "slice" else _SeriesForward(self.model, self.mode)
+    def _wrap(self) -> nn.Module:
+        net: nn.Module = self.model if self.mode == "slice" else SeriesForward(self.model, self.mode)
         if not self.info.enabled:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -491,61 +496,6 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-class EmbeddingDataset(Dataset):
-    """Two-stage series training: slice embeddings from the frozen encoder, computed once.
-
-    Items look like ``SeriesDataset``'s, with ``[S, d]`` embeddings in place of
-    ``[S, H, W]`` pixels, so ``collate_series`` pads them the same way.
-    """
-
-    def __init__(self, items: list[tuple]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple:
-        return self.items[i]
-
-    @classmethod
-    @torch.no_grad()
-    def from_series(cls, model: nn.Module, series: Dataset, device: torch.device, info: DistInfo) -> EmbeddingDataset:
-        model.encoder.requires_grad_(False)
-        model.encoder.eval()
-        items = []
-        for i in tqdm(range(len(series)), desc="embedding slices", unit="series",
-                      disable=not info.is_main, leave=False):
-            x, *rest = series[i]
-            pixels = torch.as_tensor(x, device=device).float()[None]
-            items.append((model.encode_slices(pixels, None)[0].cpu(), *rest))
-        return cls(items)
-
-
-def collate_embeddings(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
-    """``collate_series`` for ``[S, d]`` embeddings: the same outputs, padded at the end."""
-    from headct.data.datasets import collate_series
-
-    # Pad through collate_series by viewing each [S, d] as [S, 1, d].
-    x, y_slices, y_series, rows, mask = collate_series([(e[:, None, :], *rest) for e, *rest in batch])
-    return x[:, :, 0, :], y_slices, y_series, rows, mask
-
-
-class _SeriesForward(nn.Module):
-    """``forward(x, mask)`` → ``(slice_logits, series_logits)``, so DDP sees the series path.
-
-    Mode "series" runs the model end to end; "embeddings" runs the RNN and heads only.
-    """
-
-    def __init__(self, model: nn.Module, mode: str) -> None:
-        super().__init__()
-        self.model, self.mode = model, mode
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mode == "embeddings":
-            return self.model.forward_embeddings(x, mask)
-        return self.model.forward_series(x, mask)
-
-
 def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     """Build the model for the cache's input kind (given to the encoder of series-level models)."""
     from headct.models import build_model
@@ -561,14 +511,6 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
     return build_model(config.model, num_classes, **kwargs)
-
-
-def _mode(level: str, encoder_checkpoint: str | None) -> str:
-    if level == "slice":
-        if encoder_checkpoint:
-            raise ValueError("encoder_checkpoint is for series-level models (study-seq)")
-        return "slice"
-    return "embeddings" if encoder_checkpoint else "series"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
