@@ -98,7 +98,8 @@ def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp
     assert metrics["temperature"] == pytest.approx(stored["temperature"])
     assert metrics["checkpoint"]["thresholds_source"] == "validation"
 
-    rows = [r for r in csv.DictReader(paths["predictions"].open()) if r["level"] == "slice"]
+    everything = list(csv.DictReader(paths["predictions"].open()))
+    rows = [r for r in everything if r["level"] == "slice"]
     p = np.array([[float(r["p_non-stroke"]), float(r["p_stroke"])] for r in rows])
     y = np.array([int(r["y_stroke"]) for r in rows])
     d = np.array([[int(r["d_non-stroke"]), int(r["d_stroke"])] for r in rows])
@@ -107,6 +108,11 @@ def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp
     assert (d.sum(axis=1) == 1).all()
     assert metrics["confusion_matrix"] == confusion_matrix(y, p.argmax(axis=1), labels=[0, 1]).tolist()
     assert metrics["per_class"]["stroke"]["auroc"] == pytest.approx(roc_auc_score(y, p[:, 1]))
+    # a study is its most abnormal slice, and a stroke study when any slice is
+    for study in (r for r in everything if r["level"] == "study"):
+        members = [i for i, r in enumerate(rows) if r["study"] == study["study"]]
+        assert float(study["p_stroke"]) == pytest.approx(p[members, 1].max())
+        assert int(study["y_stroke"]) == y[members].max()
 
 
 def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32) -> Path:

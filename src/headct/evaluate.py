@@ -17,10 +17,11 @@ them fitted on the validation split now, and stored back into it. Thresholds
 apply to temperature-scaled probabilities (the ``p_*`` columns).
 
 Study level: for slice models a study's probabilities are the maximum over its
-slices (multi-label), or, for multi-class tasks whose first class is the
-negative one ("non-stroke"), the probabilities of its most abnormal slice
-(lowest probability of the negative class); other multi-class tasks average
-their slices. Series-level models give their own series logit.
+slices (multi-label), or, for multi-class tasks, the probabilities of the slice
+least likely to be the first class ("non-stroke"; "ischemic" for subtype). That
+mirrors the study truth of ``SeriesDataset``: the maximum over slices
+(multi-label), or the most frequent class other than the first when any slice
+has one, else the first. Series-level models give their own series output.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from headct.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_CLASS = "non-stroke"
 N_BOOTSTRAP = 1000
 
 
@@ -286,9 +286,7 @@ def aggregate_probabilities(prob: np.ndarray, task: Task) -> np.ndarray:
     """``[k, n]`` slice (or series) probabilities of one study → ``[n]`` (rules in the module doc)."""
     if task.kind == "multilabel":
         return prob.max(axis=0)
-    if task.labels[0] == NEGATIVE_CLASS:
-        return prob[int(prob[:, 0].argmin())]
-    return prob.mean(axis=0)
+    return prob[int(prob[:, 0].argmin())]
 
 
 def split_summary(cache: Cache, split: str) -> dict[str, Any]:
@@ -381,9 +379,7 @@ def _aggregate_truth(targets: np.ndarray, task: Task) -> np.ndarray:
     if task.kind == "multilabel":
         return targets.max(axis=0)
     counts = np.bincount(targets.astype(int), minlength=task.num_outputs)
-    if task.labels[0] == NEGATIVE_CLASS and counts[1:].sum() > 0:
-        return np.int64(1 + counts[1:].argmax())
-    return np.int64(counts.argmax())
+    return np.int64(1 + counts[1:].argmax()) if counts[1:].sum() > 0 else np.int64(0)
 
 
 def _one_hot(targets: np.ndarray, task: Task) -> np.ndarray:
