@@ -42,12 +42,13 @@ class DemoSettings:
     max_steps_per_epoch: int | None = None
     seed: int = 0
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # more validation/test studies than 0.8/0.1/0.1
+    n_bootstrap: int = 1000
 
     @classmethod
     def quick(cls) -> DemoSettings:
         """Tiny settings: seconds, not minutes; the figures mean little."""
         return replace(cls(), studies=10, phantom_size=64, slices=8, cache_size=32, epochs=1, batch_size=8,
-                       max_steps_per_epoch=3)
+                       max_steps_per_epoch=3, n_bootstrap=200)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -89,7 +90,7 @@ def run_demo(out: Path, settings: DemoSettings) -> dict[str, Any]:
         patience=0, device="cpu", tensorboard=False,
     ))
     log.info("demo 4/4: evaluate on the test split")
-    paths = evaluate(best, out / "cache", out / "eval", split="test", device="cpu")
+    paths = evaluate(best, out / "cache", out / "eval", split="test", device="cpu", n_bootstrap=settings.n_bootstrap)
     metrics = json.loads(paths["metrics"].read_text())
     summary = {
         "micro_auroc": metrics.get("micro_auroc"),
