@@ -168,7 +168,11 @@ def inference_speed(model: str, size: int, device: torch.device, iters: int) -> 
                          channels_last=True, warmup=max(2, iters // 5), iters=iters, device=str(device),
                          latency=False, series_slices=32)
     result = run_bench(config)
+    series = result["input"]["level"] == "series"
     return {"samples_per_s": result["samples_per_s"], "slice_images_per_s": result["slice_images_per_s"],
+            "level": result["input"]["level"],
+            # one output per slice either way: a slice model's sample is one slice, a series model's is S
+            "predicted_slices_per_s": result["slice_images_per_s"] if series else result["samples_per_s"],
             "batch_size": config.batch_size, "amp": result["settings"]["amp"],
             "params": result["params"], "gflops_per_sample": result["gflops_per_sample"]}
 
@@ -200,7 +204,10 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
         ("Measured on a GPU." if gpu else
          "**CPU run at small settings: a smoke-scale comparison, not the real one.** The H100 run "
          "(>= 20,000 phantom slices, 256 px, the seed models at full size) is still owed: "
-         "`python benchmarks/seeds_comparison.py` on a GPU machine regenerates this page."),
+         "`python benchmarks/seeds_comparison.py` on a GPU machine regenerates this page. "
+         "The models here are barely trained (a few steps), so the figures show that the pipeline "
+         "runs end to end, not which seed is better; timings come from a 2-core machine shared with "
+         "other jobs (load average about 7) and vary several-fold from run to run."),
         "",
         f"- Device: {env['device_name']} ({env['device']}), torch {env['torch']}, timm {env['timm']}, "
         f"{env['cpu_threads']} CPU threads; {result['date']}.",
@@ -215,13 +222,14 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
         + f", AMP {budget['amp']}, augmentations on.",
         "- Metrics on the test split, slice level: per-class F1 at thresholds frozen on validation, micro-AUROC, "
         "ECE after temperature scaling (`ece_calibrated`). Training time is wall time of `headct train` "
-        "(validation and calibration included); images/s: training (mean over epochs) and inference "
-        "(`headct.bench`, channels_last, batch "
+        "(validation and calibration included); images/s: training (mean over epochs, from `metrics.csv`); "
+        "inference slices predicted per second (`headct.bench`, fast path with channels_last, "
+        "series models 32 slices per series; batch "
         f"{next(iter(result['models'].values())).get('inference', {}).get('batch_size', '-')}).",
         "",
     ]
-    head = ["model", *[f"F1 {name[:6]}" for name in LABELS], "micro-AUROC", "ECE", "train s",
-            "train img/s", "infer img/s"]
+    head = ["model", *[f"F1 {name[:6]}" for name in LABELS], "micro-AUROC", "ECE cal.", "train s",
+            "train img/s", "infer slices/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, row in result["models"].items():
         cells = [f"**{model}**" if model == result["best"] else model]
@@ -229,7 +237,7 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
         cells += [_fmt(row["micro_auroc"], 4), _fmt(row["ece_calibrated"] if row["ece_calibrated"] is not None
                                                      else row["ece"]),
                   f"{row['train_seconds']:.0f}", _fmt(row["train_images_per_s"], 1),
-                  _fmt((row.get("inference") or {}).get("samples_per_s"), 1)]
+                  _fmt((row.get("inference") or {}).get("predicted_slices_per_s"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Best by slice-level micro-AUROC: **{result['best']}**. `headct compare` against it "
               "(overall = macro AUROC; bootstrap resamples whole studies; McNemar on every-label-right decisions):", ""]
@@ -257,12 +265,16 @@ def performance_section() -> list[str]:
         data = json.loads(f.read_text())
         env = data["environment"]
         lines += [f"`{_relative(f)}`: {env['device_name']}, torch {env['torch']}, timm {env['timm']}"
-                  + (" — CPU smoke settings, targets not judged." if data.get("label") == "cpu" else "."), "",
+                  + (f". {data['note']}" if data.get("note") else "."), "",
                   "| target | value | bar | met |", "|---|---|---|---|"]
         for target in data.get("targets", {}).values():
             bar = "reported" if target["target"] is None else f"{target['better']} {target['target']:g} {target['unit']}"
             met = {True: "yes", False: "no", None: "-"}[target["met"]]
-            lines.append(f"| {target['description']} | {_fmt(target['value'], 2)} {target['unit']} | {bar} | {met} |")
+            value = f"{_fmt(target['value'], 2)} {target['unit']}"
+            if target["unit"] == "bytes" and target["value"] is not None:
+                kind = (target.get("figures") or {}).get("peak_memory_kind", "")
+                value = f"{target['value'] / 2**20:.0f} MiB ({kind})"
+            lines.append(f"| {target['description']} | {value} | {bar} | {met} |")
         lines.append("")
     return lines
 
