@@ -74,7 +74,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, config: dict[str, Any], *, runtime: str = "torch",
                  device: str | torch.device = "cpu", batch_size: int = 32,
-                 checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, cam_model: nn.Module | None = None) -> None:
         self.model = model
         self.config = config
         self.runtime = runtime
@@ -82,7 +82,7 @@ class Predictor:
         self.batch_size = batch_size
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._lock = threading.Lock()
-        self._cam_model: nn.Module | None = model if runtime == "torch" else None
+        self._cam_model = cam_model  # the plain torch model for Grad-CAM; loaded on first use when None
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, *, runtime: str = "torch",
@@ -98,10 +98,8 @@ class Predictor:
             model, config = load_checkpoint(checkpoint_dir, map_location=device)
             # fp32 as evaluated; channels_last halves CPU latency of the depthwise convs
             fast = prepare_for_inference(model, device, amp=None, channels_last=True)
-            predictor = cls(fast, config, runtime="torch", device=device, batch_size=batch_size,
-                            checkpoint_dir=checkpoint_dir)
-            predictor._cam_model = model
-            return predictor
+            return cls(fast, config, runtime="torch", device=device, batch_size=batch_size,
+                       checkpoint_dir=checkpoint_dir, cam_model=model)
         if runtime == "onnx":
             from headct.export import OnnxModel, onnx_for_checkpoint
 
@@ -292,6 +290,8 @@ class Predictor:
 
     def _torch_model(self) -> nn.Module:
         """The torch model (Grad-CAM needs gradients; an onnx Predictor loads it on first use)."""
+        if self._cam_model is None and self.runtime == "torch":
+            self._cam_model = getattr(self.model, "model", self.model)  # unwrap prepare_for_inference
         if self._cam_model is None:
             from headct.checkpoint import load_checkpoint
 
