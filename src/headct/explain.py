@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
+from headct import atomic
 from headct.inference import autocast_context, neighbour_index
 from headct.phantom.lesions import HEMORRHAGE_BITS, LESION_BITS
 from headct.windows import apply_windows
@@ -137,7 +136,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    _atomic_write_bytes(path, data.tobytes())
+    atomic.write_bytes(path, data.tobytes())
 
 
 # --- localisation ------------------------------------------------------------
@@ -277,7 +276,7 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.score:
         result = score_cache(model, config, cache, out, settings)
         result["checkpoint"] = str(args.checkpoint)
-        _atomic_write_bytes(out / "localisation.json", json.dumps(result, indent=2).encode())
+        atomic.write_bytes(out / "localisation.json", json.dumps(result, indent=2).encode())
         print(format_table(result))
         print(f"overlays in {out / 'overlays'}; scores in {out / 'localisation.json'}")
         return 0
@@ -411,15 +410,3 @@ def _draw_gallery(folder: Path, cache: Any, rows: Sequence[int], cams: np.ndarra
         tiles += [blank] * (-len(tiles) % columns)
         grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)])
         write_png(folder / f"gallery_{label}.png", grid)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from headct import atomic
 from headct.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def export_command(args: argparse.Namespace) -> int:
     result = export_checkpoint(args.checkpoint, args.onnx)
     config_copy = Path(result.path).with_suffix(".config.json")
     source = Path(args.checkpoint) / "config.json"
-    _atomic_write(config_copy, source.read_bytes())
+    atomic.write_bytes(config_copy, source.read_bytes())
     print(f"exported with the {result.exporter} exporter (input x [batch, ...] raw values): "
           f"{result.path} (config beside it: {config_copy})")
     return 0
@@ -261,15 +262,3 @@ def _add_metadata(path: Path, fields: dict[str, str]) -> None:
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().cpu().float().numpy())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from headct import __version__
+from headct import __version__, atomic
 from headct.errors import InputError
 from headct.inference import probabilities, series_logits
 from headct.io.privacy import short_hash
@@ -458,7 +457,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
     """One study's prediction as JSON, written atomically."""
-    _atomic_write(path, json.dumps(result, indent=2) + "\n")
+    atomic.write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def write_csv(path: Path, results: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
@@ -474,16 +473,4 @@ def write_csv(path: Path, results: Sequence[dict[str, Any]], labels: Sequence[st
         writer.writerow(["study", result["study"], "", -1, result["study"],
                          *[result["study_probabilities"][label] for label in labels],
                          "|".join(result["study_positive"])])
-    _atomic_write(path, buffer.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, buffer.getvalue())

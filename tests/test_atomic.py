@@ -1,0 +1,38 @@
+"""Atomic writes: content, permissions, no temp file left on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from headct.atomic import write_bytes, write_text
+
+
+def test_writes_content_and_creates_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.json"
+    write_text(target, "{\"x\": 1}\r\n")
+    assert target.read_bytes() == b"{\"x\": 1}\r\n"
+    write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_permissions_follow_the_umask_not_mkstemp(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
