@@ -25,7 +25,6 @@ import os
 import platform
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headct import __version__
+from headct import __version__, atomic
 from headct.inference import autocast_context, default_amp, prepare_for_inference, to_channels_last
 
 log = logging.getLogger(__name__)
@@ -348,13 +347,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``result`` as indented JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 # --- command line -----------------------------------------------------------------

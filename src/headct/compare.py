@@ -30,8 +30,6 @@ import argparse
 import csv
 import json
 import logging
-import os
-import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest, chi2, norm, rankdata
 
+from headct import atomic
 from headct.errors import InputError
 from headct.metrics import auroc, resample_indices
 
@@ -336,13 +335,4 @@ def _fmt_p(p: float | None) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("x") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
