@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from headct import atomic
 from headct.calibrate import apply_temperature, fit_temperature
 from headct.data.cache import Cache
 from headct.inference import series_logits
@@ -320,7 +320,7 @@ def write_predictions_csv(
     for i, study in enumerate(studies.studies):
         writer.writerow(["study", study, study, -1, *_fmt(studies.prob[i]), *study_y[i].tolist(),
                          *study_d[i].tolist()])
-    _atomic_write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
     return path
 
 
@@ -333,7 +333,7 @@ def decisions(prob: np.ndarray, task: Task, thresholds: dict[str, float] | None)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    _atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    atomic.write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
     return path
 
 
@@ -401,14 +401,6 @@ def _json_default(value: Any) -> Any:
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Path, cache: Cache,
