@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from synthetic_ct import pin_to_one_core, write_random_ct
 
+from headct.bench import cpu_name
 from headct.data.prepare import PrepareConfig, prepare
 
 TARGET = 800.0
@@ -58,13 +58,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/ingest.json")
     args = parser.parse_args()
-    _one_core()
+    pin_to_one_core()
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "dicom"
-        for i in range(args.slices):
-            _write_ct(source / f"{i:06d}.dcm", i)
+        write_random_ct(source, args.slices, SERIES_LENGTH)
         for path in source.iterdir():  # warm the page cache: measure the build, not the disk
             path.read_bytes()
         load_before = os.getloadavg()[0]
@@ -93,7 +92,7 @@ def main() -> None:
         "meets_target": best["slices_per_s"] >= TARGET,
         "meets_target_in_cpu_time": 1000.0 / best_cpu >= TARGET,
         "profile_ms_per_slice": profile,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores_visible": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -137,54 +136,6 @@ def _profiled_build(source: Path, out: Path, size: int, slices: int) -> dict[str
     result = {label: round(1000 * seconds / slices, 3) for label, seconds in phases.items()}
     result["whole build (profiled)"] = round(1000 * total / slices, 3)
     return result
-
-
-def _one_core() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _write_ct(path: Path, index: int) -> None:
-    """A typical anonymised 512x512 CT slice; series of SERIES_LENGTH along z."""
-    rng = np.random.default_rng(index)
-    series, position = divmod(index, SERIES_LENGTH)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{series}.{position}.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{series}"
-    ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.{series}.1"
-    ds.Modality = "CT"
-    ds.PatientID = f"bench{series}"
-    ds.SliceThickness = 5.0
-    ds.InstanceNumber = position + 1
-    ds.ImagePositionPatient = [-125.0, -125.0, 5.0 * position]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.488281, 0.488281]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = 512
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = rng.integers(0, 3000, (512, 512), dtype=np.int16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
 
 
 if __name__ == "__main__":
