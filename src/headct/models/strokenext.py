@@ -17,6 +17,7 @@ one stack per branch; ``shared_encoder=True`` is the weight-shared ablation.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,27 +101,13 @@ def fusion_block(d: int, hidden: int, dropout: float) -> nn.Sequential:
 
 
 def _register(size: str) -> None:
-    def build(
-        num_classes: int,
-        *,
-        pretrained: Pretrained = False,
-        input_kind: str = "hu",
-        windows: Sequence[Any] | None = DEFAULT_WINDOWS,
-        fusion_hidden: int | None = None,
-        fusion_dropout: float = 0.5,
-        head_hidden: int = 256,
-        head_dropout: float = 0.5,
-        branch_inputs: str = "same",
-        shared_encoder: bool = False,
-        drop_path_rate: float = 0.0,
-    ) -> nn.Module:
-        return StrokeNeXt(
-            num_classes, size=size, pretrained=pretrained, input_kind=input_kind, windows=windows,
-            fusion_hidden=fusion_hidden, fusion_dropout=fusion_dropout, head_hidden=head_hidden,
-            head_dropout=head_dropout, branch_inputs=branch_inputs, shared_encoder=shared_encoder,
-            drop_path_rate=drop_path_rate,
-        )
+    def build(num_classes: int, **kwargs: Any) -> nn.Module:
+        return StrokeNeXt(num_classes, size=size, **kwargs)
 
+    # The registry binds and records arguments by signature: StrokeNeXt's, less the size the name fixes.
+    signature = inspect.signature(StrokeNeXt)
+    build.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "size"])
     build.__doc__ = f"StrokeNeXt on timm convnext_{size}."
     register_model(f"strokenext-{size}")(build)
 
