@@ -25,7 +25,6 @@ and listed. The patient value is hashed before it is stored.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -34,7 +33,8 @@ from headct.data.tabular import (
     PATIENT_NAMES,
     SLICE_NAMES,
     TableColumns,
-    parse_label,
+    label_vector,
+    read_table,
     resolve_column,
 )
 from headct.errors import InputError
@@ -118,10 +118,7 @@ def _read_slice_labels(path: Path, columns: TableColumns
                        ) -> tuple[list[str], dict[str, dict[int, tuple[int, ...]]], list[str]]:
     if not path.is_file():
         raise InputError(path, "label CSV not found")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+    header, rows = read_table(path)
     patient_col = resolve_column(header, columns.patient, NIFTI_PATIENT_NAMES, what="patient", source=path,
                                  required=True)
     slice_col = resolve_column(header, columns.slice, NIFTI_SLICE_NAMES, what="slice", source=path, required=True)
@@ -137,14 +134,7 @@ def _read_slice_labels(path: Path, columns: TableColumns
         except ValueError:
             bad.append(f"line {line}: slice {row.get(slice_col)!r}")
             continue
-        vector = []
-        for name in label_names:
-            value = parse_label(row.get(name))
-            if value is None:
-                bad.append(f"line {line}: {name}={row.get(name)!r}")
-                value = -1
-            vector.append(value)
-        numbered.append((match_key(row.get(patient_col) or ""), number, tuple(vector)))
+        numbered.append((match_key(row.get(patient_col) or ""), number, label_vector(row, label_names, line, bad)))
     base = 0 if any(number == 0 for _, number, _ in numbered) else 1
     by_patient: dict[str, dict[int, tuple[int, ...]]] = {}
     for patient, number, vector in numbered:

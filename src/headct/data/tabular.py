@@ -71,6 +71,25 @@ def parse_label(value: str | None) -> int | None:
     return None
 
 
+def label_vector(row: dict[str, str], label_names: list[str], line: int, bad: list[str]) -> tuple[int, ...]:
+    """One row's labels in ``label_names`` order; a bad value reads as -1 (unknown) and is noted in ``bad``."""
+    vector = []
+    for name in label_names:
+        value = parse_label(row.get(name))
+        if value is None:
+            bad.append(f"line {line}: {name}={row.get(name)!r}")
+            value = -1
+        vector.append(value)
+    return tuple(vector)
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's header and rows (as dicts)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
 def resolve_column(header: list[str], given: str | None, defaults: tuple[str, ...], *, what: str,
                    source: Path, required: bool = False) -> str | None:
     """The header name for a role: the one given (must exist), else the first default present."""
@@ -92,10 +111,7 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(csv_path, "CSV not found")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+    header, rows = read_table(csv_path)
     path_col = resolve_column(header, columns.path, PATH_NAMES, what="path", source=csv_path, required=True)
     patient_col = resolve_column(header, columns.patient, PATIENT_NAMES, what="patient", source=csv_path)
     study_col = resolve_column(header, columns.study, STUDY_NAMES, what="study", source=csv_path)
@@ -120,13 +136,7 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
         if not file.is_file():
             skipped.append({"file": rel, "reason": "label row for a missing image"})
             continue
-        vector = []
-        for name in label_names:
-            value = parse_label(row.get(name))
-            if value is None:
-                bad_values.append(f"line {line} {name}={row.get(name)!r}")
-                value = -1
-            vector.append(value)
+        vector = label_vector(row, label_names, line, bad_values)
         patient_raw = (row.get(patient_col) or "").strip() if patient_col else ""
         pkey = (patient_key(patient_raw) or "") if patient_raw else ""
         study_raw = (row.get(study_col) or "").strip() if study_col else ""
@@ -134,7 +144,7 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
         order = _order(row.get(slice_col) if slice_col else None, line)
         reader_name = "image" if file.suffix.lower() in IMAGE_SUFFIXES else "dicom"
         entries.append((group, pkey, order, SliceSource(path=str(file), name=rel, reader=reader_name,
-                                                        labels=tuple(vector))))
+                                                        labels=vector)))
     if bad_values:
         log.warning("%s: %d label values are not 1/0/true/false/yes/no/empty (read as unknown): %s",
                     csv_path, len(bad_values), report_examples(bad_values))
