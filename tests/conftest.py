@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+@pytest.fixture(scope="session")
+def write_ct_series() -> Callable[..., tuple[str, list[str], np.ndarray]]:
+    """Writer of small CT DICOM series that carry patient identifiers (which no output may echo)."""
+    return _write_ct_series
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +60,32 @@ def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32)
                       "labels": labels, "summary": {}, "has_masks": False,
                       "split": {"how": "study", "seed": 0, "n_train": 12, "n_val": 4, "n_test": 4}})
     return path
+
+
+def _write_ct_series(folder: Path, slices: int = 4, size: int = 40, seed: int = 0, study_uid: str | None = None) -> tuple[str, list[str], np.ndarray]:
+    """CT DICOM files named against scan order (IM000 is the top slice). Returns (study uid, sop uids in scan order, HU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    hu = rng.integers(-1000, 1000, (slices, size, size)).astype(np.int16)
+    uids = [generate_uid() for _ in range(slices)]
+    for i in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uids[i]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uids[i]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Doe^Jane", "PID-SECRET-42"
+        ds.PatientBirthDate, ds.AccessionNumber = "19700101", "ACC-SECRET-7"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * i], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.5, 0.5], 5.0, i + 1
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = hu[i].tobytes()
+        ds.save_as(folder / f"IM{slices - 1 - i:03d}.dcm", enforce_file_format=True)
+    return study_uid, uids, hu

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import headct
 from headct.checkpoint import save_checkpoint
@@ -23,38 +22,10 @@ from headct.models import build_model
 from headct.predict import Predictor
 
 SIZE = 32
+WriteSeries = Callable[..., tuple[str, list[str], np.ndarray]]
 LABELS = ["intraparenchymal", "subdural", "any"]
 THRESHOLDS = {"intraparenchymal": 0.0, "subdural": 1.0, "any": 0.5}  # always, never, by value
 TEMPERATURE = 2.5
-
-
-def write_ct_series(folder: Path, slices: int = 4, size: int = 40, seed: int = 0, study_uid: str | None = None) -> tuple[str, list[str], np.ndarray]:
-    """CT DICOM files named against scan order (IM000 is the top slice). Returns (study uid, sop uids in scan order, HU)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    hu = rng.integers(-1000, 1000, (slices, size, size)).astype(np.int16)
-    uids = [generate_uid() for _ in range(slices)]
-    for i in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uids[i]
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uids[i]
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Doe^Jane", "PID-SECRET-42"
-        ds.PatientBirthDate, ds.AccessionNumber = "19700101", "ACC-SECRET-7"
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * i], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.5, 0.5], 5.0, i + 1
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = hu[i].tobytes()
-        ds.save_as(folder / f"IM{slices - 1 - i:03d}.dcm", enforce_file_format=True)
-    return study_uid, uids, hu
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +42,7 @@ def predictor(checkpoint: Path) -> Predictor:
     return headct.load(str(checkpoint), device="cpu")
 
 
-def test_prediction_follows_the_contract(predictor: Predictor, tmp_path: Path) -> None:
+def test_prediction_follows_the_contract(predictor: Predictor, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     study_uid, uids, hu = write_ct_series(tmp_path / "study")
     result = predictor.predict(tmp_path / "study")
     assert set(result) == {"study", "model", "slices", "study_probabilities", "study_positive", "warnings"}
@@ -95,7 +66,7 @@ def test_prediction_follows_the_contract(predictor: Predictor, tmp_path: Path) -
     np.testing.assert_allclose(study_p, got.max(axis=0), atol=1e-9)  # max over slices (multi-label)
 
 
-def test_no_patient_identifiers_anywhere(checkpoint: Path, tmp_path: Path) -> None:
+def test_no_patient_identifiers_anywhere(checkpoint: Path, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     write_ct_series(tmp_path / "in" / "a")
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(out), "--overlays"]) == 0
@@ -104,14 +75,14 @@ def test_no_patient_identifiers_anywhere(checkpoint: Path, tmp_path: Path) -> No
         assert secret not in text
 
 
-def test_a_volume_and_its_dicom_give_the_same_probabilities(predictor: Predictor, tmp_path: Path) -> None:
+def test_a_volume_and_its_dicom_give_the_same_probabilities(predictor: Predictor, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     study_uid, uids, hu = write_ct_series(tmp_path / "s", slices=3, size=48)
     from_files = predictor.predict(tmp_path / "s")
     volume = Volume(hu, slice_uids=uids, study_uid=study_uid, series_uid=from_files["slices"][0]["series"])
     assert predictor.predict(volume)["slices"] == from_files["slices"]
 
 
-def test_many_studies_stream_and_a_bad_one_is_skipped(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_many_studies_stream_and_a_bad_one_is_skipped(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, write_ct_series: WriteSeries) -> None:
     root = tmp_path / "studies"
     first, _, _ = write_ct_series(root / "a", slices=3, seed=1)
     second, _, _ = write_ct_series(root / "b", slices=5, size=64, seed=2)
@@ -160,7 +131,7 @@ def test_png_slices_group_into_studies_for_a_uint8_model(tmp_path: Path) -> None
         assert r["study_positive"] == [["non-stroke", "hemorrhagic", "ischemic"][int(worst.argmax())]]
 
 
-def test_one_study_only_through_predict(predictor: Predictor, tmp_path: Path) -> None:
+def test_one_study_only_through_predict(predictor: Predictor, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     write_ct_series(tmp_path / "two" / "a", slices=2, seed=1)
     write_ct_series(tmp_path / "two" / "b", slices=2, seed=2)
     with pytest.raises(InputError, match="holds 2 studies"):

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,42 +16,14 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from headct.checkpoint import save_checkpoint
 from headct.models import build_model
 from headct.predict import Predictor
 from headct.serve import ServeLimits, create_app, unsafe_member_name
 
+WriteSeries = Callable[..., tuple[str, list[str], np.ndarray]]
 LABELS = ["intraparenchymal", "any"]
-
-
-def write_ct_series(folder: Path, slices: int = 3, size: int = 40, seed: int = 0, study_uid: str | None = None) -> str:
-    """A small CT series as DICOM files (with patient identifiers the service must not echo)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    for i in range(slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Doe^Jane", "PID-SECRET-42"
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * i], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.5, 0.5], 5.0, i + 1
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = rng.integers(-1000, 1000, (size, size)).astype(np.int16).tobytes()
-        ds.save_as(folder / f"IM{i:03d}.dcm", enforce_file_format=True)
-    return study_uid
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +35,9 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def study(tmp_path_factory: pytest.TempPathFactory, write_ct_series: WriteSeries) -> Path:
     folder = tmp_path_factory.mktemp("study")
-    write_ct_series(folder)
+    write_ct_series(folder, slices=3)
     return folder
 
 
@@ -178,7 +151,7 @@ def test_non_dicom_content_and_wrong_media_type_are_415(predictor: Predictor, st
     assert raw.status_code == 415
 
 
-def test_empty_upload_and_two_studies_are_422(predictor: Predictor, study: Path, tmp_path: Path) -> None:
+def test_empty_upload_and_two_studies_are_422(predictor: Predictor, study: Path, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     client = _client(predictor)
     empty = client.post("/v1/predict", files={"note": (None, "hello")})
     assert empty.status_code == 422
