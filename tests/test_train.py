@@ -122,6 +122,17 @@ def test_epoch_seeds_depend_only_on_seed_epoch_rank() -> None:
     torch.testing.assert_close(draw1, draw2)
 
 
+def test_loader_workers_default_to_none_on_the_cpu_and_some_with_a_gpu(monkeypatch) -> None:
+    from headct.train import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert TrainConfig().workers is None
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert loader_workers(None, torch.device("cuda")) == 8  # 15 spare cores, capped at 8
+    assert loader_workers(None, torch.device("cuda"), world_size=4) == 3  # 4 cores per rank, one for the rank
+    assert loader_workers(2, torch.device("cpu")) == 2  # asked for: as asked
+
+
 def test_train_state_round_trip_restores_rng(tmp_path: Path) -> None:
     torch.manual_seed(5)
     np.random.seed(5)

@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 LOWER_IS_BETTER = ("loss", "ece", "rsna_log_loss")  # monitored with a minus sign
+PROGRESS_EVERY = 10  # batches between progress-bar loss updates (each one is a device sync)
 
 
 # --- the command ---------------------------------------------------------------
@@ -199,7 +200,7 @@ class Trainer:
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         accum, limit = self.config.grad_accum, self._batches_per_epoch()
-        total, count, seen = 0.0, 0, 0
+        total, count, seen = torch.zeros((), device=self.device), 0, 0  # summed on the device: no sync a step
         bar = tqdm(_take(self.train_loader, limit), total=limit, desc=f"epoch {epoch}", unit="batch",
                    disable=not (self.config.progress and self.info.is_main), leave=False)
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,9 +212,10 @@ class Trainer:
                 self.scaler.scale(loss / accum).backward()
             if last_micro:
                 self._step()
-            total, count, seen = total + float(loss.detach()), count + 1, seen + n
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return sum_scalar(total, self.info) / max(sum_scalar(count, self.info), 1.0), seen
+            total, count, seen = total + loss.detach().float(), count + 1, seen + n
+            if not bar.disable and (count % PROGRESS_EVERY == 0 or count == limit):
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")  # reading the loss waits for the device
+        return sum_scalar(float(total), self.info) / max(sum_scalar(count, self.info), 1.0), seen
 
     def _step(self) -> None:
         if self.config.clip_grad:
@@ -409,8 +411,9 @@ class Trainer:
                                            drop_last=len(self.train_data) >= info.world_size)
         val_sampler = DistributedSampler(self.val_data, num_replicas=info.world_size, rank=info.rank,
                                          shuffle=False)
-        common = {"num_workers": config.workers, "collate_fn": self.collate,
-                  "pin_memory": self.device.type == "cuda"}
+        workers = loader_workers(config.workers, self.device, info.world_size)
+        common = {"num_workers": workers, "collate_fn": self.collate, "pin_memory": self.device.type == "cuda",
+                  "persistent_workers": workers > 0}
         per_rank = len(train_sampler)
         train = DataLoader(self.train_data, batch_size=config.batch_size, sampler=train_sampler,
                            drop_last=per_rank > config.batch_size, **common)
@@ -525,6 +528,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 def _probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
     t = torch.from_numpy(logits).double()
     return (torch.sigmoid(t) if kind == "multilabel" else torch.softmax(t, dim=-1)).numpy()
+
+
+def loader_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
+    """DataLoader workers: as requested, else 0 on the CPU (the model needs the cores) and, with a GPU,
+    this process's share of the cores less one, at most 8 (reads are memory-mapped: a few keep up)."""
+    if requested is not None:
+        return max(int(requested), 0)
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(world_size, 1) - 1))
 
 
 def _take(loader: DataLoader, limit: int) -> Iterator[Any]:

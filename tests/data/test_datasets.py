@@ -11,7 +11,7 @@ def test_slice_dataset_2d(tmp_path, build_cache):
     data = SliceDataset(cache, "test", get_task("3class", cache.labels))
     assert len(data) == 4
     x, y, row = data[1]
-    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and row == 5
+    assert x.shape == (1, 8, 8) and x.dtype == torch.int16 and row == 5  # the cache's dtype: made float on the device
     assert (x == 5).all() and y.dtype == torch.int64 and int(y) == 2  # row 5 → class 5 % 3
 
 
@@ -39,7 +39,7 @@ def test_slice_dataset_in_a_loader_with_augment(tmp_path, build_cache):
     cache = build_cache(tmp_path)
     data = SliceDataset(cache, "train", get_task("3class", cache.labels), augment=lambda x: x + 1000)
     x, y, rows = next(iter(DataLoader(data, batch_size=3, num_workers=0)))
-    assert x.shape == (3, 1, 8, 8) and rows.tolist() == [0, 1, 2]
+    assert x.shape == (3, 1, 8, 8) and rows.tolist() == [0, 1, 2] and x.dtype == torch.float32  # augmented as float
     np.testing.assert_array_equal(x[:, 0, 0, 0].numpy(), [1000, 1001, 1002])
 
 
@@ -54,6 +54,7 @@ def test_series_dataset_and_collate(tmp_path, build_cache):
     np.testing.assert_array_equal(y_series.numpy(), [0, 1, 0])  # hemorrhagic ties ischemic: the first stroke class
     x, y_slices, y_series, rows, mask = collate_series([data[0], data[1], data[2]])
     assert x.shape == (3, 4, 8, 8) and mask.tolist()[1] == [True, False, False, False]
+    assert x.dtype == torch.int16 and (x[1, 1:] == 0).all()  # stored dtype kept, zero padding
     assert (y_slices[1, 1:] == -1).all() and rows[1].tolist() == [3, -1, -1, -1]
     assert y_series.shape == (3, 3)
     np.testing.assert_array_equal(y_series[1].numpy(), [1, 0, 0])  # one non-stroke slice

@@ -1,7 +1,9 @@
 """Torch datasets over a prepared cache: single slices (2-D / 2.5-D) and whole series.
 
-Every item holds raw values as float32 (HU, or 0..255 grey); the model's own
-windowing layer does the rest. Reads are views of memory-mapped shards, so an
+Every item holds raw values in the cache's storage type (int16 HU, or uint8
+0..255 grey); the consumer converts to float32 after moving a batch to its
+device, so a host-to-GPU copy moves half (int16) or a quarter (uint8) of the
+bytes of float32. The model's own windowing layer does the rest. Reads are views of memory-mapped shards, so an
 item costs one small copy and no file opens beyond the first touch of a shard.
 
 - :class:`SliceDataset`: ``(x [K, H, W], y, row)`` with K = 2*context+1
@@ -27,9 +29,9 @@ Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SliceDataset(Dataset):
-    """Slices of one split as ``(x [K, H, W] float32, y, row)``; see the module docstring.
+    """Slices of one split as ``(x [K, H, W], y, row)``, ``x`` in the cache's dtype; see the module docstring.
 
-    ``augment``, when given, maps the float32 tensor ``x`` to a new one of the same shape.
+    ``augment``, when given, maps ``x`` as float32 to a new tensor of the same shape (items are then float32).
     """
 
     def __init__(self, cache: Cache, split: str | None, task: Task, context: int = 0,
@@ -57,11 +59,11 @@ class SliceDataset(Dataset):
         if self.context:
             last = self._length[shard] - 1
             positions = np.clip(np.arange(offset - self.context, offset + self.context + 1), 0, last)
-            x = torch.from_numpy(series[positions].astype(np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(series[positions]))
         else:
-            x = torch.from_numpy(series[offset:offset + 1].astype(np.float32))
+            x = torch.from_numpy(np.array(series[offset:offset + 1]))
         if self.augment is not None:
-            x = self.augment(x)
+            x = self.augment(x.float())
         return x, torch.as_tensor(self.targets[row]), row
 
     def labels(self) -> np.ndarray:
@@ -106,7 +108,7 @@ class SeriesDataset(Dataset):
         if self.max_slices is not None and len(rows) > self.max_slices:
             positions = np.unique(np.round(np.linspace(0, len(rows) - 1, self.max_slices)).astype(np.int64))
         rows = rows[positions]
-        x = torch.from_numpy(self.cache.series_slices(shard)[positions].astype(np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(self.cache.series_slices(shard)[positions]))
         y_slices = self.slice_targets[rows]
         return x, torch.from_numpy(y_slices), torch.from_numpy(self._series_target(rows)), torch.from_numpy(rows)
 
@@ -125,13 +127,13 @@ def collate_series(batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad series to the longest: ``(x [B, S, H, W], y_slices [B, S, n], y_series [B, n], rows [B, S], mask [B, S])``.
 
-    Padding is at the end of each row: x 0, y_slices -1, rows -1, mask False.
+    Padding is at the end of each row: x 0, y_slices -1, rows -1, mask False; x keeps the items' dtype.
     """
     longest = max(item[0].shape[0] for item in batch)
     height, width = batch[0][0].shape[1:]
     n = batch[0][2].shape[0]
     b = len(batch)
-    x = torch.zeros(b, longest, height, width, dtype=torch.float32)
+    x = torch.zeros(b, longest, height, width, dtype=batch[0][0].dtype)
     y_slices = torch.full((b, longest, n), -1.0)
     rows = torch.full((b, longest), -1, dtype=torch.int64)
     mask = torch.zeros(b, longest, dtype=torch.bool)

@@ -73,7 +73,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     max_val_batches: int | None = None
     device: str | None = None            # default: cuda when available, else cpu
-    workers: int = 0
+    workers: int | None = None           # DataLoader workers; None: 0 on the CPU, up to 8 with a GPU
     progress: bool = True
     tensorboard: bool = True
 
