@@ -16,6 +16,7 @@ from torch import nn
 from headct.explain import (
     LABEL_BITS,
     ExplainConfig,
+    default_tolerance,
     energy_inside,
     format_table,
     gradcam_maps,
@@ -249,6 +250,22 @@ def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None
 def test_score_maps_empty_is_nan() -> None:
     score = score_maps(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool))
     assert score.n_slices == 0 and np.isnan(score.pointing_game)
+
+
+def test_default_tolerance_is_15_px_at_224_scaled() -> None:
+    assert default_tolerance(224) == 15
+    assert default_tolerance(96) == 6 and default_tolerance(192) == 13
+    assert default_tolerance(8) == 1  # never zero
+
+
+def test_all_zero_map_is_counted_empty_and_a_miss() -> None:
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, 0:2, 0:2] = True  # a lesion at pixel (0, 0), where an all-zero map's arg-max falls
+    cams = np.zeros((2, 8, 8), np.float32)
+    cams[1, 1, 1] = 1.0
+    score = score_maps(cams, mask, tolerance=0)
+    assert score.empty_maps == 1
+    assert score.pointing_game == 0.5  # the empty map is a miss even though argmax lands in the lesion
 
 
 def test_spec_without_target_layers_is_refused() -> None:

@@ -133,7 +133,8 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=64, help="slices to explain")
     p.add_argument("--layer", action="append", default=None, metavar="MODULE",
                    help="Grad-CAM target layer by module path (repeatable); default: the model's")
-    p.add_argument("--tolerance", type=int, default=3, help="pointing-game tolerance in pixels")
+    p.add_argument("--tolerance", type=int, default=None,
+                   help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the cache size)")
 
 
 def _run_explain(args: argparse.Namespace) -> int:

@@ -141,6 +141,16 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 # --- localisation ------------------------------------------------------------
 
+POINTING_TOLERANCE_AT_224 = 15
+"""The pointing game's usual tolerance: 15 px on a 224-px image (Zhang et al., "Top-down neural
+attention by excitation backprop", 2016/2018); :func:`default_tolerance` scales it to other sizes."""
+
+
+def default_tolerance(side: int) -> int:
+    """Pointing-game tolerance in pixels for ``side``-pixel maps: 15 px at 224, scaled (at least 1)."""
+    return max(1, round(POINTING_TOLERANCE_AT_224 * side / 224))
+
+
 def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int = 3) -> bool:
     """Whether the map's peak lies in ``mask`` dilated by ``tolerance`` pixels (pointing game)."""
     region = ndimage.binary_dilation(mask, iterations=tolerance) if tolerance > 0 else mask.astype(bool)
@@ -170,9 +180,15 @@ def random_maps(count: int, shape: tuple[int, int], rng: np.random.Generator, si
 
 @dataclass
 class LocalisationScore:
-    """Mean pointing-game hit rate and energy share over slices, for maps and the random baseline."""
+    """Mean pointing-game hit rate and energy share over slices, for maps and the random baseline.
+
+    ``empty_maps`` counts maps with no positive evidence at all (Grad-CAM's ReLU
+    left nothing, typically where the model scores the class near zero); they
+    count as misses in ``pointing_game``, whose peak would be an arbitrary pixel.
+    """
 
     n_slices: int = 0
+    empty_maps: int = 0
     pointing_game: float = float("nan")
     energy_share: float = float("nan")
     random_pointing_game: float = float("nan")
@@ -186,13 +202,16 @@ def score_maps(cams: np.ndarray, masks: np.ndarray, *, tolerance: int = 3, rando
         return LocalisationScore()
     rng = np.random.default_rng(seed)
     hits, shares, random_hits, random_shares = [], [], [], []
+    empty = 0
     for cam, mask in zip(cams, masks, strict=True):
-        hits.append(pointing_hit(cam, mask, tolerance))
+        has_evidence = bool(np.any(cam > 0))
+        empty += int(not has_evidence)
+        hits.append(has_evidence and pointing_hit(cam, mask, tolerance))
         shares.append(energy_inside(cam, mask))
         for noise in random_maps(random_per_slice, cam.shape, rng):
             random_hits.append(pointing_hit(noise, mask, tolerance))
             random_shares.append(energy_inside(noise, mask))
-    return LocalisationScore(len(cams), float(np.mean(hits)), float(np.mean(shares)),
+    return LocalisationScore(len(cams), empty, float(np.mean(hits)), float(np.mean(shares)),
                              float(np.mean(random_hits)), float(np.mean(random_shares)))
 
 
@@ -203,8 +222,9 @@ class ExplainConfig:
     split: str = "test"
     limit: int = 64
     """Slices per class to map and score (spread over the split's lesion slices)."""
-    tolerance: int = 3
-    """Pointing-game tolerance: the mask is dilated by this many pixels at the map's resolution."""
+    tolerance: int | None = None
+    """Pointing-game tolerance: the mask is dilated by this many pixels at the map's resolution
+    (default: :func:`default_tolerance` of the cache size)."""
     gallery: int = 16
     """Overlays drawn per class."""
     random_per_slice: int = 8
@@ -230,8 +250,9 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
     if len(layer_names) > 1:
         variants.update({name: [name] for name in layer_names})
     rows = cache.rows(settings.split)
+    tolerance = settings.tolerance if settings.tolerance is not None else default_tolerance(cache.size)
     result: dict[str, Any] = {
-        "split": settings.split, "tolerance_px": settings.tolerance, "map_size": cache.size,
+        "split": settings.split, "tolerance_px": tolerance, "map_size": cache.size,
         "target_layers": layer_names, "random_maps_per_slice": settings.random_per_slice,
         "per_class": {}, "by_layer": {name: {} for name in variants if name != "combined"},
     }
@@ -248,7 +269,7 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
         masks = np.stack([(np.asarray(cache.mask(r)) & bits) > 0 for r in chosen])
         for variant, layers in variants.items():
             cams = _cache_maps(model, cache, chosen, class_index, layers, settings.batch_size)
-            score = score_maps(cams, masks, tolerance=settings.tolerance,
+            score = score_maps(cams, masks, tolerance=tolerance,
                                random_per_slice=settings.random_per_slice, seed=settings.seed).__dict__
             if variant == "combined":
                 result["per_class"][label] = score
@@ -271,7 +292,7 @@ def explain_command(args: argparse.Namespace) -> int:
     cache = Cache(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = ExplainConfig(split=args.split, limit=args.limit, tolerance=getattr(args, "tolerance", 3),
+    settings = ExplainConfig(split=args.split, limit=args.limit, tolerance=getattr(args, "tolerance", None),
                              layers=getattr(args, "layer", None))
     if args.score:
         result = score_cache(model, config, cache, out, settings)
@@ -314,12 +335,14 @@ def draw_split(model: nn.Module, config: dict[str, Any], cache: Any, folder: Pat
 
 def format_table(result: dict[str, Any]) -> str:
     """The localisation scores as a fixed-width table (one row per class and layer choice)."""
-    header = f"{'class':<18} {'layers':<28} {'n':>5} {'pointing':>9} {'random':>7} {'energy':>7} {'random':>7}"
+    header = (f"{'class':<18} {'layers':<28} {'n':>5} {'empty':>5} {'pointing':>9} {'random':>7} "
+              f"{'energy':>7} {'random':>7}")
     lines = [header, "-" * len(header)]
     sections = [("combined", result["per_class"])] + list(result.get("by_layer", {}).items())
     for layers, per_class in sections:
         for label, s in per_class.items():
-            lines.append(f"{label:<18} {layers[-28:]:<28} {s['n_slices']:>5} {s['pointing_game']:>9.3f} "
+            lines.append(f"{label:<18} {layers[-28:]:<28} {s['n_slices']:>5} {s.get('empty_maps', 0):>5} "
+                         f"{s['pointing_game']:>9.3f} "
                          f"{s['random_pointing_game']:>7.3f} {s['energy_share']:>7.3f} {s['random_energy_share']:>7.3f}")
     return "\n".join(lines)
 
