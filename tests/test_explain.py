@@ -22,6 +22,7 @@ from headct.explain import (
     gradcam_maps,
     overlay,
     pointing_hit,
+    pooled_score,
     random_maps,
     score_cache,
     score_maps,
@@ -90,6 +91,29 @@ def test_maps_under_bf16_autocast_on_cpu() -> None:
     assert mixed.dtype == np.float32
     assert np.unravel_index(mixed[0].argmax(), mixed[0].shape) == np.unravel_index(full[0].argmax(), full[0].shape)
     assert np.abs(mixed - full).max() < 0.1
+
+
+class StridedBlobModel(BlobModel):
+    """Blob evidence through three 3x3 stride-2 convs with symmetric padding: a stride-8 "padded" grid."""
+
+    def __init__(self, grid: str) -> None:
+        super().__init__()
+        convs = [nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) for _ in range(2)]
+        self.features = nn.Sequential(*convs, nn.Conv2d(1, 2, 3, stride=2, padding=1, bias=False))
+        for conv in self.features:
+            nn.init.constant_(conv.weight, 1.0 / 9)
+        self.spec = ModelSpec(name="strided", target_layers=["features"], target_grid=grid)
+
+
+def test_padded_grid_maps_are_placed_on_the_evidence_not_half_a_cell_off() -> None:
+    yy, xx = np.mgrid[:64, :64]
+    hu = np.where((yy - 24) ** 2 + (xx - 24) ** 2 <= 9, 70, 30).astype(np.float32)  # cell 3 looks at pixel 24
+    x = torch.from_numpy(hu)[None, None]
+    placed = gradcam_maps(StridedBlobModel("padded"), x, 0)[0]
+    naive = gradcam_maps(StridedBlobModel("centred"), x, 0)[0]  # the library's resize: cell 3 at pixel 28
+    assert np.abs(np.subtract(np.unravel_index(placed.argmax(), placed.shape), (24, 24))).max() <= 1
+    assert np.abs(np.subtract(np.unravel_index(naive.argmax(), naive.shape), (24, 24))).min() >= 3
+    assert placed.min() >= 0 and placed.max() == pytest.approx(1.0, abs=1e-5)
 
 
 class NhwcModel(BlobModel):
@@ -250,6 +274,18 @@ def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None
 def test_score_maps_empty_is_nan() -> None:
     score = score_maps(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool))
     assert score.n_slices == 0 and np.isnan(score.pointing_game)
+
+
+def test_pooled_score_weights_lesion_types_by_slices_and_leaves_out_unions() -> None:
+    def score(n: int, hit: float) -> dict:
+        return {"n_slices": n, "empty_maps": 1, "pointing_game": hit, "energy_share": hit / 10,
+                "random_pointing_game": 0.1, "random_energy_share": 0.01}
+
+    pooled = pooled_score({"subdural": score(30, 0.8), "epidural": score(10, 0.4), "any": score(40, 0.0)})
+    assert pooled["n_slices"] == 40 and pooled["empty_maps"] == 2
+    assert pooled["pointing_game"] == pytest.approx(0.7)  # (30 * 0.8 + 10 * 0.4) / 40; "any" left out
+    assert pooled["random_pointing_game"] == pytest.approx(0.1)
+    assert "pooled (types)" in format_table({"per_class": {"subdural": score(30, 0.8)}})
 
 
 def test_default_tolerance_is_15_px_at_224_scaled() -> None:

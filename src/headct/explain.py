@@ -84,8 +84,9 @@ def gradcam_maps(
         x, batch_size = x[:, None], max(int(x.shape[0]), 1)
     maps = []
     try:
-        with torch.enable_grad(), GradCAM(model=network, target_layers=target_modules,
-                                          reshape_transform=_to_float_nchw if nhwc else _to_float) as cam:
+        with torch.enable_grad(), PlacedGradCAM(model=network, target_layers=target_modules,
+                                                grid=getattr(model.spec, "target_grid", "centred"),
+                                                reshape_transform=_to_float_nchw if nhwc else _to_float) as cam:
             for start in range(0, x.shape[0], batch_size):
                 chunk = x[start:start + batch_size].to(device).float()
                 targets = [ClassifierOutputTarget(int(class_index))] * chunk.shape[0]
@@ -95,6 +96,53 @@ def gradcam_maps(
     finally:
         model.train(was_training)
     return np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, *x.shape[-2:]), np.float32)
+
+
+class PlacedGradCAM(GradCAM):
+    """pytorch-grad-cam's Grad-CAM, with each map upsampled to where its cells look.
+
+    The library resizes a cell map with cv2, which puts cell ``o`` of a
+    stride-``s`` map at pixel ``s*(o+1/2)``: right for "centred" grids (see
+    ``ModelSpec.target_grid``), but half a cell down and right of the truth for
+    "padded" ones (EfficientNet, ResNet: 15.5 px at stride 32). For those, the
+    map is sampled at each pixel's own cell coordinate (:func:`padded_grid_resize`).
+    """
+
+    def __init__(self, *args: Any, grid: str = "centred", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if grid not in ("centred", "padded"):
+            raise ValueError(f"target grid must be 'centred' or 'padded', got {grid!r}")
+        self.grid = grid
+
+    def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
+        if self.grid == "centred":
+            return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+        size = tuple(input_tensor.shape[-2:])
+        recorded = zip(self.target_layers, self.activations_and_grads.activations,
+                       self.activations_and_grads.gradients, strict=True)
+        maps = []
+        for layer, activations, grads in recorded:  # as the library's loop, with our resize
+            cam = self.get_cam_image(input_tensor, layer, targets, activations.cpu().numpy(),
+                                     grads.cpu().numpy(), eigen_smooth)
+            maps.append(padded_grid_resize(np.maximum(cam, 0), size)[:, None])
+        return maps
+
+
+def padded_grid_resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cell maps ``[B, h, w]`` of a "padded" grid → ``[B, H, W]``, each normalised to 0..1.
+
+    Cell ``o`` of a stride-``s`` padded map is centred on input pixel ``s*o``
+    (symmetric padding at every stride-2 step), so pixel ``p`` reads the map
+    bilinearly at cell coordinate ``p / s``; edges hold the nearest cell.
+    """
+    height, width = size
+    cams = np.asarray(cams, dtype=np.float32)
+    low = cams.min(axis=(1, 2), keepdims=True)
+    cams = (cams - low) / (1e-7 + (cams - low).max(axis=(1, 2), keepdims=True))
+    stride_y = 2.0 ** round(np.log2(height / cams.shape[1]))  # 2**k: the stride-2 steps up to the layer
+    stride_x = 2.0 ** round(np.log2(width / cams.shape[2]))
+    rows, cols = np.meshgrid(np.arange(height) / stride_y, np.arange(width) / stride_x, indexing="ij")
+    return np.stack([ndimage.map_coordinates(cam, [rows, cols], order=1, mode="nearest") for cam in cams])
 
 
 def series_stacks(series: np.ndarray, context: int, positions: Sequence[int] | None = None) -> torch.Tensor:
@@ -277,9 +325,23 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
                     _draw_gallery(out / "overlays", cache, chosen[:settings.gallery], cams, masks, label)
             else:
                 result["by_layer"][variant][label] = score
-    if not result["by_layer"]:
+    result["pooled"] = pooled_score(result["per_class"])
+    if result["by_layer"]:
+        result["pooled_by_layer"] = {name: pooled_score(scores) for name, scores in result["by_layer"].items()}
+    else:
         del result["by_layer"]
     return result
+
+
+def pooled_score(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The lesion types' scores (not unions like "any") pooled over their slices: one headline figure."""
+    parts = [score for label, score in per_class.items() if label in LESION_BITS and score["n_slices"]]
+    n = sum(score["n_slices"] for score in parts)
+    pooled: dict[str, Any] = {"classes": [label for label in per_class if label in LESION_BITS], "n_slices": n,
+                              "empty_maps": sum(score["empty_maps"] for score in parts)}
+    for key in ("pointing_game", "energy_share", "random_pointing_game", "random_energy_share"):
+        pooled[key] = sum(score[key] * score["n_slices"] for score in parts) / n if n else float("nan")
+    return pooled
 
 
 def explain_command(args: argparse.Namespace) -> int:
@@ -340,7 +402,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     sections = [("combined", result["per_class"])] + list(result.get("by_layer", {}).items())
     for layers, per_class in sections:
-        for label, s in per_class.items():
+        pooled = pooled_score(per_class)
+        rows = {**per_class, "pooled (types)": pooled} if pooled["n_slices"] else per_class
+        for label, s in rows.items():
             lines.append(f"{label:<18} {layers[-28:]:<28} {s['n_slices']:>5} {s.get('empty_maps', 0):>5} "
                          f"{s['pointing_game']:>9.3f} "
                          f"{s['random_pointing_game']:>7.3f} {s['energy_share']:>7.3f} {s['random_energy_share']:>7.3f}")

@@ -88,3 +88,42 @@ def test_larger_sizes_build_with_their_convnext_width(name: str) -> None:
     assert model.num_features == width
     assert model.fusion[0].in_channels == width and model.head[0].in_features == width
     assert model.spec.name == name and model.spec.kwargs["fusion_hidden"] is None
+
+
+GRID_CHECKS = [("effnet-2d", 256), ("mobilenetv2", 256), ("resnet50", 256), ("strokenext-atto", 256),
+               ("vgg16", 256), ("swin-tiny", 224)]
+
+
+@pytest.mark.parametrize(("name", "side"), GRID_CHECKS)
+def test_target_grid_says_where_the_centre_cell_looks(name: str, side: int) -> None:
+    """The declared ``spec.target_grid`` matches the measured input centre of a target-map cell.
+
+    The centre is the |gradient|-weighted centroid of one central cell's activations over the
+    model's input (random weights: geometry, not learning); Grad-CAM places its maps by it.
+    """
+    torch.manual_seed(0)
+    kw = {"img_size": side} if name.startswith("swin") else {}
+    model = build_model(name, 2, **kw).eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def grad_input(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if "x" not in seen:  # StrokeNeXt runs the input layer once per encoder: follow the first
+            seen["x"] = out.detach().requires_grad_(True)
+            return seen["x"]
+        return out
+
+    model.input_layer.register_forward_hook(grad_input)
+    model.get_submodule(model.spec.target_layers[0]).register_forward_hook(
+        lambda module, args, out: seen.setdefault("map", out))
+    model(torch.randn(1, model.spec.slices, side, side) * 40 + 40)
+    cells = seen["map"].permute(0, 3, 1, 2) if model.spec.target_layout == "nhwc" else seen["map"]
+    stride, cell = side // cells.shape[-1], cells.shape[-1] // 2
+    cells[0, :, cell, cell].abs().sum().backward()
+    weight = seen["x"].grad[0].abs().sum(0)
+    rows = torch.arange(side, dtype=torch.float32) + 0.5  # pixel centres
+    centre_y = float((weight.sum(1) * rows).sum() / weight.sum())
+    centre_x = float((weight.sum(0) * rows).sum() / weight.sum())
+    expected = {"centred": stride * (cell + 0.5), "padded": stride * cell + 0.5}
+    declared, other = expected.pop(model.spec.target_grid), next(iter(expected.values()))
+    assert abs(centre_y - declared) < 3 and abs(centre_x - declared) < 3, (centre_y, centre_x, declared)
+    assert abs(centre_y - other) > 6 and abs(centre_x - other) > 6

@@ -90,6 +90,7 @@ class SliceClassifier(nn.Module):
         head: str = "linear",
         drop_rate: float = 0.2,
         target_layout: str = "nchw",
+        target_grid: str = "centred",
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -97,7 +98,8 @@ class SliceClassifier(nn.Module):
         self.encoder = create_encoder(timm_name, pretrained, in_chans=self.input_layer.out_channels, **timm_kwargs)
         self.num_features = feature_width(self.encoder)
         self.head = make_head(head, self.num_features, num_classes, drop_rate)
-        self.spec = spec_for(self.input_layer, context=context, target_layers=target_layers, target_layout=target_layout)
+        self.spec = spec_for(self.input_layer, context=context, target_layers=target_layers,
+                             target_layout=target_layout, target_grid=target_grid)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, num_features]`` of raw slices ``[B, K, H, W]``."""

@@ -17,13 +17,13 @@ from headct.models.backbones import Pretrained, SliceClassifier
 from headct.models.registry import register_model
 from headct.windows import DEFAULT_WINDOWS
 
-# name → (timm name, Grad-CAM target layer, activation layout of that layer)
+# name → (timm name, Grad-CAM target layer, that layer's grid (ModelSpec.target_grid))
 BASELINES: dict[str, tuple[str, str, str]] = {
-    "mobilenetv2": ("mobilenetv2_100", "encoder.conv_head", "nchw"),
-    "vgg16": ("vgg16", "encoder.features.29", "nchw"),  # last conv's ReLU, before the final max-pool
-    "resnet50": ("resnet50", "encoder.layer4", "nchw"),
-    "resnet152": ("resnet152", "encoder.layer4", "nchw"),
-    "convnext-base": ("convnext_base", "encoder.stages.3", "nchw"),
+    "mobilenetv2": ("mobilenetv2_100", "encoder.conv_head", "padded"),
+    "vgg16": ("vgg16", "encoder.features.29", "centred"),  # last conv's ReLU, before the final max-pool
+    "resnet50": ("resnet50", "encoder.layer4", "padded"),
+    "resnet152": ("resnet152", "encoder.layer4", "padded"),
+    "convnext-base": ("convnext_base", "encoder.stages.3", "centred"),
 }
 SWIN = {
     "swin-tiny": "swin_tiny_patch4_window7_224",
@@ -31,7 +31,7 @@ SWIN = {
 }
 
 
-def _register_cnn(name: str, timm_name: str, target: str, layout: str) -> None:
+def _register_cnn(name: str, timm_name: str, target: str, grid: str) -> None:
     @register_model(name)
     def build(
         num_classes: int,
@@ -43,7 +43,7 @@ def _register_cnn(name: str, timm_name: str, target: str, layout: str) -> None:
         drop_rate: float = 0.2,
     ) -> nn.Module:
         return SliceClassifier(
-            timm_name, num_classes, target_layers=[target], target_layout=layout, pretrained=pretrained,
+            timm_name, num_classes, target_layers=[target], target_grid=grid, pretrained=pretrained,
             input_kind=input_kind, windows=windows, head=head, drop_rate=drop_rate,
         )
 
@@ -72,7 +72,7 @@ def _register_swin(name: str, timm_name: str) -> None:
     build.__doc__ = f"Baseline: timm {timm_name} (fixed input size ``img_size``)."
 
 
-for _name, (_timm_name, _target, _layout) in BASELINES.items():
-    _register_cnn(_name, _timm_name, _target, _layout)
+for _name, (_timm_name, _target, _grid) in BASELINES.items():
+    _register_cnn(_name, _timm_name, _target, _grid)
 for _name, _timm_name in SWIN.items():
     _register_swin(_name, _timm_name)

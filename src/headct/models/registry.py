@@ -40,6 +40,10 @@ class ModelSpec:
     std: list[float] = field(default_factory=list)
     target_layers: list[str] = field(default_factory=list)  # Grad-CAM defaults
     target_layout: str = "nchw"  # "nhwc" for Swin stages (Grad-CAM needs a reshape)
+    target_grid: str = "centred"
+    """Where cell ``o`` of a stride-``s`` target map looks: "centred", at pixel ``s*(o+1/2)`` (patchify stems
+    and 2x2 pooling: ConvNeXt, Swin, VGG); "padded", at ``s*o + 1/2`` (odd kernels with symmetric padding at
+    every stride-2 step: EfficientNet, MobileNet, ResNet), half a cell up and left of a plain resize's guess."""
 
     @property
     def slices(self) -> int:

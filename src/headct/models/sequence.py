@@ -107,7 +107,7 @@ class StudySequence(nn.Module):
         self.spec = ModelSpec(
             input_kind=inner.input_kind, windows=inner.windows, context=0, level="series", mean=inner.mean,
             std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
-            target_layout=inner.target_layout,
+            target_layout=inner.target_layout, target_grid=inner.target_grid,
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
