@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--phantom-size", type=int, default=256)
+    parser.add_argument("--slices", type=int, default=None, help="per study (default: the phantom's for its size)")
     parser.add_argument("--cache-size", type=int, default=192)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--limit", type=int, default=64, help="lesion slices scored per class")
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "localisation.json"))
     args = parser.parse_args()
 
-    settings = replace(DemoSettings(), studies=args.studies, phantom_size=args.phantom_size,
+    settings = replace(DemoSettings(), studies=args.studies, phantom_size=args.phantom_size, slices=args.slices,
                        cache_size=args.cache_size, epochs=args.epochs, n_bootstrap=200, device=args.device)
     with tempfile.TemporaryDirectory(prefix="headct-localisation-") as tmp:
         work = Path(args.work or tmp)

@@ -247,11 +247,52 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
             lines.append(f"| {other} | {level} | {s['n_items']} | {_fmt(s['auroc_diff'], 4)} | "
                          f"{_fmt(s['p_bootstrap'], 4)} | {_fmt(s['p_mcnemar'], 4)} |")
     lines += ["", f"Every figure, with per-model details: `{_relative(json_path)}`.", ""]
+    lines += localisation_section()
     lines += performance_section()
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
+
+
+def localisation_section() -> list[str]:
+    """Grad-CAM against the phantom's lesion masks, from ``benchmarks/results/localisation.json``."""
+    path = ROOT / "benchmarks" / "results" / "localisation.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    settings, env, summary = data["settings"], data["environment"], data["classification"]
+    default = data["scores"]["default"]
+    lines = [
+        "## Does Grad-CAM point at the bleed? (issue 6)", "",
+        f"`python benchmarks/localisation.py` ({data['date']}, {env['device_name']}, torch {env['torch']}): "
+        f"{settings['studies']} phantom studies at {settings['phantom_size']} px (difficulty "
+        f"{settings['difficulty']}), cached at {settings['cache_size']} px, {settings['model']} trained from scratch "
+        f"through `headct train` for {settings['epochs']} epochs ({data['train_and_evaluate_s'] / 60:.0f} min "
+        f"with evaluation). Test split: slice micro-AUROC {_fmt(summary['micro_auroc'])}, "
+        f"'any' {_fmt(summary['any_auroc'])}.",
+        "",
+        f"Up to {settings['limit']} test slices per class, each explained for its own class; a hit when the "
+        f"map's peak lies within {default['tolerance_px']} px of the lesion mask (15 px at 224, scaled); energy: the "
+        "share of the map inside the mask. Random: smooth random maps on the same slices. 'pooled' "
+        "pools the five lesion types over their slices.",
+        "",
+        "| class | slices | pointing | random | energy | random |", "|---|---|---|---|---|---|",
+    ]
+    rows = {**default["per_class"], "pooled": default["pooled"]}
+    for label, score in rows.items():
+        lines.append(f"| {label} | {score['n_slices']} | {_fmt(score['pointing_game'])} | "
+                     f"{_fmt(score['random_pointing_game'])} | {_fmt(score['energy_share'])} | "
+                     f"{_fmt(score['random_energy_share'])} |")
+    lines += ["", "Pooled over the lesion types, by target layer and tolerance:", "",
+              "| layer | tolerance px | pointing | random | energy | random |", "|---|---|---|---|---|---|"]
+    for result in data["scores"].values():
+        pooled = result["pooled"]
+        lines.append(f"| {', '.join(result['target_layers'])} | {result['tolerance_px']} | "
+                     f"{_fmt(pooled['pointing_game'])} | {_fmt(pooled['random_pointing_game'])} | "
+                     f"{_fmt(pooled['energy_share'])} | {_fmt(pooled['random_energy_share'])} |")
+    lines += ["", "![Grad-CAM of 'any' on test slices, lesion outlined in white](gradcam_gallery.png)", ""]
+    return lines
 
 
 def performance_section() -> list[str]:
