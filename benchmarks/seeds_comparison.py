@@ -284,14 +284,22 @@ def localisation_section() -> list[str]:
         lines.append(f"| {label} | {score['n_slices']} | {_fmt(score['pointing_game'])} | "
                      f"{_fmt(score['random_pointing_game'])} | {_fmt(score['energy_share'])} | "
                      f"{_fmt(score['random_energy_share'])} |")
-    lines += ["", "Pooled over the lesion types, by target layer and tolerance:", "",
-              "| layer | tolerance px | pointing | random | energy | random |", "|---|---|---|---|---|---|"]
+    lines += ["", "Pooled over the lesion types, by target layer, map placement (`ModelSpec.target_grid`; "
+              "\"centred\" is pytorch-grad-cam's own resize) and tolerance:", "",
+              "| layer | placement | tolerance px | pointing | random | energy | random |",
+              "|---|---|---|---|---|---|---|"]
     for result in data["scores"].values():
         pooled = result["pooled"]
-        lines.append(f"| {', '.join(result['target_layers'])} | {result['tolerance_px']} | "
+        lines.append(f"| {', '.join(result['target_layers'])} | {result.get('target_grid', '-')} | "
+                     f"{result['tolerance_px']} | "
                      f"{_fmt(pooled['pointing_game'])} | {_fmt(pooled['random_pointing_game'])} | "
                      f"{_fmt(pooled['energy_share'])} | {_fmt(pooled['random_energy_share'])} |")
-    lines += ["", "![Grad-CAM of 'any' on test slices, lesion outlined in white](gradcam_gallery.png)", ""]
+    lines += ["", "\"padded\" places each cell where the architecture's geometry says it looks (EfficientNet's "
+              "symmetric padding: half a cell up and left of a plain resize; checked on untrained networks in "
+              "tests/models/test_zoo.py). A trained network can learn to look elsewhere: which placement "
+              "points better changes from one training run to the next, so at stride 32 the pointing figures "
+              "carry about half a cell of placement uncertainty. The energy share barely moves with placement.",
+              "", "![Grad-CAM of 'any' on test slices, lesion outlined in white](gradcam_gallery.png)", ""]
     return lines
 
 

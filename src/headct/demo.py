@@ -93,17 +93,21 @@ def run_demo(out: Path, settings: DemoSettings) -> dict[str, Any]:
     log.info("demo 4/4: evaluate on the test split")
     paths = evaluate(best, out / "cache", out / "eval", split="test", device=settings.device,
                      n_bootstrap=settings.n_bootstrap)
-    metrics = json.loads(paths["metrics"].read_text())
-    summary = {
+    summary = {**headline(json.loads(paths["metrics"].read_text())), "seconds": time.perf_counter() - started}
+    return {"checkpoint": best, "metrics": paths["metrics"], "report": paths.get("report"), "summary": summary}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The demo's headline figures from an evaluation's metrics.json content."""
+    study = metrics.get("level", {}).get("study", {})
+    return {
         "micro_auroc": metrics.get("micro_auroc"),
         "macro_auroc": metrics.get("macro_auroc"),
         "any_auroc": metrics.get("per_class", {}).get("any", {}).get("auroc"),
-        "study_micro_auroc": metrics.get("level", {}).get("study", {}).get("micro_auroc"),
+        "study_micro_auroc": study.get("micro_auroc"),
         "test_slices": metrics.get("n"),
-        "test_studies": metrics.get("level", {}).get("study", {}).get("n"),
-        "seconds": time.perf_counter() - started,
+        "test_studies": study.get("n"),
     }
-    return {"checkpoint": best, "metrics": paths["metrics"], "report": paths.get("report"), "summary": summary}
 
 
 def _fmt(value: float | None) -> str:
