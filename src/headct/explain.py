@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy import ndimage
 from torch import nn
@@ -124,12 +124,12 @@ class PlacedGradCAM(GradCAM):
         for layer, activations, grads in recorded:  # as the library's loop, with our resize
             cam = self.get_cam_image(input_tensor, layer, targets, activations.cpu().numpy(),
                                      grads.cpu().numpy(), eigen_smooth)
-            maps.append(padded_grid_resize(np.maximum(cam, 0), size)[:, None])
+            maps.append(padded_grid_resize(scale_cam_image(np.maximum(cam, 0)), size)[:, None])
         return maps
 
 
 def padded_grid_resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Cell maps ``[B, h, w]`` of a "padded" grid → ``[B, H, W]``, each normalised to 0..1.
+    """Cell maps ``[B, h, w]`` of a "padded" grid → ``[B, H, W]``.
 
     Cell ``o`` of a stride-``s`` padded map is centred on input pixel ``s*o``
     (symmetric padding at every stride-2 step), so pixel ``p`` reads the map
@@ -137,8 +137,6 @@ def padded_grid_resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     height, width = size
     cams = np.asarray(cams, dtype=np.float32)
-    low = cams.min(axis=(1, 2), keepdims=True)
-    cams = (cams - low) / (1e-7 + (cams - low).max(axis=(1, 2), keepdims=True))
     stride_y = 2.0 ** round(np.log2(height / cams.shape[1]))  # 2**k: the stride-2 steps up to the layer
     stride_x = 2.0 ** round(np.log2(width / cams.shape[2]))
     rows, cols = np.meshgrid(np.arange(height) / stride_y, np.arange(width) / stride_x, indexing="ij")
@@ -326,9 +324,7 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
             else:
                 result["by_layer"][variant][label] = score
     result["pooled"] = pooled_score(result["per_class"])
-    if result["by_layer"]:
-        result["pooled_by_layer"] = {name: pooled_score(scores) for name, scores in result["by_layer"].items()}
-    else:
+    if not result["by_layer"]:
         del result["by_layer"]
     return result
 

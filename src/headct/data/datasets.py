@@ -3,8 +3,9 @@
 Every item holds raw values in the cache's storage type (int16 HU, or uint8
 0..255 grey); the consumer converts to float32 after moving a batch to its
 device, so a host-to-GPU copy moves half (int16) or a quarter (uint8) of the
-bytes of float32. The model's own windowing layer does the rest. Reads are views of memory-mapped shards, so an
-item costs one small copy and no file opens beyond the first touch of a shard.
+bytes of float32. The model's own windowing layer does the rest. Reads are
+views of memory-mapped shards, so an item costs one small copy and no file
+opens beyond the first touch of a shard.
 
 - :class:`SliceDataset`: ``(x [K, H, W], y, row)`` with K = 2*context+1
   neighbours centred on the slice (edges repeat the end slice); y is float32
