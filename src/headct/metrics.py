@@ -327,19 +327,7 @@ def _multilabel_metrics(
     d = (p >= t).astype(int)
     prec, rec, f1, support = precision_recall_fscore_support(y, d, average=None, zero_division=0)
     matrices = multilabel_confusion_matrix(y, d)
-    per_class = {}
-    for c, label in enumerate(labels):
-        (tn, fp), (_fn, _tp) = matrices[c]
-        per_class[label] = {
-            "auroc": _sk_auroc(y[:, c], p[:, c]),
-            "f1": float(f1[c]),
-            "precision": float(prec[c]),
-            "recall": float(rec[c]),
-            "sensitivity": float(rec[c]),
-            "specificity": _ratio(tn, tn + fp),
-            "threshold": float(t[c]),
-            "support": int(support[c]),
-        }
+    per_class = _per_class_block(labels, y, p, (prec, rec, f1, support), matrices, t)
     out = _summary_header("multilabel", labels, len(y), "threshold", per_class)
     out.update(
         micro_auroc=_sk_auroc(y.ravel(), p.ravel()),
@@ -354,6 +342,27 @@ def _multilabel_metrics(
     return out
 
 
+def _per_class_block(labels: list[str], truth: np.ndarray, p: np.ndarray, prfs: tuple, matrices: np.ndarray,
+                     thresholds: np.ndarray | None) -> dict[str, dict[str, Any]]:
+    """Per-class rows from one-vs-rest truth ``[N, C]``, sklearn's precision/recall/F1/support and
+    2x2 confusion matrices ``[[tn, fp], [fn, tp]]`` per class; thresholds None for argmax decisions."""
+    prec, rec, f1, support = prfs
+    per_class = {}
+    for c, label in enumerate(labels):
+        (tn, fp), _ = matrices[c]
+        per_class[label] = {
+            "auroc": _sk_auroc(truth[:, c], p[:, c]),
+            "f1": float(f1[c]),
+            "precision": float(prec[c]),
+            "recall": float(rec[c]),
+            "sensitivity": float(rec[c]),
+            "specificity": _ratio(tn, tn + fp),
+            "threshold": None if thresholds is None else float(thresholds[c]),
+            "support": int(support[c]),
+        }
+    return per_class
+
+
 def _multiclass_metrics(
     y: np.ndarray, p: np.ndarray, labels: list[str], thresholds: ThresholdsLike
 ) -> dict[str, Any]:
@@ -365,20 +374,8 @@ def _multiclass_metrics(
     )
     matrix = confusion_matrix(y, d, labels=classes)
     onehot = np.eye(n_classes, dtype=int)[y]
-    per_class = {}
-    for c, label in enumerate(labels):
-        tn = matrix.sum() - matrix[c, :].sum() - matrix[:, c].sum() + matrix[c, c]
-        fp = matrix[:, c].sum() - matrix[c, c]
-        per_class[label] = {
-            "auroc": _sk_auroc(onehot[:, c], p[:, c]),
-            "f1": float(f1[c]),
-            "precision": float(prec[c]),
-            "recall": float(rec[c]),
-            "sensitivity": float(rec[c]),
-            "specificity": _ratio(tn, tn + fp),
-            "threshold": None,
-            "support": int(support[c]),
-        }
+    one_vs_rest = multilabel_confusion_matrix(y, d, labels=classes)
+    per_class = _per_class_block(labels, onehot, p, (prec, rec, f1, support), one_vs_rest, None)
     out = _summary_header("multiclass", labels, len(y), "argmax", per_class)
     out.update(
         micro_auroc=_sk_auroc(onehot.ravel(), p.ravel()),
