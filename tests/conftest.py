@@ -89,3 +89,135 @@ def _write_ct_series(folder: Path, slices: int = 4, size: int = 40, seed: int = 
         ds.PixelData = hu[i].tobytes()
         ds.save_as(folder / f"IM{slices - 1 - i:03d}.dcm", enforce_file_format=True)
     return study_uid, uids, hu
+
+
+# --- corrupted DICOM (issue 12): every fault kind a reader must survive ---------------
+# Used by tests/io/test_fuzz.py, tests/io/test_discovery.py, tests/data/test_prepare_badfiles.py
+# and tests/test_predict_badfiles.py: ``write_bad_dicom(folder, kind, template)`` puts one bad
+# entry beside good slices. Content faults rewrite the template's bytes (as another study, so a
+# file that is still readable forms a study of its own); "fifo" and "symlink_loop" are file-system
+# faults. Explicit VR little endian is written by hand so the file meta can lie about the body.
+
+BAD_DICOM_KINDS = (
+    "slope_1e308", "intercept_1e308", "slope_nan", "intercept_nan", "slope_inf", "slope_zero",
+    "instance_inf", "instance_nan", "frames_inf", "frames_nan", "pixel_representation_2",
+    "empty_pixel_data", "empty_fragment", "jpeg_garbage", "deflate_on_plain", "empty_transfer_syntax",
+    "meta_bit_flip", "truncated", "not_dicom", "fifo", "symlink_loop",
+)
+READABLE_BAD_KINDS = frozenset({"instance_inf", "instance_nan"})
+"""Faults read_slice reads anyway (with a warning): InstanceNumber only orders slices without positions."""
+
+
+def dicom_file_bytes(ds: Dataset, meta: FileMetaDataset | None = None) -> bytes:
+    """Preamble, file meta and the dataset as explicit VR little endian, whatever the meta says."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta if meta is not None else ds.file_meta, enforce_standard=False)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    return head.getvalue() + body.getvalue()
+
+
+def _with_raw_value(ds: Dataset, keyword: str, value: bytes) -> bytes:
+    """The file with one IS/DS element's bytes set to ``value`` (pydicom would refuse to write it)."""
+    import struct
+
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.tag import Tag
+
+    tag = Tag(tag_for_keyword(keyword))
+    vr = dictionary_VR(tag)
+    ds[tag].value = "7"
+
+    def element(text: bytes) -> bytes:
+        text = text + b" " if len(text) % 2 else text
+        return struct.pack("<HH2sH", tag.group, tag.element, vr.encode(), len(text)) + text
+
+    data = dicom_file_bytes(ds)
+    assert data.count(element(b"7")) == 1, keyword
+    return data.replace(element(b"7"), element(value))
+
+
+def corrupt_dicom(template: bytes, kind: str) -> bytes:
+    """A bad twin of a valid CT file (``template``), of one of the content kinds in BAD_DICOM_KINDS."""
+    import io
+
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLosslessSV1
+
+    if kind == "truncated":
+        return template[: len(template) * 2 // 3]
+    if kind == "not_dicom":
+        return b"\x89PNG\r\n\x1a\n" + bytes(600)
+    ds = pydicom.dcmread(io.BytesIO(template))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    raw_values = {"slope_1e308": ("RescaleSlope", b"1e308"), "intercept_1e308": ("RescaleIntercept", b"1e308"),
+                  "slope_nan": ("RescaleSlope", b"nan"), "intercept_nan": ("RescaleIntercept", b"nan"),
+                  "slope_inf": ("RescaleSlope", b"inf"), "slope_zero": ("RescaleSlope", b"0"),
+                  "instance_inf": ("InstanceNumber", b"inf"), "instance_nan": ("InstanceNumber", b"nan"),
+                  "frames_inf": ("NumberOfFrames", b"inf"), "frames_nan": ("NumberOfFrames", b"nan")}
+    if kind in raw_values:
+        keyword, value = raw_values[kind]
+        if keyword not in ds:
+            setattr(ds, keyword, 1)
+        return _with_raw_value(ds, keyword, value)
+    if kind == "pixel_representation_2":
+        ds.PixelRepresentation = 2
+    elif kind == "empty_pixel_data":
+        ds.PixelData = b""
+    elif kind in ("empty_fragment", "jpeg_garbage"):
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        if kind == "empty_fragment":  # an empty basic offset table, then one fragment of 0 bytes
+            ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 2
+        else:  # a JPEG stream with no image in it: every decoder plugin fails on it
+            ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xc3garbage\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    elif kind == "deflate_on_plain":
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    elif kind == "empty_transfer_syntax":
+        ds.file_meta.TransferSyntaxUID = ""
+    elif kind == "meta_bit_flip":  # ExplicitVRLittleEndian "1.2.840.10008.1.2.1" becomes "1.2.840.10008.1.2.0"
+        data = bytearray(dicom_file_bytes(ds))
+        at = data.index(b"1.2.840.10008.1.2.1\0") + 18
+        data[at] ^= 0x01
+        return bytes(data)
+    else:
+        raise ValueError(f"unknown bad kind {kind!r}")
+    return dicom_file_bytes(ds)
+
+
+def write_bad_dicom(folder: Path, kind: str, template: Path) -> Path:
+    """Put one bad entry of ``kind`` into ``folder`` (``bad.dcm``, or ``loop/`` for a link loop)."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(folder / "bad.dcm")
+        return folder / "bad.dcm"
+    if kind == "symlink_loop":
+        (folder / "bad.dcm").symlink_to("bad.dcm")  # a file link to itself
+        (folder / "loop").symlink_to(".", target_is_directory=True)  # a folder link back up
+        return folder / "bad.dcm"
+    path = folder / "bad.dcm"
+    path.write_bytes(corrupt_dicom(Path(template).read_bytes(), kind))
+    return path
+
+
+@pytest.fixture(params=BAD_DICOM_KINDS)
+def bad_kind(request: pytest.FixtureRequest) -> str:
+    """Each kind of bad DICOM entry in turn."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def bad_dicom() -> Callable[[Path, str, Path], Path]:
+    """:func:`write_bad_dicom`."""
+    return write_bad_dicom

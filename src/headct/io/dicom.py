@@ -10,11 +10,20 @@ through pydicom and its pylibjpeg plugins.
 
 No patient identifiers leave this module: slices carry UIDs and a salted
 ``patient_key`` (see :mod:`headct.io.privacy`), never names or ids.
+
+A file is untrusted input: every fault in it, including the exceptions that
+pydicom and its decoders raise on malformed bytes, becomes one
+:class:`InputError` line naming the file and the fault (the traceback only at
+debug level), so a batch reports it and goes on. Header values that would give
+silently wrong HU (NaN, infinite, zero or absurd rescale, PixelRepresentation
+other than 0/1) are refused, not guessed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -35,12 +44,20 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from headct.errors import InputError
+from headct.io.discovery import entry_fault, find_dicom_files
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 INT16_MIN, INT16_MAX = -32768, 32767
+MAX_RESCALE = 1e6
+"""Refuse |RescaleSlope| or |RescaleIntercept| above this: CT HU span a few thousand, and such a
+value maps every stored value outside int16 (1e308 also overflows the arithmetic)."""
+MAX_SIDE = 8192
+"""Refuse Rows or Columns above this: no CT slice is larger, and a flipped bit there must not
+make a decoder allocate gigabytes."""
+MAX_FAULT_CHARS = 300
 NONUNIFORM_SPACING_TOLERANCE = 0.10
 """Warn when a gap between neighbouring slices differs from the median by more than this fraction."""
 
@@ -74,11 +91,36 @@ class DicomSlice:
 def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlice:
     """Read one CT DICOM file into HU (int16 ``[H, W]``) and its geometry.
 
-    Raises :class:`InputError` (``"<path>: <fault>"``) for a file that cannot
-    be used: not DICOM, truncated, not CT, no pixel data, no rescale, short
-    pixel data, undecodable compressed pixels.
+    Raises :class:`InputError` (``"<path>: <fault>"``, one line) for a file that
+    cannot be used: not DICOM, truncated, not CT, no pixel data, no usable
+    rescale, short pixel data, undecodable compressed pixels, or any other
+    exception pydicom raises on its bytes.
     """
     path = str(path)
+    try:
+        return _read_slice(path, salt)
+    except InputError:
+        raise
+    except Exception as exc:  # untrusted bytes: pydicom and its decoders raise any type on them
+        logger.debug("%s: unreadable DICOM", path, exc_info=True)
+        raise InputError(path, f"unreadable DICOM ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: message"`` on one line and at most MAX_FAULT_CHARS (decoder messages span lines).
+
+    An OSError gives its strerror only: its message repeats the file name.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = " ".join(str(exc).split())
+    kind = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+    text = f"{kind}: {text}" if text else kind
+    return text if len(text) <= MAX_FAULT_CHARS else text[: MAX_FAULT_CHARS - 3] + "..."
+
+
+def _read_slice(path: str, salt: str | None) -> DicomSlice:
     ds = _open(path)
     header = _read_header(ds, path)
     warnings: list[str] = []
@@ -187,14 +229,14 @@ def read_dicom(
     :class:`InputError` for ``path`` when nothing usable is left.
     """
     root = Path(path)
-    if not root.exists():
-        raise InputError(root, "no such file or folder")
+    found = find_dicom_files(root)
     if root.is_file():
         return [assemble_series([read_slice(root, salt=salt)], errors=errors)]
-
-    files = list(_dicom_candidates(root))
+    if errors is not None:
+        errors.extend(found.refused)
+    files = found.files
     if not files:
-        raise InputError(root, "folder holds no files")
+        raise InputError(root, f"folder holds no DICOM candidates ({found.describe()})")
     by_series: dict[tuple[str, str], list[DicomSlice]] = defaultdict(list)
     skipped = 0
     for file in tqdm(files, desc="reading DICOM", unit="file", disable=len(files) < 100, leave=False):
@@ -204,7 +246,7 @@ def read_dicom(
             skipped += 1
             _report(err, errors)
             continue
-        series = sl.series_uid or f"no-series-uid:{file.parent}"
+        series = sl.series_uid or f"no-series-uid:{short_hash(str(file.parent))}"
         by_series[(sl.study_uid or "", series)].append(sl)
     if not by_series:
         raise InputError(root, f"no usable CT DICOM slices ({skipped} of {len(files)} files skipped)")
@@ -215,7 +257,7 @@ def read_dicom(
             volumes.append(assemble_series(by_series[key], errors=errors))
         except InputError as err:
             _report(err, errors)
-    logger.info("%s: %d series, %d files skipped", root, len(volumes), skipped)
+    logger.info("%s: %d series, %d files skipped, %d refused", root, len(volumes), skipped, len(found.refused))
     return volumes
 
 
@@ -260,13 +302,23 @@ class _Header:
 
 
 def _open(path: str) -> pydicom.Dataset:
+    fault = entry_fault(path)
+    if fault is not None:
+        raise InputError(path, fault)
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file (no DICM preamble or readable header)") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        # pydicom raises a variety of these when a file stops mid-element.
-        raise InputError(path, f"truncated or corrupt DICOM ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(path, "symbolic link loop") from None
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.EPERM):
+            raise InputError(path, f"cannot open ({exc.strerror})") from None
+        logger.debug("%s: corrupt DICOM", path, exc_info=True)
+        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc)})") from None
+    except Exception as exc:  # pydicom raises many types when a file stops mid-element or lies
+        logger.debug("%s: corrupt DICOM", path, exc_info=True)
+        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc)})") from None
     _check_not_truncated(ds, path)
     return ds
 
@@ -298,7 +350,8 @@ def _read_header(ds: pydicom.Dataset, path: str) -> _Header:
         raise InputError(path, "no pixel data (7FE0,0010); the file may also be truncated")
     slope, intercept = _number(ds, _T["RescaleSlope"]), _number(ds, _T["RescaleIntercept"])
     if (slope is None or intercept is None) and not ds.get("ModalityLUTSequence"):
-        raise InputError(path, "missing RescaleSlope/RescaleIntercept (CT needs them to give HU)")
+        raise InputError(path, "missing RescaleSlope/RescaleIntercept (absent or not a number; CT needs them to give HU)")
+    _check_rescale(slope, intercept, path)
     samples = _int(ds, _T["SamplesPerPixel"]) or 1
     if samples != 1:
         raise InputError(path, f"{samples} samples per pixel; CT slices must be monochrome")
@@ -307,11 +360,13 @@ def _read_header(ds: pydicom.Dataset, path: str) -> _Header:
     pixel_representation = _int(ds, _T["PixelRepresentation"])
     if None in (rows, columns, bits_allocated, pixel_representation) or not rows or not columns:
         raise InputError(path, "missing Rows/Columns/BitsAllocated/PixelRepresentation")
-    frames = _int(ds, _T["NumberOfFrames"]) or 1
-    if frames != 1:
-        raise InputError(path, f"{frames} frames; only single-frame CT slices are read")
+    _check_pixel_format(rows, columns, bits_allocated, bits_stored, pixel_representation, path)
+    frames = _frames(ds, path)
 
     warnings: list[str] = []
+    instance_number = _int(ds, _T["InstanceNumber"])
+    if instance_number is None and _strings(ds, _T["InstanceNumber"]):
+        warnings.append("InstanceNumber is malformed (not a finite integer); ignored")
     position = _vector(ds, _T["ImagePositionPatient"], 3, warnings)
     orientation = _vector(ds, _T["ImageOrientationPatient"], 6, warnings)
     spacing = _vector(ds, _T["PixelSpacing"], 2, warnings)
@@ -330,11 +385,52 @@ def _read_header(ds: pydicom.Dataset, path: str) -> _Header:
         photometric=_text(ds, _T["PhotometricInterpretation"]),
         position=position,
         orientation=orientation,
-        instance_number=_int(ds, _T["InstanceNumber"]),
+        instance_number=instance_number,
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-        slice_thickness=_number(ds, _T["SliceThickness"]),
+        slice_thickness=_finite(_number(ds, _T["SliceThickness"])),
         warnings=warnings,
     )
+
+
+def _check_rescale(slope: float | None, intercept: float | None, path: str) -> None:
+    """Refuse a rescale that would give NaN, constant or overflowing HU instead of guessing."""
+    for name, value in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise InputError(path, f"{name} is {value}; HU would be undefined")
+        if abs(value) > MAX_RESCALE:
+            raise InputError(path, f"{name} {value:g} is beyond +-{MAX_RESCALE:g}; HU would overflow")
+    if slope == 0:
+        raise InputError(path, "RescaleSlope is 0; every pixel would get the intercept")
+
+
+def _check_pixel_format(rows: int, columns: int, bits_allocated: int, bits_stored: int | None,
+                        pixel_representation: int, path: str) -> None:
+    if pixel_representation not in (0, 1):
+        raise InputError(path, f"PixelRepresentation {pixel_representation} is neither 0 (unsigned) nor 1 (signed)")
+    if rows > MAX_SIDE or columns > MAX_SIDE:
+        raise InputError(path, f"{rows}x{columns} pixels is beyond the {MAX_SIDE}x{MAX_SIDE} of any CT slice")
+    if bits_allocated not in (8, 16, 32):
+        raise InputError(path, f"BitsAllocated {bits_allocated}; CT pixels are 8, 16 or 32 bits")
+    if bits_stored is not None and not 1 <= bits_stored <= bits_allocated:
+        raise InputError(path, f"BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}")
+
+
+def _frames(ds: pydicom.Dataset, path: str) -> int:
+    """NumberOfFrames (1 when absent); refuse a malformed count or more than one frame."""
+    if not _strings(ds, _T["NumberOfFrames"]):
+        return 1
+    frames = _int(ds, _T["NumberOfFrames"])
+    if frames is None:
+        raise InputError(path, "NumberOfFrames is malformed (not a finite integer)")
+    if frames != 1:
+        raise InputError(path, f"{frames} frames; only single-frame CT slices are read")
+    return frames
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # pydicom converts every element it is asked for into rich Python objects
@@ -394,7 +490,7 @@ def _int(ds: pydicom.Dataset, tag: Tag) -> int | None:
             return int.from_bytes(value[:2], "little") if len(value) >= 2 else None
         return None if value is None else int(value)
     number = _number(ds, tag)
-    return None if number is None else int(number)
+    return int(number) if number is not None and math.isfinite(number) else None
 
 
 def _vector(ds: pydicom.Dataset, tag: Tag, length: int, warnings: list[str]) -> np.ndarray | None:
@@ -417,17 +513,46 @@ def _vector(ds: pydicom.Dataset, tag: Tag, length: int, warnings: list[str]) -> 
 def _stored_pixels(ds: pydicom.Dataset, header: _Header, path: str) -> np.ndarray:
     """Stored values [H, W] as pydicom's pixel_array would give them."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not syntax:
+        raise InputError(path, "no TransferSyntaxUID in the file meta; the pixel encoding is unknown")
     if syntax in _NATIVE_LITTLE_ENDIAN and header.bits_allocated == 16:
         data = _raw(ds, _PIXEL_DATA)
-        return _native_pixels(data if isinstance(data, bytes) else ds.PixelData, header, path)
+        if not isinstance(data, bytes):
+            data = ds.PixelData
+        return _native_pixels(data or b"", header, path)
+    _quiet_decoder_tracebacks()
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom's handlers raise many types; one line names the fault
-        name = syntax.name if syntax is not None else "unknown transfer syntax"
-        raise InputError(path, f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from None
+        name = getattr(syntax, "name", None) or str(syntax)
+        logger.debug("%s: cannot decode pixel data", path, exc_info=True)
+        raise InputError(path, f"cannot decode pixel data ({name}): {one_line(exc)}") from None
     if arr.shape != (header.rows, header.columns):
         raise InputError(path, f"pixel data has shape {arr.shape}, Rows x Columns say {header.rows}x{header.columns}")
     return arr
+
+
+class _DemoteTracebacks(logging.Filter):
+    """Turn a record that carries a traceback into a DEBUG one, kept only where DEBUG is on (-vv)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.levelno <= logging.DEBUG:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_DECODER_LOGGER = "pydicom.pixels.decoders.base"
+_DEMOTE = _DemoteTracebacks()
+
+
+def _quiet_decoder_tracebacks() -> None:
+    """pydicom logs a full traceback (ERROR) for every plugin that fails on a frame, before raising
+    the error we report in one line anyway; with thousands of bad files that buries the log. pydicom
+    has no setting for it, so a filter on that one logger demotes those records to DEBUG (added once)."""
+    decoder_logger = logging.getLogger(_DECODER_LOGGER)
+    if _DEMOTE not in decoder_logger.filters:
+        decoder_logger.addFilter(_DEMOTE)
 
 
 def _native_pixels(data: bytes, header: _Header, path: str) -> np.ndarray:
@@ -604,16 +729,6 @@ def _merged_slice_warnings(slices: Iterable[DicomSlice]) -> list[str]:
     for s in slices:
         counts.update(dict.fromkeys(s.warnings, 1))
     return [msg if n == 1 else f"{msg} ({n} slices)" for msg, n in counts.items()]
-
-
-def _dicom_candidates(root: Path) -> Iterable[Path]:
-    """Every regular file under root, sorted; hidden files and DICOMDIR skipped."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            yield Path(dirpath) / name
 
 
 def _report(err: InputError, errors: list[InputError] | None) -> None:
