@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 
@@ -20,6 +21,7 @@ from headct.io.dicom import (
     DicomSlice,
     assemble_series,
     fix_rsna_header,
+    one_line,
     read_dicom,
     read_slice,
 )
@@ -412,3 +414,66 @@ def test_no_patient_identifiers_in_volumes_warnings_or_errors(write_ct, make_ct,
     keys = {v.patient_key for v in vols}
     assert patient_key("PID-7731-SECRET", "site-salt") in keys
     assert patient_key("PID-7731-SECRET", "other-salt") not in keys
+
+
+# --- issue 12: faults that used to escape or give silently wrong HU -----------------
+
+NAMED_FAULTS = {
+    "slope_1e308": "RescaleSlope 1e+308 is beyond +-1e+06; HU would overflow",
+    "intercept_1e308": "RescaleIntercept 1e+308 is beyond +-1e+06; HU would overflow",
+    "slope_nan": "RescaleSlope is nan; HU would be undefined",
+    "intercept_nan": "RescaleIntercept is nan; HU would be undefined",
+    "slope_inf": "RescaleSlope is inf; HU would be undefined",
+    "slope_zero": "RescaleSlope is 0; every pixel would get the intercept",
+    "frames_inf": "NumberOfFrames is malformed (not a finite integer)",
+    "frames_nan": "NumberOfFrames is malformed (not a finite integer)",
+    "pixel_representation_2": "PixelRepresentation 2 is neither 0 (unsigned) nor 1 (signed)",
+    "empty_pixel_data": "pixel data is 0 bytes, Rows x Columns (64x64) x 2 bytes needs 8192",
+    "empty_fragment": "cannot decode pixel data (JPEG Lossless",
+    "jpeg_garbage": "cannot decode pixel data (JPEG Lossless",
+    "deflate_on_plain": "truncated or corrupt DICOM (zlib.error: Error -3 while decompressing data",
+    "empty_transfer_syntax": "no TransferSyntaxUID in the file meta; the pixel encoding is unknown",
+    "meta_bit_flip": "cannot decode pixel data (1.2.840.10008.1.2.0): NotImplementedError",
+    "fifo": "named pipe, not a regular file; skipped without opening it",
+    "symlink_loop": "symbolic link loop; skipped",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NAMED_FAULTS))
+def test_named_fault_is_refused_in_one_line(write_ct, tmp_path, bad_dicom, kind) -> None:
+    template = write_ct("template.dcm", seed=3)
+    bad = bad_dicom(tmp_path / "bad", kind, template)
+    with pytest.raises(InputError) as info:
+        read_slice(bad)
+    assert info.value.path == str(bad) and "\n" not in str(info.value)
+    assert info.value.fault.startswith(NAMED_FAULTS[kind])
+
+
+@pytest.mark.parametrize("kind", ["instance_inf", "instance_nan"])
+def test_malformed_instance_number_is_ignored_with_a_warning(write_ct, tmp_path, bad_dicom, kind) -> None:
+    template = write_ct("template.dcm", seed=3)
+    read = read_slice(bad_dicom(tmp_path / "bad", kind, template))
+    assert read.instance_number is None
+    assert read.warnings == ["InstanceNumber is malformed (not a finite integer); ignored"]
+    np.testing.assert_array_equal(read.hu, read_slice(template).hu)
+
+
+def test_undecodable_pixels_log_no_traceback_unless_debug(write_ct, tmp_path, bad_dicom, caplog) -> None:
+    bad = bad_dicom(tmp_path / "bad", "jpeg_garbage", write_ct("template.dcm"))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(InputError):
+        read_slice(bad)
+    assert [r for r in caplog.records if r.exc_info] == []
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(InputError):
+        read_slice(bad)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert tracebacks and all(r.levelno == logging.DEBUG for r in tracebacks)
+
+
+def test_one_line_flattens_messages_and_drops_repeated_paths() -> None:
+    assert one_line(RuntimeError("Unable to decode:\n  plugin: bad\n")) == "RuntimeError: Unable to decode: plugin: bad"
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/secret/a.dcm")) == (
+        "FileNotFoundError: No such file or directory")
+    assert len(one_line(ValueError("x" * 5000))) == 300

@@ -48,7 +48,10 @@ class Discovery:
 
     def describe(self) -> str:
         """``"72 PNG files, 1 CSV file"``: the ignored files by kind, most common first."""
-        parts = [f"{n} {kind} file{'s' if n != 1 else ''}" for kind, n in self.ignored.most_common()]
+        parts = []
+        for kind, n in sorted(self.ignored.items(), key=lambda kv: (-kv[1], kv[0].lower())):
+            files = f"{n} file{'s' if n != 1 else ''}"
+            parts.append(f"{files} in {kind}" if kind.endswith("/") else f"{n} {kind} file{'s' if n != 1 else ''}")
         return ", ".join(parts) if parts else "no other files"
 
 
@@ -127,7 +130,7 @@ def _walk(folder: Path, found: Discovery, seen: set[tuple[int, int]]) -> None:
         kind = _entry_kind(path)
         if kind == "folder":
             if path.name.lower() in NOT_DICOM_FOLDERS:
-                found.ignored[path.name.lower()] += sum(1 for _ in path.rglob("*"))
+                found.ignored[f"{path.name}/"] += sum(1 for p in path.rglob("*") if p.is_file())
                 continue
             inode = _inode(path)
             if inode in seen:
