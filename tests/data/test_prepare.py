@@ -19,6 +19,8 @@ from headct.cli import main
 from headct.data.cache import Cache
 from headct.data.prepare import PrepareConfig, prepare
 from headct.data.tabular import TableColumns
+from headct.errors import InputError
+from headct.io.privacy import short_hash
 from headct.tasks import RSNA_LABELS
 
 SUBTYPES = RSNA_LABELS
@@ -109,14 +111,14 @@ def test_rsna_cache_by_value(tmp_path, ct_writer, hu_slice):
     other = int(np.flatnonzero(index["uid"] == "1.2.826.0.3.1.1")[0])
     assert cache.mask(other).max() == 0
     assert cache.mask(0) is None  # study 0 has no mask file
-    # every fault: one entry with its reason; the run went on
+    # every fault: one entry with its reason (the file as a hash of its name); the run went on
     summary = cache.meta["summary"]
     reasons = {item["file"]: item["reason"] for item in summary["skipped"]}
-    assert reasons["bad/notes.dcm"].startswith("not a DICOM file")
-    assert "truncated" in reasons["bad/truncated.dcm"]
-    assert "pixel data" in reasons["bad/nopixels.dcm"]
-    assert "MR" in reasons["bad/mr.dcm"]
-    assert "48x48" in reasons["s1/odd.dcm"]
+    assert reasons[short_hash("bad/notes.dcm")].startswith("not a DICOM file")
+    assert "truncated" in reasons[short_hash("bad/truncated.dcm")]
+    assert "pixel data" in reasons[short_hash("bad/nopixels.dcm")]
+    assert "MR" in reasons[short_hash("bad/mr.dcm")]
+    assert "48x48" in reasons[short_hash("s1/odd.dcm")]
     assert len(summary["skipped"]) == 5
     assert summary["unlabeled_slices"] == 1 and summary["labels_without_images"] == 1
     assert summary["studies"] == 5 and summary["slices"] == 20
@@ -156,8 +158,9 @@ def test_png_folders_cache_by_value(tmp_path):
     for study in set(index["study"]):
         assert len(set(index["split"][index["study"] == study])) == 1
     reasons = {item["file"]: item["reason"] for item in cache.meta["summary"]["skipped"]}
-    assert reasons["other/x_000.png"] == "folder not in the class map"
-    assert "hemorrhagic/s9_000.png" in reasons
+    assert reasons[short_hash("other/x_000.png")] == "folder not in the class map"
+    assert reasons[short_hash("hemorrhagic/s9_000.png")].startswith(
+        "not a readable PNG/JPG image (PIL.UnidentifiedImageError: cannot identify image file the file")
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -199,7 +202,7 @@ def test_csv_cache_by_value(tmp_path):
     assert cache.label_matrix[ben, 1][0] == 1
     assert {"anna", "ben", "cem"}.isdisjoint(set(index["patient"]) | set(index["study"]))
     reasons = {item["file"]: item["reason"] for item in cache.meta["summary"]["skipped"]}
-    assert reasons == {"img/gone.png": "label row for a missing image"}
+    assert reasons == {short_hash("img/gone.png"): "label row for a missing image"}
 
 
 def test_nifti_cache_by_value(tmp_path):
@@ -240,7 +243,7 @@ def test_nifti_cache_by_value(tmp_path):
     assert cache.meta["summary"]["labels_without_images"] == 1
 
 
-def test_cli_prints_where_and_fails_when_nothing_usable(tmp_path, capsys):
+def test_cli_prints_where_and_fails_when_nothing_usable(tmp_path, capsys, caplog):
     _png_input(tmp_path / "in")
     assert main(["prepare", str(tmp_path / "in"), "--format", "png-folders", "--out", str(tmp_path / "c"),
                  "--size", "16", "--folds", "2"]) == 0
@@ -249,8 +252,24 @@ def test_cli_prints_where_and_fails_when_nothing_usable(tmp_path, capsys):
     assert set(Cache(tmp_path / "c").index["fold"][Cache(tmp_path / "c").index["split"] != "test"]) <= {0, 1}
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.dcm").write_text("nothing")
-    assert main(["prepare", str(tmp_path / "junk"), "--format", "dicom", "--out", str(tmp_path / "j")]) == 1
-    assert "0 slices" in capsys.readouterr().out
+    assert main(["prepare", str(tmp_path / "junk"), "--format", "dicom", "--out", str(tmp_path / "j")]) == 2
+    assert capsys.readouterr().out == ""  # no summary of an empty cache
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line == f"{tmp_path / 'junk'}: no usable slices with --format dicom (1 file skipped, listed above)"
+    assert not (tmp_path / "j" / "meta.json").exists()
+
+
+def test_an_empty_result_is_refused_with_what_was_found(tmp_path):
+    _png_input(tmp_path / "in")
+    with pytest.raises(InputError) as info:
+        prepare(PrepareConfig(input=str(tmp_path / "in"), format="dicom", out=str(tmp_path / "c"), size=16))
+    assert str(info.value) == (f"{tmp_path / 'in'}: no usable slices with --format dicom; "
+                               "found 9 PNG files: try --format png-folders")
+    assert not (tmp_path / "c" / "meta.json").exists() and not (tmp_path / "c" / "index.csv").exists()
+    (tmp_path / "vols").mkdir()
+    (tmp_path / "vols" / "a.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="found 1 NIfTI file: try --format nifti$"):
+        prepare(PrepareConfig(input=str(tmp_path / "vols"), format="dicom", out=str(tmp_path / "d"), size=16))
 
 
 _KILLABLE = textwrap.dedent("""

@@ -21,7 +21,6 @@ from headct.io.dicom import (
     DicomSlice,
     assemble_series,
     fix_rsna_header,
-    one_line,
     read_dicom,
     read_slice,
 )
@@ -470,10 +469,3 @@ def test_undecodable_pixels_log_no_traceback_unless_debug(write_ct, tmp_path, ba
         read_slice(bad)
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert tracebacks and all(r.levelno == logging.DEBUG for r in tracebacks)
-
-
-def test_one_line_flattens_messages_and_drops_repeated_paths() -> None:
-    assert one_line(RuntimeError("Unable to decode:\n  plugin: bad\n")) == "RuntimeError: Unable to decode: plugin: bad"
-    assert one_line(FileNotFoundError(2, "No such file or directory", "/secret/a.dcm")) == (
-        "FileNotFoundError: No such file or directory")
-    assert len(one_line(ValueError("x" * 5000))) == 300

@@ -6,8 +6,10 @@ Reading headers first and pixels later would parse every file twice. Instead
 each file is read once with :func:`headct.io.dicom.read_slice`, resampled to
 the cache size at once, and staged: chunks of files become ``work/<chunk>.npy``
 (small slices) plus ``work/<chunk>.json`` (UIDs, geometry, the salted patient
-key; never a raw identifier). Series are then grouped from the staged headers
-and sorted by :func:`headct.io.dicom.assemble_series` on the small slices.
+key; never a raw identifier, and no file path or name either: files are
+numbered within their chunk, whose digest covers their names and content).
+Series are then grouped from the staged headers and sorted by
+:func:`headct.io.dicom.assemble_series` on the small slices.
 """
 
 from __future__ import annotations
@@ -24,52 +26,36 @@ import numpy as np
 from headct.data.cache import atomic_save_npy, atomic_write_text
 from headct.data.resample import resample_slices
 from headct.errors import InputError
+from headct.io.privacy import short_hash
 
 log = logging.getLogger(__name__)
 
 CHUNK_FILES = 64
-NOT_DICOM_SUFFIXES = frozenset({
-    ".csv", ".npz", ".npy", ".json", ".txt", ".md", ".html", ".yaml", ".yml", ".png", ".jpg",
-    ".jpeg", ".nii", ".gz", ".zip", ".py", ".pdf",
-})
 
 
-def list_dicom_candidates(root: Path, *, skip_dirs: tuple[str, ...] = ("masks",)) -> list[Path]:
-    """Every file under ``root`` that may be DICOM, sorted; a single file is its own list."""
-    if root.is_file():
-        return [root]
-    files = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or (rel.parts and rel.parts[0] in skip_dirs):
-            continue
-        if path.is_file() and path.suffix.lower() not in NOT_DICOM_SUFFIXES and path.name.upper() != "DICOMDIR":
-            files.append(path)
-    return sorted(files)
+def chunk_digest(names: list[str], fingerprints: list[str], size: int) -> str:
+    """Fingerprint of a chunk: its files' names and content (see ``file_fingerprint``) and the staged size."""
+    return hashlib.sha256(json.dumps([size, names, fingerprints]).encode()).hexdigest()[:16]
 
 
-def chunk_digest(names: list[str], size: int) -> str:
-    """Fingerprint of a chunk's files and the size they were staged at."""
-    return hashlib.sha256(json.dumps([size, names]).encode()).hexdigest()[:16]
-
-
-def stage_chunk(paths: list[str], names: list[str], work_dir: str, key: str, size: int) -> dict[str, Any]:
+def stage_chunk(paths: list[str], work_dir: str, key: str, size: int, digest: str) -> dict[str, Any]:
     """Read, resample and stage one chunk of files; returns (and writes) its record.
 
-    A top-level function so a process pool can run it. Unusable files become
-    ``skipped`` entries ``{file, reason}``.
+    A top-level function so a process pool can run it. Files are named by
+    their ``index`` in ``paths``; unusable ones become ``skipped`` entries
+    ``{index, reason}``. ``digest`` (:func:`chunk_digest`) marks what was staged.
     """
     from headct.io.dicom import read_slice
 
     slices, headers, skipped = [], [], []
-    for path, name in zip(paths, names, strict=True):
+    for index, path in enumerate(paths):
         try:
             item = read_slice(path)
         except InputError as err:
-            skipped.append({"file": name, "reason": err.fault})
+            skipped.append({"index": index, "reason": err.fault})
             continue
         headers.append({
-            "name": name, "path": path, "row": len(slices), "sop": item.sop_uid, "series": item.series_uid,
+            "index": index, "row": len(slices), "sop": item.sop_uid, "series": item.series_uid,
             "study": item.study_uid, "patient": item.patient_key or "", "shape": list(item.hu.shape),
             "position": _list(item.position), "orientation": _list(item.orientation),
             "instance": item.instance_number, "pixel_spacing": _list(item.pixel_spacing),
@@ -79,7 +65,7 @@ def stage_chunk(paths: list[str], names: list[str], work_dir: str, key: str, siz
     work = Path(work_dir)
     if slices:
         atomic_save_npy(work / f"{key}.npy", np.stack(slices))
-    record = {"key": key, "digest": chunk_digest(names, size), "headers": headers, "skipped": skipped}
+    record = {"key": key, "digest": digest, "headers": headers, "skipped": skipped}
     atomic_write_text(work / f"{key}.json", json.dumps(record))
     return record
 
@@ -93,9 +79,10 @@ def read_chunk_record(work_dir: Path, key: str) -> dict[str, Any] | None:
 
 
 def group_by_series(headers: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, str]]]:
-    """Series UID (or study + folder, when a file has none) → its staged headers.
+    """Series UID (or a hash of study + folder, when a file has none) → its staged headers.
 
-    A SOPInstanceUID seen again is skipped, naming the file that had it first.
+    A SOPInstanceUID seen again is skipped (in-memory entries name the file;
+    what is written to the cache hashes names, see ``headct.data.prepare``).
     """
     series: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, str] = {}
@@ -103,11 +90,12 @@ def group_by_series(headers: list[dict[str, Any]]) -> tuple[dict[str, list[dict[
     for header in sorted(headers, key=lambda h: h["name"]):
         sop = header["sop"]
         if sop and sop in seen:
-            skipped.append({"file": header["name"], "reason": f"duplicate SOPInstanceUID (same slice as {seen[sop]})"})
+            skipped.append({"file": header["name"],
+                            "reason": f"duplicate SOPInstanceUID (same slice as file {short_hash(seen[sop])})"})
             continue
         if sop:
             seen[sop] = header["name"]
-        group = header["series"] or f"{header['study'] or ''}|{Path(header['name']).parent}"
+        group = header["series"] or "no-series-uid-" + short_hash(f"{header['study'] or ''}|{Path(header['name']).parent}")
         series.setdefault(group, []).append(header)
     return series, skipped
 

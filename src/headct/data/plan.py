@@ -12,8 +12,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from headct.io.discovery import file_fingerprint
 from headct.io.privacy import short_hash
 
 READERS = ("dicom", "image", "nifti", "staged")
@@ -55,6 +57,8 @@ class SeriesJob:
     assemble: bool = False
     mask_file: str | None = None
     frame_labels: dict[int, tuple[int, ...]] | None = None
+    content: list[str] | None = field(default=None, repr=False)
+    """Content fingerprints of the sources and the mask file, computed by the first ``digest``."""
 
     def labels_for(self, source: int, frame: int | None) -> tuple[int, ...] | None:
         """Label vector of a kept slice (by source index and frame), or None when unlabeled."""
@@ -63,10 +67,18 @@ class SeriesJob:
         return self.sources[source].labels
 
     def digest(self, size: int) -> str:
-        """Fingerprint of what this job reads and how: a shard is reused only if it matches."""
-        content = [size, self.assemble, self.mask_file is not None,
-                   [(s.name, s.reader) for s in self.sources]]
-        return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
+        """Fingerprint of what this job reads and how: a shard is reused only if it matches.
+
+        It covers each source's name, reader and content (staged DICOM carry the
+        fingerprint taken when staging), and the mask file's content, so a file
+        rewritten under the same name and size is read again.
+        """
+        if self.content is None:
+            self.content = [_source_fingerprint(s) for s in self.sources]
+            self.content.append(file_fingerprint(self.mask_file) if self.mask_file else "")
+        described = [size, self.assemble, self.mask_file is not None,
+                     [(s.name, s.reader) for s in self.sources], self.content]
+        return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -82,6 +94,12 @@ class Plan:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def _source_fingerprint(source: SliceSource) -> str:
+    if source.header is not None and "fingerprint" in source.header:
+        return str(source.header["fingerprint"])
+    return file_fingerprint(source.path)
+
+
 def series_key(name: str, taken: set[str]) -> str:
     """A file-name-safe, unique shard key: the name itself when safe, else a hash of it."""
     key = name if _SAFE_KEY.match(name) and not name.endswith((".json", ".npy")) else short_hash(name)
@@ -89,6 +107,15 @@ def series_key(name: str, taken: set[str]) -> str:
         key = f"{key[:80]}-{short_hash(name + str(len(taken)))}"
     taken.add(key)
     return key
+
+
+def relative_name(path: Path, base: Path) -> str:
+    """How messages name an input file: its path under the input folder (the file name when outside)."""
+    try:
+        rel = path.relative_to(base).as_posix()
+    except ValueError:
+        return path.name
+    return path.name if rel in ("", ".") else rel
 
 
 def report_examples(items: list[str], limit: int = 5) -> str:

@@ -6,10 +6,16 @@ their headers say which series they belong to), read/sort and resample each
 series in a process pool and write it as a shard, then write the index with a
 patient/study/image split and meta.json.
 
-Resumable: a shard whose sidecar exists and matches its job is not read
-again, so a build killed at any point (even SIGKILL) finishes on the next run
-with every slice exactly once. Unusable files are listed with their reason
-and the build goes on; it fails only when nothing usable was read.
+Resumable: a shard whose sidecar exists and matches its job (file names and
+content, see :meth:`SeriesJob.digest`) is not read again, so a build killed at
+any point (even SIGKILL) finishes on the next run with every slice exactly
+once, and a file rewritten since is read again. Unusable files are listed with
+their reason and the build goes on; it fails (InputError, saying what the
+input holds instead) only when nothing usable was read.
+
+Input file names reach the terminal only: what the cache keeps on disk
+(sidecars, ``work/``, meta.json) names a skipped file by a 16-hex hash of its
+path under the input.
 """
 
 from __future__ import annotations
@@ -45,11 +51,13 @@ from headct.data.dicom_series import (
     read_chunk_record,
     stage_chunk,
 )
-from headct.data.plan import Plan, SeriesJob, report_examples
+from headct.data.plan import Plan, SeriesJob, relative_name, report_examples
 from headct.data.resample import resample_masks, resample_slices
 from headct.data.splits import SplitConfig, choose_groups, parse_fractions, split_studies
 from headct.data.tabular import TableColumns
 from headct.errors import InputError
+from headct.io.discovery import file_fingerprint, find_dicom_files
+from headct.io.privacy import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +115,14 @@ def prepare(config: PrepareConfig) -> PrepareResult:
 
     columns, skipped, notes = _index_columns(plan, records)
     skipped = plan.skipped + skipped
+    if not columns["row"]:
+        raise InputError(config.input, _nothing_usable(config, len(skipped)))
     notes = {**plan.notes, **notes}
     split_meta = _assign_split(columns, plan, config.split)
     studies = len(set(columns["study"]))
     summary = {
         "studies": studies, "series": sum(1 for r in records if r["slices"]), "slices": len(columns["row"]),
-        "skipped": skipped, "reused_series": reused, "seconds": round(time.perf_counter() - start, 2), **notes,
+        "skipped": hide_names(skipped), "reused_series": reused, "seconds": round(time.perf_counter() - start, 2), **notes,
     }
     write_index(out, columns, plan.label_names)
     write_meta(out, {
@@ -236,8 +246,36 @@ def build_series(job: SeriesJob, cache_dir: str, size: int) -> dict[str, Any]:
     if has_mask and shard is not None:
         mask_stack = np.concatenate([m if m is not None else np.zeros(p.shape, np.uint8)
                                      for m, p in zip(masks_out, pixels_out, strict=True)])
-    write_shard(Path(cache_dir), job.key, shard, mask_stack, record)
+    write_shard(Path(cache_dir), job.key, shard, mask_stack, {**record, "skipped": hide_names(skipped)})
     return record
+
+
+def hide_names(skipped: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Skipped entries as the cache stores them: the file as a hash of its name under the input."""
+    return [{**item, "file": short_hash(item["file"])} for item in skipped]
+
+
+def _nothing_usable(config: PrepareConfig, skipped: int) -> str:
+    """What the input holds instead of usable slices, with the --format that would read it."""
+    try:
+        found = find_dicom_files(config.input)
+    except InputError:
+        return f"no usable slices with --format {config.format}"
+    kinds = dict(found.ignored)
+    if found.files:
+        kinds["DICOM"] = len(found.files)  # may-be-DICOM files, readable or not
+    hints = {"PNG": "png-folders", "JPG": "png-folders", "NIfTI": "nifti", "CSV": "csv", "DICOM": "dicom"}
+    usable = {"dicom": ("DICOM",), "rsna": ("DICOM",), "png-folders": ("PNG", "JPG"), "nifti": ("NIfTI",),
+              "csv": ("CSV", "PNG", "JPG", "DICOM", "NIfTI")}[config.format]
+    other = sorted((n, kind) for kind, n in kinds.items() if kind in hints and kind not in usable)
+    message = f"no usable slices with --format {config.format}"
+    if skipped:
+        message += f" ({skipped} file{'s' if skipped != 1 else ''} skipped, listed above)"
+    if other:
+        n, kind = other[-1]
+        alternative = "rsna or dicom" if hints[kind] == "dicom" else hints[kind]
+        return f"{message}; found {n} {kind} file{'s' if n != 1 else ''}: try --format {alternative}"
+    return f"{message}; found {found.describe()}" if found.ignored else message
 
 
 Kept = list[tuple[int, int | None, str]]  # (source index, frame, uid) per slice
@@ -264,7 +302,7 @@ def _read_source(reader: str, path: str, uid: str | None, study: str
         from headct.io.dicom import read_slice
 
         item = read_slice(path)
-        return item.hu[None], [item.sop_uid or uid or Path(path).stem], [None]
+        return item.hu[None], [item.sop_uid or uid or short_hash(Path(path).name)], [None]
     if reader == "image":
         from headct.io.png import read_image
 
@@ -341,6 +379,7 @@ class _Pool:
         self.out, self.size = Path(out), size
         self.executor: ProcessPoolExecutor | None = None
         self.chunks: dict[str, list[tuple[str, str]]] = {}  # staged chunk key → its (path, name) pairs
+        self.fingerprints: dict[str, list[str]] = {}  # staged chunk key → file_fingerprint of each file
 
     def __enter__(self) -> _Pool:
         if self.workers > 1:
@@ -365,8 +404,13 @@ class _Pool:
             yield future.result()
 
     def stage(self, files: list[Path], base: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-        """Read every DICOM file once, resampled, in chunks; chunks staged by an earlier run are reused."""
-        names = [_relative(path, base) for path in files]
+        """Read every DICOM file once, resampled, in chunks; chunks staged by an earlier run are reused
+        when their files' names and content (``file_fingerprint``) are unchanged.
+
+        Returns the staged headers and the skipped files, both naming files
+        (``name``, ``path``) in memory only: the chunk records on disk number them.
+        """
+        names = [relative_name(path, base) for path in files]
         work = self.out / "work"
         todo, records = [], []
         for start in range(0, len(files), CHUNK_FILES):
@@ -374,8 +418,9 @@ class _Pool:
             pairs = list(zip(map(str, files[start:start + CHUNK_FILES]), names[start:start + CHUNK_FILES],
                              strict=True))
             self.chunks[key] = pairs
+            self.fingerprints[key] = [file_fingerprint(path) for path, _ in pairs]
             record = read_chunk_record(work, key)
-            if record is not None and record["digest"] == chunk_digest([n for _, n in pairs], self.size):
+            if record is not None and record["digest"] == self._digest(key):
                 records.append(record)
             else:
                 todo.append(key)
@@ -386,8 +431,11 @@ class _Pool:
                 bar.update(len(self.chunks[record["key"]]))
         headers, skipped = [], []
         for record in sorted(records, key=lambda r: r["key"]):
-            headers += [{**header, "chunk": record["key"]} for header in record["headers"]]
-            skipped += record["skipped"]
+            pairs, fingerprints = self.chunks[record["key"]], self.fingerprints[record["key"]]
+            headers += [{**header, "chunk": record["key"], "path": pairs[header["index"]][0],
+                         "name": pairs[header["index"]][1], "fingerprint": fingerprints[header["index"]]}
+                        for header in record["headers"]]
+            skipped += [{"file": pairs[item["index"]][1], "reason": item["reason"]} for item in record["skipped"]]
         for item in skipped:
             log.warning("%s: %s", item["file"], item["reason"])
         return headers, skipped
@@ -395,8 +443,11 @@ class _Pool:
     def restage(self, keys: Iterable[str]) -> Iterable[dict[str, Any]]:
         """(Re)read chunks: staged slices are the input of every series built from them."""
         work = str(self.out / "work")
-        jobs = (([p for p, _ in self.chunks[k]], [n for _, n in self.chunks[k]], work, k, self.size) for k in keys)
+        jobs = (([p for p, _ in self.chunks[k]], work, k, self.size, self._digest(k)) for k in keys)
         return self.imap(stage_chunk, jobs)
+
+    def _digest(self, key: str) -> str:
+        return chunk_digest([n for _, n in self.chunks[key]], self.fingerprints[key], self.size)
 
 
 def _worker_init() -> None:
@@ -426,7 +477,9 @@ def _build_all(jobs: list[SeriesJob], out: Path, size: int, pool: _Pool) -> tupl
     for job in jobs:
         record = read_record(out, job.key)
         if record is not None and record.get("digest") == job.digest(size):
-            records[job.key] = record
+            names = {short_hash(source.name): source.name for source in job.sources}
+            records[job.key] = {**record, "skipped": [{**item, "file": names.get(item["file"], item["file"])}
+                                                      for item in record["skipped"]]}
         else:
             pending.append(job)
     reused = len(records)
@@ -456,14 +509,6 @@ def _remove_orphans(out: Path, keys: set[str], chunks: dict[str, Any]) -> None:
     for path in (out / "work").glob("*"):
         if path.suffix == ".npy" or path.stem not in chunks:
             path.unlink(missing_ok=True)
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        rel = path.relative_to(base).as_posix()
-    except ValueError:
-        return path.name
-    return path.name if rel in ("", ".") else rel
 
 
 def _index_columns(plan: Plan, records: list[dict[str, Any]]

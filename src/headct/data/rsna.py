@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from headct.data.dicom_series import group_by_series, list_dicom_candidates
-from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
+from headct.data.dicom_series import group_by_series
+from headct.data.plan import Plan, SeriesJob, SliceSource, relative_name, report_examples, series_key
 from headct.errors import InputError
+from headct.io.discovery import find_dicom_files
 from headct.tasks import RSNA_LABELS
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ def plan_dicom(root: Path, labels_csv: Path | None, stage: Stager, *, source_for
     if not root.exists():
         raise InputError(root, "input not found")
     base = root if root.is_dir() else root.parent
-    headers, skipped = stage(list_dicom_candidates(root), base)
+    found = find_dicom_files(root)
+    refused = [{"file": relative_name(Path(err.path or root), base), "reason": err.fault} for err in found.refused]
+    headers, skipped = stage(found.files, base)
+    skipped = refused + skipped
     series, duplicates = group_by_series(headers)
     skipped += duplicates
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from headct.errors import InputError
 from headct.io.discovery import entry_fault, find_dicom_files
+from headct.io.faults import one_line
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import Volume
 
@@ -57,7 +58,6 @@ value maps every stored value outside int16 (1e308 also overflows the arithmetic
 MAX_SIDE = 8192
 """Refuse Rows or Columns above this: no CT slice is larger, and a flipped bit there must not
 make a decoder allocate gigabytes."""
-MAX_FAULT_CHARS = 300
 NONUNIFORM_SPACING_TOLERANCE = 0.10
 """Warn when a gap between neighbouring slices differs from the median by more than this fraction."""
 
@@ -103,21 +103,7 @@ def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlic
         raise
     except Exception as exc:  # untrusted bytes: pydicom and its decoders raise any type on them
         logger.debug("%s: unreadable DICOM", path, exc_info=True)
-        raise InputError(path, f"unreadable DICOM ({one_line(exc)})") from None
-
-
-def one_line(exc: BaseException) -> str:
-    """``"Type: message"`` on one line and at most MAX_FAULT_CHARS (decoder messages span lines).
-
-    An OSError gives its strerror only: its message repeats the file name.
-    """
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    else:
-        text = " ".join(str(exc).split())
-    kind = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
-    text = f"{kind}: {text}" if text else kind
-    return text if len(text) <= MAX_FAULT_CHARS else text[: MAX_FAULT_CHARS - 3] + "..."
+        raise InputError(path, f"unreadable DICOM ({one_line(exc, path)})") from None
 
 
 def _read_slice(path: str, salt: str | None) -> DicomSlice:
@@ -184,12 +170,14 @@ def assemble_series(
     and column cosines of ImageOrientationPatient), so oblique series sort
     right; without positions, by InstanceNumber with a warning. Slices whose
     size differs from the majority are dropped, one line each naming the file
-    (also appended to ``errors`` when given); duplicate SOPInstanceUIDs too.
+    (logged and appended to ``errors`` when given); duplicate SOPInstanceUIDs
+    too. The volume's warnings count them and never name files (they reach
+    prediction outputs).
     """
     if not slices:
         raise InputError(None, "no slices to assemble")
     warnings: list[str] = []
-    kept = _drop_duplicates(list(slices), warnings)
+    kept = _drop_duplicates(list(slices), warnings, errors)
     kept = _drop_odd_sizes(kept, warnings, errors)
     ordered, keys, how = _scan_order(kept)
     if how != "position":
@@ -315,10 +303,10 @@ def _open(path: str) -> pydicom.Dataset:
         if exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.EPERM):
             raise InputError(path, f"cannot open ({exc.strerror})") from None
         logger.debug("%s: corrupt DICOM", path, exc_info=True)
-        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc)})") from None
+        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc, path)})") from None
     except Exception as exc:  # pydicom raises many types when a file stops mid-element or lies
         logger.debug("%s: corrupt DICOM", path, exc_info=True)
-        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc)})") from None
+        raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc, path)})") from None
     _check_not_truncated(ds, path)
     return ds
 
@@ -526,7 +514,7 @@ def _stored_pixels(ds: pydicom.Dataset, header: _Header, path: str) -> np.ndarra
     except Exception as exc:  # pydicom's handlers raise many types; one line names the fault
         name = getattr(syntax, "name", None) or str(syntax)
         logger.debug("%s: cannot decode pixel data", path, exc_info=True)
-        raise InputError(path, f"cannot decode pixel data ({name}): {one_line(exc)}") from None
+        raise InputError(path, f"cannot decode pixel data ({name}): {one_line(exc, path)}") from None
     if arr.shape != (header.rows, header.columns):
         raise InputError(path, f"pixel data has shape {arr.shape}, Rows x Columns say {header.rows}x{header.columns}")
     return arr
@@ -616,16 +604,20 @@ def _wrap_int16(value: int) -> np.int16:
 # --- helpers: series ---------------------------------------------------------------
 
 
-def _drop_duplicates(slices: list[DicomSlice], warnings: list[str]) -> list[DicomSlice]:
+def _drop_duplicates(
+    slices: list[DicomSlice], warnings: list[str], errors: list[InputError] | None
+) -> list[DicomSlice]:
     seen: set[str] = set()
     kept = []
     for s in slices:
         if s.sop_uid is not None and s.sop_uid in seen:
-            warnings.append(f"{s.path}: duplicate SOPInstanceUID; slice dropped")
+            _report(InputError(s.path, "duplicate SOPInstanceUID; slice dropped"), errors)
             continue
         if s.sop_uid is not None:
             seen.add(s.sop_uid)
         kept.append(s)
+    if len(kept) < len(slices):
+        warnings.append(f"{len(slices) - len(kept)} slices with a duplicate SOPInstanceUID dropped")
     return kept
 
 
@@ -644,8 +636,10 @@ def _drop_odd_sizes(
             f"size {s.hu.shape[0]}x{s.hu.shape[1]} differs from the series' "
             f"{majority[0]}x{majority[1]}; slice dropped",
         )
-        warnings.append(str(err))
         _report(err, errors)
+    if len(kept) < len(slices):
+        warnings.append(f"{len(slices) - len(kept)} slices of another size than the series' "
+                        f"{majority[0]}x{majority[1]} dropped")
     return kept
 
 

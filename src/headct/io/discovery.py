@@ -112,14 +112,18 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
     The content hash is what makes a rewritten file with the same name, size
     and (copied or coarse) mtime count as changed; BLAKE2b reads a slice in
-    well under a millisecond, small next to parsing it.
+    well under a millisecond, small next to parsing it. A file that cannot be
+    read gets ``"unreadable:<errno>"`` (reading it later reports the fault).
+    Call it on regular files only (:func:`entry_fault`): it opens the file.
     """
-    path = Path(path)
-    info = path.stat()
-    digest = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as handle:
-        while block := handle.read(FINGERPRINT_BLOCK):
-            digest.update(block)
+    try:
+        info = os.stat(path)
+        digest = hashlib.blake2b(digest_size=8)
+        with open(path, "rb") as handle:
+            while block := handle.read(FINGERPRINT_BLOCK):
+                digest.update(block)
+    except OSError as err:
+        return f"unreadable:{err.errno}"
     return f"{info.st_size}:{info.st_mtime_ns}:{digest.hexdigest()}"
 
 

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from headct.errors import InputError
+from headct.io.faults import one_line
 from headct.io.privacy import short_hash
 from headct.io.volume import Volume
 
@@ -62,7 +63,7 @@ def _load(path: Path) -> nib.Nifti1Image:
     try:
         image = nib.load(path)
     except Exception as exc:  # nibabel raises many types for a bad file; one line names the fault
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"not a readable NIfTI file ({one_line(exc, path)})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"{type(image).__name__} is not NIfTI")
     shape = image.shape

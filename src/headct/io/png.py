@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from headct.errors import InputError
+from headct.io.faults import one_line
 from headct.io.privacy import short_hash
 from headct.io.volume import Volume
 
@@ -93,7 +94,7 @@ def _read_grey(file: Path) -> tuple[np.ndarray, str | None]:
             image.load()
             return _to_grey(image, file)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(file, f"not a readable PNG/JPG image ({type(exc).__name__}: {exc})") from None
+        raise InputError(file, f"not a readable PNG/JPG image ({one_line(exc, file)})") from None
 
 
 def _to_grey(image: Image.Image, file: Path) -> tuple[np.ndarray, str | None]:
