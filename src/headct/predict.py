@@ -321,12 +321,17 @@ def study_sources(path: Path) -> list[Path]:
     folder of NIfTI files gives one source per file; any other folder is one
     source (DICOM, which may still hold several studies, or PNG slices).
     """
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
+    from headct.io.discovery import entry_fault, list_entries
+
+    fault = entry_fault(path)
+    if fault is not None and not path.is_dir():
+        raise InputError(path, "no such file or folder" if fault == "no such file" else fault)
     if path.is_file():
         return [path]
-    files, folders = _entries(path)
+    files, folders, refused = list_entries(path)
     if folders and not files:
+        for err in refused:  # entries read_dicom will not see (it reads each study folder)
+            log.warning("%s", err)
         return folders
     if files and all(_is_nifti(p) for p in files):
         return files
@@ -341,22 +346,19 @@ def read_studies(source: Path) -> list[StudyInput]:
     Studies without a StudyInstanceUID are keyed by a hash of where they came from.
     """
     from headct.io import read_dicom, read_image, read_nifti
+    from headct.io.discovery import list_entries
 
     if _is_image(source):
         return [StudyInput(_path_key(source), [read_image(source)], [], str(source))]
     if _is_nifti(source):
         return [StudyInput(_path_key(source), [read_nifti(source)], [], str(source))]
-    files, _ = _entries(source) if source.is_dir() else ([], [])
+    files = list_entries(source)[0] if source.is_dir() else []
     if files and all(_is_image(p) for p in files):
         return [StudyInput(_path_key(source, group), [read_image(members)], [], str(source))
                 for group, members in _image_groups(files).items()]
-    errors: list[InputError] = []
-    volumes = read_dicom(source, errors=errors)
-    studies = group_studies(volumes, str(source))
-    skipped = [_relative(err, source) for err in errors]
-    for study in studies:
-        study.warnings.extend(skipped)  # a skipped file has no study; every study of the source names it
-    return studies
+    # Skipped files are logged once by read_dicom, not copied into every study's warnings (they have
+    # no study, and their names must not reach the outputs).
+    return group_studies(read_dicom(source), str(source))
 
 
 def iter_studies(path: Path) -> Iterator[StudyInput | InputError]:
@@ -391,12 +393,6 @@ def _study_key(volume: Volume, source: str) -> str:
     return hashlib.sha256(np.ascontiguousarray(volume.pixels).tobytes()).hexdigest()[:16]
 
 
-def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file() and p.name.upper() != "DICOMDIR"]
-    return files, [p for p in entries if p.is_dir()]
-
-
 def _image_groups(files: list[Path]) -> dict[str, list[Path]]:
     """Image files by study, each in slice-number order (the cache's PNG grouping)."""
     from headct.data.stroke import split_group
@@ -411,17 +407,6 @@ def _image_groups(files: list[Path]) -> dict[str, list[Path]]:
 
 def _path_key(path: Path, group: str = "") -> str:
     return short_hash(f"{path.resolve()}#{group}")
-
-
-def _relative(err: InputError, root: Path) -> str:
-    """An InputError's line with its path relative to the source (no server or home paths)."""
-    path = Path(err.path) if err.path else None
-    if path is not None:
-        try:
-            return f"{path.relative_to(root)}: {err.fault}"
-        except ValueError:
-            return f"{path.name}: {err.fault}"
-    return err.fault
 
 
 def _is_image(path: Path) -> bool:

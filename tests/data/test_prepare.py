@@ -367,3 +367,57 @@ def test_phantom_output_ingests_with_masks_matching_labels(tmp_path, layout):
         for lesion, bit in LESION_BITS.items():
             if mask is not None and (mask & bit).any() and lesion in lesion_label[layout]:
                 assert cache.label_matrix[row, cache.labels.index(lesion_label[layout][lesion])] == 1
+
+
+def test_a_rewritten_file_is_read_again_even_with_the_same_name_size_and_mtime(tmp_path, ct_writer, hu_slice):
+    root, out = tmp_path / "in", tmp_path / "cache"
+    for s in range(2):
+        for k in range(2):
+            ct_writer(root / f"s{s}" / f"{k}.dcm", hu_slice(100 * s + k), sop=f"2.25.{s}.{k}", series=f"2.25.{s}",
+                      study=f"2.25.{s}.0", patient=f"Q{s}", z=float(k))
+    config = PrepareConfig(input=str(root), format="dicom", out=str(out), size=16)
+    prepare(config)
+    changed = root / "s1" / "1.dcm"
+    before = changed.stat()
+    ct_writer(changed, hu_slice(777), sop="2.25.1.1", series="2.25.1", study="2.25.1.0", patient="Q1", z=1.0)
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or a coarse clock would leave it
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
+
+    again = prepare(config)
+    assert again.reused == 1  # series s0 untouched; s1 read again
+    cache = Cache(out)
+    row = int(np.flatnonzero(cache.index["uid"] == "2.25.1.1")[0])
+    assert cache.slice(row)[8, 8] == 777
+    assert prepare(config).reused == 2
+
+
+def test_no_input_names_reach_the_cache_files(tmp_path, ct_writer, hu_slice):
+    import pydicom
+
+    root, out = tmp_path / "SMITH_JOHN", tmp_path / "cache"
+    for k in range(3):
+        ct_writer(root / "Series_Brain" / f"IMG_SECRET_{k}.dcm", hu_slice(10 * k), sop=f"2.25.9.{k}",
+                  series="2.25.9", study="2.25.9.0", patient="Q9", z=float(k))
+        path = ct_writer(root / "NoUids_DOE" / f"IMG_SECRET_{k}.dcm", hu_slice(50 + k), sop=f"2.25.8.{k}",
+                         series="x", study="x", patient=None, z=float(k))
+        ds = pydicom.dcmread(path)
+        del ds.SeriesInstanceUID, ds.StudyInstanceUID
+        ds.save_as(path)
+    (root / "NoUids_DOE" / "BROKEN_SECRET.dcm").write_bytes(b"not dicom")
+    prepare(PrepareConfig(input=str(root), format="dicom", out=str(out), size=16))
+
+    cache = Cache(out)
+    assert len(cache) == 6
+    no_uid = cache.index["study"][cache.index["uid"] == "2.25.8.0"][0]
+    assert no_uid.startswith("no-series-uid-") and len(no_uid) == len("no-series-uid-") + 16
+    assert cache.index["series"][cache.index["uid"] == "2.25.8.0"][0] == no_uid
+    assert (out / "work").is_dir() and list((out / "work").glob("*.json"))
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")]
+    assert {p.parent.name for p in written} >= {"cache", "shards", "work"}
+    for path in written:
+        text = path.read_text()
+        for name in ("SMITH", "Series_Brain", "NoUids", "DOE", "SECRET", str(tmp_path)):
+            assert name not in text, f"{name} in {path.relative_to(out)}"
+    (skipped,) = cache.meta["summary"]["skipped"]
+    assert skipped == {"file": short_hash("NoUids_DOE/BROKEN_SECRET.dcm"),
+                       "reason": "not a DICOM file (no DICM preamble or readable header)"}
