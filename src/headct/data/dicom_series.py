@@ -26,6 +26,7 @@ import numpy as np
 from headct.data.cache import atomic_save_npy, atomic_write_text
 from headct.data.resample import resample_slices
 from headct.errors import InputError
+from headct.io.discovery import file_fingerprint
 from headct.io.privacy import short_hash
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,22 @@ def chunk_digest(names: list[str], fingerprints: list[str], size: int) -> str:
     return hashlib.sha256(json.dumps([size, names, fingerprints]).encode()).hexdigest()[:16]
 
 
-def stage_chunk(paths: list[str], work_dir: str, key: str, size: int, digest: str) -> dict[str, Any]:
+def fingerprint_chunk(key: str, paths: list[str]) -> tuple[str, list[str]]:
+    """``(key, file_fingerprint of each file)``: a top-level function, so the pool checks chunks in parallel."""
+    return key, [file_fingerprint(path) for path in paths]
+
+
+def stage_chunk(paths: list[str], names: list[str], work_dir: str, key: str, size: int) -> dict[str, Any]:
     """Read, resample and stage one chunk of files; returns (and writes) its record.
 
-    A top-level function so a process pool can run it. Files are named by
-    their ``index`` in ``paths``; unusable ones become ``skipped`` entries
-    ``{index, reason}``. ``digest`` (:func:`chunk_digest`) marks what was staged.
+    A top-level function so a process pool can run it. The record numbers
+    files by their ``index`` in ``paths`` (unusable ones become ``skipped``
+    entries ``{index, reason}``) and keeps each file's content fingerprint and
+    the chunk's :func:`chunk_digest`; ``names`` go into the digest only.
     """
     from headct.io.dicom import read_slice
 
+    fingerprints = [file_fingerprint(path) for path in paths]  # before reading: a later change restages
     slices, headers, skipped = [], [], []
     for index, path in enumerate(paths):
         try:
@@ -65,7 +73,8 @@ def stage_chunk(paths: list[str], work_dir: str, key: str, size: int, digest: st
     work = Path(work_dir)
     if slices:
         atomic_save_npy(work / f"{key}.npy", np.stack(slices))
-    record = {"key": key, "digest": digest, "headers": headers, "skipped": skipped}
+    record = {"key": key, "digest": chunk_digest(names, fingerprints, size), "fingerprints": fingerprints,
+              "headers": headers, "skipped": skipped}
     atomic_write_text(work / f"{key}.json", json.dumps(record))
     return record
 
@@ -75,7 +84,9 @@ def read_chunk_record(work_dir: Path, key: str) -> dict[str, Any] | None:
         record = json.loads((Path(work_dir) / f"{key}.json").read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("key") == key else None
+    if not isinstance(record, dict) or record.get("key") != key or "fingerprints" not in record:
+        return None  # another chunk's, or staged by a version that kept no fingerprints: stage again
+    return record
 
 
 def group_by_series(headers: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, str]]]:

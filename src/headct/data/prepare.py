@@ -48,6 +48,7 @@ from headct.data.dicom_series import (
     CHUNK_FILES,
     assemble_staged,
     chunk_digest,
+    fingerprint_chunk,
     read_chunk_record,
     stage_chunk,
 )
@@ -56,7 +57,7 @@ from headct.data.resample import resample_masks, resample_slices
 from headct.data.splits import SplitConfig, choose_groups, parse_fractions, split_studies
 from headct.data.tabular import TableColumns
 from headct.errors import InputError
-from headct.io.discovery import file_fingerprint, find_dicom_files
+from headct.io.discovery import find_dicom_files
 from headct.io.privacy import short_hash
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,6 @@ class _Pool:
         self.out, self.size = Path(out), size
         self.executor: ProcessPoolExecutor | None = None
         self.chunks: dict[str, list[tuple[str, str]]] = {}  # staged chunk key → its (path, name) pairs
-        self.fingerprints: dict[str, list[str]] = {}  # staged chunk key → file_fingerprint of each file
 
     def __enter__(self) -> _Pool:
         if self.workers > 1:
@@ -405,25 +405,27 @@ class _Pool:
 
     def stage(self, files: list[Path], base: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Read every DICOM file once, resampled, in chunks; chunks staged by an earlier run are reused
-        when their files' names and content (``file_fingerprint``) are unchanged.
+        when their files' names and content (``file_fingerprint``, taken in the pool) are unchanged.
 
         Returns the staged headers and the skipped files, both naming files
         (``name``, ``path``) in memory only: the chunk records on disk number them.
         """
         names = [relative_name(path, base) for path in files]
         work = self.out / "work"
-        todo, records = [], []
+        staged: dict[str, dict[str, Any]] = {}
         for start in range(0, len(files), CHUNK_FILES):
             key = f"chunk-{start // CHUNK_FILES:06d}"
-            pairs = list(zip(map(str, files[start:start + CHUNK_FILES]), names[start:start + CHUNK_FILES],
-                             strict=True))
-            self.chunks[key] = pairs
-            self.fingerprints[key] = [file_fingerprint(path) for path, _ in pairs]
+            self.chunks[key] = list(zip(map(str, files[start:start + CHUNK_FILES]),
+                                        names[start:start + CHUNK_FILES], strict=True))
             record = read_chunk_record(work, key)
-            if record is not None and record["digest"] == self._digest(key):
-                records.append(record)
-            else:
-                todo.append(key)
+            if record is not None:
+                staged[key] = record
+        records = []
+        checks = ((key, [p for p, _ in self.chunks[key]]) for key in staged)
+        for key, fingerprints in self.imap(fingerprint_chunk, checks):
+            if staged[key]["digest"] == chunk_digest([n for _, n in self.chunks[key]], fingerprints, self.size):
+                records.append(staged[key])
+        todo = sorted(set(self.chunks) - {r["key"] for r in records})
         with tqdm(total=len(files), desc="reading DICOM", unit="file", disable=len(files) < 200) as bar:
             bar.update(len(files) - sum(len(self.chunks[k]) for k in todo))
             for record in self.restage(todo):
@@ -431,7 +433,7 @@ class _Pool:
                 bar.update(len(self.chunks[record["key"]]))
         headers, skipped = [], []
         for record in sorted(records, key=lambda r: r["key"]):
-            pairs, fingerprints = self.chunks[record["key"]], self.fingerprints[record["key"]]
+            pairs, fingerprints = self.chunks[record["key"]], record["fingerprints"]
             headers += [{**header, "chunk": record["key"], "path": pairs[header["index"]][0],
                          "name": pairs[header["index"]][1], "fingerprint": fingerprints[header["index"]]}
                         for header in record["headers"]]
@@ -443,11 +445,8 @@ class _Pool:
     def restage(self, keys: Iterable[str]) -> Iterable[dict[str, Any]]:
         """(Re)read chunks: staged slices are the input of every series built from them."""
         work = str(self.out / "work")
-        jobs = (([p for p, _ in self.chunks[k]], work, k, self.size, self._digest(k)) for k in keys)
+        jobs = (([p for p, _ in self.chunks[k]], [n for _, n in self.chunks[k]], work, k, self.size) for k in keys)
         return self.imap(stage_chunk, jobs)
-
-    def _digest(self, key: str) -> str:
-        return chunk_digest([n for _, n in self.chunks[key]], self.fingerprints[key], self.size)
 
 
 def _worker_init() -> None:

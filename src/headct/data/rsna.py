@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from headct.data.dicom_series import group_by_series
-from headct.data.plan import Plan, SeriesJob, SliceSource, relative_name, report_examples, series_key
+from headct.data.plan import (
+    Plan,
+    SeriesJob,
+    SliceSource,
+    relative_name,
+    report_examples,
+    series_key,
+)
 from headct.errors import InputError
 from headct.io.discovery import find_dicom_files
 from headct.tasks import RSNA_LABELS
