@@ -298,9 +298,7 @@ def _open(path: str) -> pydicom.Dataset:
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file (no DICM preamble or readable header)") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InputError(path, "symbolic link loop") from None
-        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.EPERM):
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM):  # gone or unreadable since entry_fault
             raise InputError(path, f"cannot open ({exc.strerror})") from None
         logger.debug("%s: corrupt DICOM", path, exc_info=True)
         raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc, path)})") from None
