@@ -469,3 +469,22 @@ def test_undecodable_pixels_log_no_traceback_unless_debug(write_ct, tmp_path, ba
         read_slice(bad)
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert tracebacks and all(r.levelno == logging.DEBUG for r in tracebacks)
+
+
+@pytest.mark.parametrize(
+    ("change", "fault"),
+    [
+        ({"BitsStored": 17}, "BitsStored 17 does not fit BitsAllocated 16"),
+        ({"BitsAllocated": 12}, "BitsAllocated 12; CT pixels are 8, 16 or 32 bits"),
+        ({"PixelRepresentation": 3}, "PixelRepresentation 3 is neither 0 (unsigned) nor 1 (signed)"),
+        ({"Rows": 9000}, "9000x64 pixels is beyond the 8192x8192 of any CT slice"),
+    ],
+)
+def test_impossible_pixel_formats_are_refused(write_ct, make_ct, change, fault) -> None:
+    ds = make_ct()
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    path = write_ct("odd.dcm", ds)
+    with pytest.raises(InputError) as info:
+        read_slice(path)
+    assert str(info.value) == f"{path}: {fault}"
