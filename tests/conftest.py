@@ -221,3 +221,22 @@ def bad_kind(request: pytest.FixtureRequest) -> str:
 def bad_dicom() -> Callable[[Path, str, Path], Path]:
     """:func:`write_bad_dicom`."""
     return write_bad_dicom
+
+
+def tree_snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every entry under ``root`` but ``skip`` (lstat only: a named pipe is never opened)."""
+    import os
+
+    entries = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if Path(folder, d) != skip]
+        for name in files + dirs:
+            info = os.lstat(Path(folder, name))
+            entries[os.path.relpath(Path(folder, name), root)] = (info.st_size, info.st_mtime_ns)
+    return entries
+
+
+@pytest.fixture(scope="session")
+def snapshot_outside() -> Callable[[Path, Path], dict[str, tuple[int, int]]]:
+    """:func:`tree_snapshot`: compare before and after a run to prove nothing was written outside --out."""
+    return tree_snapshot

@@ -5,9 +5,7 @@ nothing is written outside --out."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,29 +34,19 @@ def setup(tmp_path_factory, write_ct_series) -> dict:
             "uids": uids, "clean": predictor.predict(root / "good")}
 
 
-def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
-    entries = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if Path(folder, d) != skip]
-        for name in files + dirs:
-            info = os.lstat(Path(folder, name))
-            entries[os.path.relpath(Path(folder, name), root)] = (info.st_size, info.st_mtime_ns)
-    return entries
-
-
 def test_predict_finishes_and_the_good_study_is_unchanged(tmp_path, monkeypatch, setup, bad_kind,
-                                                          bad_dicom) -> None:
+                                                          bad_dicom, snapshot_outside) -> None:
     study = tmp_path / "in" / "study"
     shutil.copytree(setup["good"], study)
     bad_dicom(study, bad_kind, study / "IM000.dcm")
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: setup["predictor"]))
-    before = _snapshot(tmp_path, out)
+    before = snapshot_outside(tmp_path, out)
 
     assert main(["predict", str(tmp_path / "in"), "--model", str(setup["model"]), "--out", str(out)]) == 0
 
-    assert _snapshot(tmp_path, out) == before
+    assert snapshot_outside(tmp_path, out) == before
     result = json.loads((out / f"{setup['study']}.json").read_text())
     assert result == setup["clean"]  # same slices, numbers and warnings as without the bad entry
     assert [s["uid"] for s in result["slices"]] == setup["uids"]

@@ -3,9 +3,6 @@ cached exactly as without it, the bad entry is reported once, and nothing is wri
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from headct.data.cache import Cache
@@ -17,19 +14,8 @@ SIZE = 32
 READABLE = {"instance_inf", "instance_nan"}  # read with a warning: a study of their own
 
 
-def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under root except ``skip`` (lstat only: a named pipe is never opened)."""
-    entries = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if Path(folder, d) != skip]
-        for name in files + dirs:
-            info = os.lstat(Path(folder, name))
-            entries[os.path.relpath(Path(folder, name), root)] = (info.st_size, info.st_mtime_ns)
-    return entries
-
-
 def test_prepare_finishes_with_the_good_slices_intact(tmp_path, monkeypatch, ct_writer, hu_slice, bad_kind,
-                                                      bad_dicom) -> None:
+                                                      bad_dicom, snapshot_outside) -> None:
     root, out = tmp_path / "in", tmp_path / "out"
     hu = np.stack([hu_slice(40 + 7 * k) for k in range(GOOD)])
     for k in range(GOOD):  # file names against scan order
@@ -37,11 +23,11 @@ def test_prepare_finishes_with_the_good_slices_intact(tmp_path, monkeypatch, ct_
                   patient="Q7", z=2.5 * k)
     bad_dicom(root, bad_kind, root / "IM0000.dcm")
     monkeypatch.chdir(tmp_path)
-    before = _snapshot(tmp_path, out)
+    before = snapshot_outside(tmp_path, out)
 
     result = prepare(PrepareConfig(input=str(root), format="dicom", out=str(out), size=SIZE))
 
-    assert _snapshot(tmp_path, out) == before  # nothing written (or touched) outside --out
+    assert snapshot_outside(tmp_path, out) == before  # nothing written (or touched) outside --out
     cache = Cache(out)
     rows = np.flatnonzero(cache.index["study"] == "2.25.7.0")
     assert cache.index["uid"][rows].tolist() == [f"2.25.7.{k}" for k in range(GOOD)]
