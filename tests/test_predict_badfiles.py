@@ -55,3 +55,20 @@ def test_predict_finishes_and_the_good_study_is_unchanged(tmp_path, monkeypatch,
     for path in out.rglob("*"):
         if path.is_file():
             assert "bad.dcm" not in path.read_text() and str(tmp_path) not in path.read_text()
+
+
+def test_a_skipped_file_is_logged_once_and_named_in_no_study(tmp_path, monkeypatch, setup, bad_dicom,
+                                                             write_ct_series, caplog) -> None:
+    folder = tmp_path / "flat"  # one folder holding two studies and one bad file
+    shutil.copytree(setup["good"], folder)
+    other_uid, _, _ = write_ct_series(folder / "other", slices=3, size=SIZE)
+    bad_dicom(folder, "not_dicom", folder / "IM000.dcm")
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: setup["predictor"]))
+
+    assert main(["predict", str(folder), "--model", str(setup["model"]), "--out", str(tmp_path / "out")]) == 0
+
+    for uid in (setup["study"], other_uid):
+        result = json.loads((tmp_path / "out" / f"{uid}.json").read_text())
+        assert not any("bad.dcm" in w or "DICM" in w for w in result["warnings"])
+    named = [r.getMessage() for r in caplog.records if "bad.dcm" in r.getMessage()]
+    assert named == [f"{folder / 'bad.dcm'}: not a DICOM file (no DICM preamble or readable header)"]
