@@ -323,10 +323,10 @@ def study_sources(path: Path) -> list[Path]:
     """
     from headct.io.discovery import entry_fault, list_entries
 
-    fault = entry_fault(path)
-    if fault is not None and not path.is_dir():
-        raise InputError(path, "no such file or folder" if fault == "no such file" else fault)
-    if path.is_file():
+    if not path.is_dir():
+        fault = entry_fault(path)  # a named pipe is refused here, never opened
+        if fault is not None:
+            raise InputError(path, fault)
         return [path]
     files, folders, refused = list_entries(path)
     if folders and not files:

@@ -104,7 +104,7 @@ def entry_fault(path: str | os.PathLike) -> str | None:
     kind = _entry_kind(Path(path))
     if kind == "file":
         return None
-    return {"missing": "no such file", "folder": "a folder, not a file"}.get(kind, kind)
+    return {"missing": "no such file or folder", "folder": "a folder, not a file"}.get(kind, kind)
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
