@@ -123,7 +123,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     studies = len(set(columns["study"]))
     summary = {
         "studies": studies, "series": sum(1 for r in records if r["slices"]), "slices": len(columns["row"]),
-        "skipped": hide_names(skipped), "reused_series": reused, "seconds": round(time.perf_counter() - start, 2), **notes,
+        "skipped": hide_names(skipped), "reused_series": reused, "seconds": round(time.perf_counter() - start, 2),
+        **notes,
     }
     write_index(out, columns, plan.label_names)
     write_meta(out, {
