@@ -28,6 +28,8 @@ def _add_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=512, help="slice size in pixels")
     p.add_argument("--slices", type=int, default=None, help="slices per study (default: from the size)")
     p.add_argument("--preview", metavar="PNG", help="write a montage of slices x lesion types to PNG")
+    p.add_argument("--tilt", type=float, default=0.0, metavar="DEG",
+                   help="gantry tilt in degrees: the same heads on tilted planes (rsna layout)")
 
 
 def _run_phantom(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from headct.errors import InputError
 from headct.io.privacy import patient_key, short_hash
-from headct.io.volume import Volume
+from headct.io.volume import SeriesHeader, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class DicomSlice:
     slice_thickness: float | None
     warnings: list[str] = field(default_factory=list)
     path: str | None = None
+    header: SeriesHeader | None = None
 
 
 def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlice:
@@ -112,6 +113,7 @@ def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlic
         slice_thickness=header.slice_thickness,
         warnings=warnings,
         path=path,
+        header=_series_header(ds, header),
     )
 
 
@@ -157,6 +159,7 @@ def assemble_series(
     pixel_spacing = _pixel_spacing(ordered, warnings)
     warnings.extend(_merged_slice_warnings(ordered))
 
+    positions = np.stack([s.position for s in ordered]) if keys is not None else None
     series_uids = {s.series_uid for s in ordered}
     if len(series_uids) > 1:
         warnings.append(f"slices from {len(series_uids)} different SeriesInstanceUIDs stacked as one")
@@ -170,6 +173,8 @@ def assemble_series(
         study_uid=ordered[0].study_uid,
         patient_key=next((s.patient_key for s in ordered if s.patient_key), None),
         warnings=warnings,
+        header=next((s.header for s in ordered if s.header is not None), None),
+        positions=positions,
     )
 
 
@@ -231,6 +236,9 @@ _T = {
         "SliceThickness", "Rows", "Columns", "BitsAllocated", "BitsStored",
         "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "PhotometricInterpretation",
         "SamplesPerPixel", "NumberOfFrames",
+        # series facts for series selection (SeriesHeader)
+        "ImageType", "ConvolutionKernel", "Manufacturer", "SeriesDescription", "SeriesNumber",
+        "ContrastBolusAgent", "ContrastBolusRoute", "GantryDetectorTilt",
     )
 }  # fmt: skip
 _PIXEL_DATA = Tag("PixelData")
@@ -334,6 +342,25 @@ def _read_header(ds: pydicom.Dataset, path: str) -> _Header:
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         slice_thickness=_number(ds, _T["SliceThickness"]),
         warnings=warnings,
+    )
+
+
+def _series_header(ds: pydicom.Dataset, header: _Header) -> SeriesHeader:
+    """The acquisition facts series selection reads (no patient identifiers)."""
+    kernel = _strings(ds, _T["ConvolutionKernel"])
+    orientation = header.orientation
+    return SeriesHeader(
+        modality=_text(ds, _T["Modality"]),
+        image_type=tuple(p.upper() for p in (_strings(ds, _T["ImageType"]) or []) if p),
+        kernel="\\".join(kernel) if kernel else None,
+        manufacturer=_text(ds, _T["Manufacturer"]),
+        series_description=_text(ds, _T["SeriesDescription"]),
+        series_number=_int(ds, _T["SeriesNumber"]),
+        slice_thickness=header.slice_thickness,
+        contrast_agent=_text(ds, _T["ContrastBolusAgent"]),
+        contrast_route=_text(ds, _T["ContrastBolusRoute"]),
+        gantry_tilt=_number(ds, _T["GantryDetectorTilt"]),
+        orientation=None if orientation is None else tuple(float(v) for v in orientation),
     )
 
 
