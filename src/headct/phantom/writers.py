@@ -70,6 +70,9 @@ class SeriesInfo:
     rescale: Rescale
     descending_instances: bool = False
     tilt: float = 0.0  # gantry tilt (degrees): planes lean about the left-right axis through each slice centre
+    tags: tuple[tuple[str, object], ...] = ()  # (keyword, value) set on every slice after the defaults
+    positions: Sequence[Sequence[float]] | None = None  # ImagePositionPatient per slice, overriding the axial stack
+    orientation: Sequence[float] | None = None  # ImageOrientationPatient, overriding the axial (tilted) one
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[Path]:
@@ -120,6 +123,12 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
         ds.ImageOrientationPatient = ["1", "0", "0", "0", _ds(cos), _ds(sin)]
         if info.tilt:
             ds.GantryDetectorTilt = _ds(info.tilt)
+        if info.positions is not None:
+            ds.ImagePositionPatient = [_ds(v) for v in info.positions[k]]
+        if info.orientation is not None:
+            ds.ImageOrientationPatient = [_ds(v) for v in info.orientation]
+        for keyword, value in info.tags:
+            setattr(ds, keyword, value)
         ds.SliceLocation = _ds(info.table_z[k])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
