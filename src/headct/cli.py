@@ -152,6 +152,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlays", action="store_true")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default=None)
+    p.add_argument("--series", choices=["auto", "all"], default="auto",
+                   help="auto: analyse the one series the rules choose per study (default); all: every series")
+    p.add_argument("--series-rules", metavar="YAML", help="series selection rules (see headct.io.series)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
