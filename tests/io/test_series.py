@@ -204,3 +204,14 @@ def test_yaml_rules_change_the_choice(volumes: dict[str, Volume], tmp_path: Path
     selection = select_series([volumes["thin"], volumes["thick"]], load_rules(path))
     assert selection.analysed[0].series_uid == volumes["thick"].series_uid
     assert selection.report["rejected"][0]["reason"] == "too_thin"
+
+
+def test_a_bone_kernel_series_alone_is_analysed_with_its_warning(volumes: dict[str, Volume]) -> None:
+    bone = volumes["bone"]
+    selection = select_series([bone])
+    assert [v.series_uid for v in selection.analysed] == [bone.series_uid]
+    assert selection.report["analysed"][0]["faults"] == [
+        {"reason": "bone_kernel", "detail": "bone/sharp kernel (kernel BONEPLUS)"}]
+    assert selection.warnings == [
+        f"input unlike the training data: series {bone.series_uid}: bone/sharp reconstruction kernel; "
+        "the model expects a soft-tissue kernel (bone/sharp kernel (kernel BONEPLUS))"]
