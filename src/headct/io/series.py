@@ -311,8 +311,8 @@ def brain_sharpness(pixels: np.ndarray, *, max_slices: int = 8) -> float | None:
     return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
 
 
-def enhancing_fraction(pixels: np.ndarray) -> float | None:
-    """Share of intracranial voxels at enhanced-vessel HU (150..400), over the whole series.
+def enhancing_fraction(pixels: np.ndarray, *, max_slices: int = 16) -> float | None:
+    """Share of intracranial voxels at enhanced-vessel HU (150..400), on up to 16 slices spread over the series.
 
     Intracranial: inside the skull (HU > 300, closed by one pixel, holes filled
     per slice), 2 pixels away from bone (partial volume). Raw HU, since thin
@@ -323,6 +323,7 @@ def enhancing_fraction(pixels: np.ndarray) -> float | None:
     """
     from scipy import ndimage
 
+    pixels = pixels[np.unique(np.linspace(0, pixels.shape[0] - 1, min(max_slices, pixels.shape[0])).round().astype(int))]
     skull = ndimage.binary_closing(pixels > 300, structure=np.ones((1, 3, 3), bool))
     enclosed = np.stack([ndimage.binary_fill_holes(s) for s in skull])
     inside = enclosed & ~ndimage.binary_dilation(skull, structure=np.ones((1, 5, 5), bool))
