@@ -9,8 +9,8 @@ where the header is silent, from its pixels, then applies these rules:
 
 Excluding (never analysed unless ``--series all``):
   ``not_ct``       Modality is not CT.
-  ``localizer``    ImageType holds LOCALIZER (or the description says SCOUT,
-                   TOPOGRAM, SURVIEW, SCANOGRAM, LOCALIZER).
+  ``localizer``    ImageType holds LOCALIZER, SCOUT, TOPOGRAM or SURVIEW (or the
+                   description says SCOUT, TOPOGRAM, SURVIEW, SCANOGRAM, LOCALIZER).
   ``derived``      ImageType DERIVED or SECONDARY, or MPR/MIP/MINIP/REFORMATTED/
                    PROJECTION IMAGE/VOLUME RENDER/CURVED.
 Ranking (a series with fewer of these, in this order, is preferred; the
@@ -83,6 +83,7 @@ CANON_SOFT_FAMILIES = frozenset({0, 1, 2, 6})
 CANON_SHARP_FAMILIES = frozenset({3, 5, 8, 9})
 SHARP_WORDS = ("BONE", "LUNG", "SHARP", "EDGE")
 SOFT_WORDS = ("SOFT", "STANDARD", "BRAIN")
+LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW"})
 LOCALIZER_WORDS = re.compile(r"SCOUT|TOPOGRAM|SURVIEW|SCANOGRAM|LOCALI[SZ]ER")
 DERIVED_TYPES = frozenset({"MPR", "MIP", "MINIP", "REFORMATTED", "PROJECTION IMAGE", "VOLUME RENDER", "CURVED"})
 
@@ -99,7 +100,7 @@ class SelectionRules:
     min_slices: int = 10
     min_coverage_mm: float = 80.0
     thickness_mm: tuple[float, float] = (0.4, 5.0)
-    sharpness_hu: float = 15.0
+    sharpness_hu: float = 20.0
     contrast_fraction: float = 0.005
     soft_kernels: tuple[str, ...] = ()
     sharp_kernels: tuple[str, ...] = ()
@@ -199,7 +200,7 @@ def assess_series(volume: Volume, rules: SelectionRules) -> list[Fault]:
     faults: list[Fault] = []
     if header.modality and header.modality.upper() != "CT":
         faults.append(Fault("not_ct", f"modality {header.modality}"))
-    if "LOCALIZER" in header.image_type or LOCALIZER_WORDS.search((header.series_description or "").upper()):
+    if LOCALIZER_TYPES & set(header.image_type) or LOCALIZER_WORDS.search((header.series_description or "").upper()):
         faults.append(Fault("localizer", "ImageType/description says localizer"))
     derived = _derived(header.image_type)
     if derived:
@@ -293,8 +294,9 @@ def kernel_class_by_name(kernel: str, rules: SelectionRules | None = None) -> st
 def brain_sharpness(pixels: np.ndarray, *, max_slices: int = 8) -> float | None:
     """High-frequency energy inside the brain (HU): robust SD of HU minus its 1-pixel Gaussian blur.
 
-    Soft-tissue kernels leave a few HU of fine noise in the brain; bone and
-    sharp kernels tens. The brain mask is where the 2-pixel-blurred HU lie in
+    Soft-tissue kernels leave a few HU of fine noise in the brain (up to ~15 HU
+    on thin, low-dose slices); bone and sharp kernels tens (the phantom's
+    soft series ~3 HU, its bone series ~35 HU), hence the default 20 HU. The brain mask is where the 2-pixel-blurred HU lie in
     0..80 (blurring first keeps a noisy sharp series' brain in the mask),
     eroded by 2 pixels so tissue edges do not count. Central slices only.
     None when fewer than 200 brain pixels.
