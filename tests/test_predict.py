@@ -177,3 +177,15 @@ def test_predict_series_rules_from_yaml(checkpoint: Path, tmp_path: Path, capsys
                  "--series-rules", str(rules)]) == 2
     assert "unknown series rule(s) min_slice" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_predict_corrects_a_gantry_tilt_and_says_so(checkpoint: Path, tmp_path: Path) -> None:
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--studies", "1", "--size", "32", "--slices", "12",
+                 "--tilt", "12"]) == 0
+    assert main(["predict", str(tmp_path / "ph" / "dicom"), "--model", str(checkpoint),
+                 "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    analysed = result["series"]["analysed"][0]
+    assert analysed["tilt_corrected"] is True and analysed["gantry_tilt_deg"] == 12.0
+    assert any(w.startswith("gantry tilt 12.0°") for w in result["warnings"])
+    assert len(result["slices"]) == 12
