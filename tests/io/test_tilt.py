@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,24 @@ def test_corrected_tilt_matches_the_untilted_scan_inside_the_brain(scans: dict) 
     assert after.mean() < 5.0
     assert np.median(after) <= 4.0
     assert before.mean() > 2.5 * after.mean()
+
+
+
+def test_a_missing_slice_is_bridged_by_height_not_by_index() -> None:
+    """HU = 4 x height: any correct resampling to axial planes gives each output slice one value."""
+    from headct.io.volume import SeriesHeader, Volume
+
+    tilt, rows, dz, dy = math.radians(20.0), 40, 2.0, 1.0
+    col = np.array([0.0, math.cos(tilt), math.sin(tilt)])
+    table = np.delete(np.arange(30) * dz, 12)  # slice 12 was never received
+    positions = np.stack([[0.0, 0.0, z] for z in table])
+    height = positions[:, 2][:, None] + np.arange(rows)[None, :] * dy * col[2]  # [S, H]
+    pixels = np.repeat(np.rint(4 * height)[:, :, None], 8, axis=2).astype(np.int16)
+    header = SeriesHeader(modality="CT", orientation=(1.0, 0.0, 0.0, *col))
+    volume = Volume(pixels, pixel_spacing=(dy, 1.0), slice_spacing=dz, header=header, positions=positions)
+    corrected = correct_gantry_tilt(volume)
+    centres = positions[:, 2] + (rows - 1) / 2 * dy * col[2]
+    for m, centre in enumerate(centres):
+        values = corrected.pixels[m][corrected.pixels[m] > -1024]
+        assert values.size > 0
+        assert np.abs(values - 4 * centre).max() <= 1.0, m

@@ -57,9 +57,13 @@ def correct_gantry_tilt(volume: Volume, *, tolerance_deg: float = TILT_TOLERANCE
                                f"not a gantry tilt, left uncorrected")
         return volume
     axis = step / spacing
+    heights = volume.positions @ axis  # type: ignore[operator]
+    if np.any(np.diff(heights) <= 0):
+        volume.warnings.append("slice positions do not advance steadily along the table; gantry tilt left uncorrected")
+        return volume
     new_col = np.cross(axis, row)
     new_col /= np.linalg.norm(new_col)
-    pixels, outside = _shear(volume.pixels, volume.pixel_spacing[0], spacing,
+    pixels, outside = _shear(volume.pixels, volume.pixel_spacing[0], heights,
                              col_along_new_col=float(col @ new_col), col_along_axis=float(col @ axis))
     dy, dx = volume.pixel_spacing
     rows, cols = volume.pixels.shape[1:]
@@ -92,14 +96,16 @@ def _geometry(volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return row, col, normal, step
 
 
-def _shear(pixels: np.ndarray, row_mm: float, step_mm: float, *, col_along_new_col: float,
+def _shear(pixels: np.ndarray, row_mm: float, heights: np.ndarray, *, col_along_new_col: float,
            col_along_axis: float) -> tuple[np.ndarray, int]:
     """Resample ``[S, H, W]`` onto the new planes; returns (int16 pixels, voxels filled with air).
 
+    ``heights`` are the slices' positions along the table axis (increasing).
     Output row j of slice m lies at in-plane offset ``a = j - centre`` rows
     along the new column direction. Its source row is ``centre + a / cos``
-    (the old column direction projects onto the new one by ``cos``) and its
-    source slice ``m - (source row - centre) * row_mm * sin / step_mm``.
+    (the old column direction projects onto the new one by ``cos``), and its
+    source slice the one whose height is ``heights[m] - (source row - centre)
+    * row_mm * sin``, interpolated between slices (so uneven gaps are honoured).
     Hand-written rather than ``scipy.ndimage.map_coordinates`` because the
     source (slice, row) is shared by all W columns: map_coordinates would
     need a ``[3, S, H, W]`` coordinate array, here it is ``[S, H]``.
@@ -107,9 +113,10 @@ def _shear(pixels: np.ndarray, row_mm: float, step_mm: float, *, col_along_new_c
     slices, rows, _ = pixels.shape
     centre = (rows - 1) / 2
     source_row = centre + (np.arange(rows) - centre) / col_along_new_col  # [H]
-    source_slice = (np.arange(slices)[:, None]
-                    - ((source_row - centre) * row_mm * col_along_axis / step_mm)[None, :])  # [S, H]
-    inside = ((source_row >= 0) & (source_row <= rows - 1))[None, :] & (source_slice >= 0) & (source_slice <= slices - 1)
+    wanted = heights[:, None] - ((source_row - centre) * row_mm * col_along_axis)[None, :]  # [S, H] mm
+    source_slice = np.interp(wanted, heights, np.arange(slices, dtype=np.float64))
+    inside = (((source_row >= 0) & (source_row <= rows - 1))[None, :]
+              & (wanted >= heights[0] - 1e-6) & (wanted <= heights[-1] + 1e-6))
     r0 = np.clip(np.floor(source_row).astype(np.intp), 0, rows - 2)
     fr = np.clip(source_row - r0, 0.0, 1.0).astype(np.float32)[None, :, None]
     k0 = np.clip(np.floor(source_slice).astype(np.intp), 0, max(slices - 2, 0))
