@@ -260,3 +260,28 @@ def test_rsna_reader_parses_the_labels(rsna_dir):
             for uid, mask in zip(npz["uids"], npz["masks"], strict=True):
                 row = labels[rsna.lookup_rsna(labels, str(uid))]
                 assert row == [int(bool((mask & LESION_BITS[n]).any())) for n in HEMORRHAGE_TYPES] + [int(bool((mask & 31).any()))]
+
+
+def test_cli_tilt_writes_tilted_headers_and_the_same_labels(tmp_path):
+    from headct.cli import main
+
+    args = ["phantom", "--studies", "1", "--size", "32", "--slices", "6", "--seed", "4"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    assert main([*args, "--out", str(tmp_path / "tilted"), "--tilt", "12"]) == 0
+    straight = sorted((tmp_path / "straight" / "dicom").rglob("*.dcm"))
+    tilted = sorted((tmp_path / "tilted" / "dicom").rglob("*.dcm"))
+    assert [p.name for p in straight] == [p.name for p in tilted]  # same UIDs: the same study, tilted
+    ds = pydicom.dcmread(tilted[0])
+    assert float(ds.GantryDetectorTilt) == 12.0
+    assert [float(v) for v in ds.ImageOrientationPatient] == pytest.approx(
+        [1, 0, 0, 0, np.cos(np.radians(12)), np.sin(np.radians(12))], abs=1e-5)
+    assert "GantryDetectorTilt" not in pydicom.dcmread(straight[0])
+    summary = json.loads((tmp_path / "tilted" / "phantom.json").read_text())
+    assert summary["arguments"]["tilt"] == 12.0
+
+
+def test_tilt_needs_the_dicom_layout(tmp_path):
+    with pytest.raises(ValueError, match="tilt needs the rsna"):
+        PhantomConfig(out=tmp_path, layout="png-folders", tilt=10)
+    with pytest.raises(ValueError, match="tilt must be within"):
+        generate_study(1, size=32, slices=4, tilt=50)

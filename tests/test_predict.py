@@ -45,7 +45,8 @@ def predictor(checkpoint: Path) -> Predictor:
 def test_prediction_follows_the_contract(predictor: Predictor, tmp_path: Path, write_ct_series: WriteSeries) -> None:
     study_uid, uids, hu = write_ct_series(tmp_path / "study")
     result = predictor.predict(tmp_path / "study")
-    assert set(result) == {"study", "model", "slices", "study_probabilities", "study_positive", "warnings"}
+    assert set(result) == {"study", "model", "slices", "study_probabilities", "study_positive", "warnings",
+                           "series", "gaps"}
     assert result["study"] == study_uid
     assert result["model"] == {"name": "mobilenetv2", "version": headct.__version__, "labels": LABELS,
                                "thresholds": THRESHOLDS}
@@ -138,3 +139,53 @@ def test_one_study_only_through_predict(predictor: Predictor, tmp_path: Path, wr
         predictor.predict(tmp_path / "two")
     with pytest.raises(InputError, match="no such file"):
         predictor.predict(tmp_path / "missing")
+
+
+def test_predict_analyses_the_chosen_series_and_lists_the_rest(checkpoint: Path, tmp_path: Path) -> None:
+    from headct.phantom.variety import write_series_variety
+
+    roles = write_series_variety(tmp_path / "in", seed=2, size=64, roles=("thin", "bone", "localizer", "thick"))
+    assert main(["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert {s["series"] for s in result["slices"]} == {roles["thin"]}
+    assert [a["series"] for a in result["series"]["analysed"]] == [roles["thin"]]
+    assert {r["series"]: r["reason"] for r in result["series"]["rejected"]} == {
+        roles["bone"]: "bone_kernel", roles["localizer"]: "localizer", roles["thick"]: "thick"}
+    assert result["gaps"] == []
+    assert not any("bone/sharp" in w for w in result["warnings"])
+
+    assert main(["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(tmp_path / "all"),
+                 "--series", "all"]) == 0
+    result = json.loads(next((tmp_path / "all").glob("*.json")).read_text())
+    assert {s["series"] for s in result["slices"]} == set(roles.values())
+    assert result["series"]["rejected"] == []
+    assert any("bone/sharp reconstruction kernel" in w and roles["bone"] in w for w in result["warnings"])
+
+
+def test_predict_series_rules_from_yaml(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from headct.phantom.variety import write_series_variety
+
+    roles = write_series_variety(tmp_path / "in", seed=2, size=64, roles=("thin", "thick"))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("thickness_mm: [5, 12]\n")
+    assert main(["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--series-rules", str(rules)]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert [a["series"] for a in result["series"]["analysed"]] == [roles["thick"]]
+    rules.write_text("min_slice: 3\n")
+    assert main(["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(tmp_path / "bad"),
+                 "--series-rules", str(rules)]) == 2
+    assert "unknown series rule(s) min_slice" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_predict_corrects_a_gantry_tilt_and_says_so(checkpoint: Path, tmp_path: Path) -> None:
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--studies", "1", "--size", "32", "--slices", "12",
+                 "--tilt", "12"]) == 0
+    assert main(["predict", str(tmp_path / "ph" / "dicom"), "--model", str(checkpoint),
+                 "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    analysed = result["series"]["analysed"][0]
+    assert analysed["tilt_corrected"] is True and analysed["gantry_tilt_deg"] == 12.0
+    assert any(w.startswith("gantry tilt 12.0°") for w in result["warnings"])
+    assert len(result["slices"]) == 12

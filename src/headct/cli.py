@@ -28,6 +28,8 @@ def _add_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=512, help="slice size in pixels")
     p.add_argument("--slices", type=int, default=None, help="slices per study (default: from the size)")
     p.add_argument("--preview", metavar="PNG", help="write a montage of slices x lesion types to PNG")
+    p.add_argument("--tilt", type=float, default=0.0, metavar="DEG",
+                   help="gantry tilt in degrees: the same heads on tilted planes (rsna layout; ~30x slower to render)")
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
@@ -150,6 +152,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlays", action="store_true")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default=None)
+    p.add_argument("--series", choices=["auto", "all"], default="auto",
+                   help="auto: analyse the one series the rules choose per study (default); all: every series")
+    p.add_argument("--series-rules", metavar="YAML", help="series selection rules (see headct.io.series)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from headct import __version__, atomic
 from headct.errors import InputError
 from headct.inference import probabilities, series_logits
 from headct.io.privacy import short_hash
+from headct.io.series import SelectionRules, load_rules, select_series
 from headct.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class StudyInput:
     volumes: list[Volume]
     warnings: list[str] = field(default_factory=list)
     source: str = ""
+    series: dict[str, Any] | None = None  # {analysed: [...], rejected: [...]} from headct.io.series
+    gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Predictor:
@@ -167,22 +171,29 @@ class Predictor:
 
     # --- predicting ----------------------------------------------------------
 
-    def predict(self, source: str | os.PathLike | Volume | Sequence[Volume]) -> dict[str, Any]:
-        """The prediction JSON (as a dict) for one study: a path, a Volume, or one study's Volumes."""
+    def predict(self, source: str | os.PathLike | Volume | Sequence[Volume], *,
+                series_rules: SelectionRules | None = None) -> dict[str, Any]:
+        """The prediction JSON (as a dict) for one study: a path, a Volume, or one study's Volumes.
+
+        Only the series that ``series_rules`` choose are analysed (see :mod:`headct.io.series`).
+        """
         if isinstance(source, Volume):
-            return self.predict_study(_study_of([source], ""))
-        if isinstance(source, Sequence) and not isinstance(source, str) and all(isinstance(v, Volume) for v in source):
-            studies = group_studies(list(source), "")
+            studies = choose_series([_study_of([source], "")], series_rules)
+        elif isinstance(source, Sequence) and not isinstance(source, str) and all(isinstance(v, Volume) for v in source):
+            studies = choose_series(group_studies(list(source), ""), series_rules)
         else:
-            studies = read_studies(Path(source))
+            studies = read_studies(Path(source), series_rules)
         if len(studies) != 1:
             raise InputError(source, f"holds {len(studies)} studies; Predictor.predict takes one "
                                      "(use Predictor.predict_many or `headct predict`)")
+        if isinstance(studies[0], InputError):
+            raise studies[0]
         return self.predict_study(studies[0])
 
-    def predict_many(self, path: str | os.PathLike) -> Iterator[dict[str, Any] | InputError]:
+    def predict_many(self, path: str | os.PathLike, *,
+                     series_rules: SelectionRules | None = None) -> Iterator[dict[str, Any] | InputError]:
         """Every study under ``path`` in turn; one that cannot be read comes back as its InputError."""
-        for item in iter_studies(Path(path)):
+        for item in iter_studies(Path(path), series_rules):
             yield item if isinstance(item, InputError) else self._guarded(item)
 
     def predict_study(self, study: StudyInput) -> dict[str, Any]:
@@ -215,6 +226,8 @@ class Predictor:
             "study_probabilities": self._named(study_p),
             "study_positive": self._positive(study_p[None])[0],
             "warnings": warnings,
+            "series": study.series,
+            "gaps": study.gaps,
         }
 
     def volume_probabilities(self, volume: Volume, source: str = "") -> tuple[np.ndarray, np.ndarray | None]:
@@ -338,13 +351,19 @@ def study_sources(path: Path) -> list[Path]:
     return [path]
 
 
-def read_studies(source: Path) -> list[StudyInput]:
-    """The studies in one source (file or folder), read and grouped by StudyInstanceUID.
+def read_studies(source: Path, series_rules: SelectionRules | None = None) -> list[StudyInput | InputError]:
+    """The studies in one source (file or folder), read, grouped by StudyInstanceUID, series chosen.
 
     PNG/JPG slices in one folder are grouped as the cache groups them
     (``<group>_<digits>.png`` is slice ``<digits>`` of study ``<group>``).
     Studies without a StudyInstanceUID are keyed by a hash of where they came from.
+    A study none of whose series may be analysed comes back as its InputError.
     """
+    return choose_series(_read_source(source), series_rules)
+
+
+def _read_source(source: Path) -> list[StudyInput]:
+    """The studies in one source, every series kept (before series selection)."""
     from headct.io import read_dicom, read_image, read_nifti
     from headct.io.discovery import list_entries
 
@@ -361,14 +380,50 @@ def read_studies(source: Path) -> list[StudyInput]:
     return group_studies(read_dicom(source), str(source))
 
 
-def iter_studies(path: Path) -> Iterator[StudyInput | InputError]:
-    """Every study under ``path``, source by source with a progress bar; unreadable sources as errors."""
+def choose_series(studies: list[StudyInput], series_rules: SelectionRules | None = None) -> list[StudyInput | InputError]:
+    """Each study with only the series to analyse (:func:`headct.io.series.select_series`), tilt-corrected.
+
+    The study gains ``series`` (analysed and rejected series with reasons),
+    ``gaps`` and the selection's warnings; a study with nothing to analyse
+    becomes an InputError naming the study.
+    """
+    chosen: list[StudyInput | InputError] = []
+    for study in studies:
+        try:
+            selection = select_series(study.volumes, series_rules)
+        except InputError as err:
+            chosen.append(InputError(f"study {study.key}", err.fault))
+            continue
+        chosen.append(StudyInput(study.key, selection.analysed, [*study.warnings, *selection.warnings],
+                                 study.source, selection.report, selection.gaps))
+    return chosen
+
+
+def iter_studies(path: Path, series_rules: SelectionRules | None = None) -> Iterator[StudyInput | InputError]:
+    """Every study under ``path``, source by source with a progress bar; unreadable sources as errors.
+
+    Neighbouring sources holding the same study (a study folder with one
+    sub-folder per series) are merged before series selection, so the rules
+    see all the study's series; one study is held back at a time.
+    """
     sources = study_sources(path)
+    pending: StudyInput | None = None
     for source in tqdm(sources, desc="predicting", unit="source", disable=len(sources) < 2):
         try:
-            yield from read_studies(source)
+            studies = _read_source(source)
         except InputError as err:
             yield err
+            continue
+        for study in studies:
+            if pending is not None and pending.key == study.key:
+                pending.volumes.extend(study.volumes)
+                pending.warnings.extend(w for w in study.warnings if w not in pending.warnings)
+                continue
+            if pending is not None:
+                yield from choose_series([pending], series_rules)
+            pending = study
+    if pending is not None:
+        yield from choose_series([pending], series_rules)
 
 
 def group_studies(volumes: list[Volume], source: str) -> list[StudyInput]:
@@ -421,11 +476,16 @@ def _is_nifti(path: Path) -> bool:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``headct predict PATH --model CKPT --out OUT [--overlays] [--runtime torch|onnx]``."""
+    try:
+        rules = load_rules(getattr(args, "series_rules", None), analyse_all=getattr(args, "series", "auto") == "all")
+    except InputError as err:
+        print(f"headct predict: {err}", file=sys.stderr)
+        return 2
     predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = [], 0
-    for study in iter_studies(Path(args.path)):
+    for study in iter_studies(Path(args.path), rules):
         result = study if isinstance(study, InputError) else predictor._guarded(study)
         if isinstance(result, InputError):
             skipped += 1

@@ -1,8 +1,8 @@
 """Readers that turn DICOM, PNG/JPG and NIfTI into :class:`Volume` objects."""
 
-from headct.io.volume import Volume
+from headct.io.volume import SeriesHeader, Volume
 
-__all__ = ["Volume", "read_dicom", "read_image", "read_nifti"]
+__all__ = ["SeriesHeader", "Volume", "read_dicom", "read_image", "read_nifti"]
 
 
 def __getattr__(name: str):

@@ -47,7 +47,7 @@ from headct.errors import InputError
 from headct.io.discovery import entry_fault, find_dicom_files
 from headct.io.faults import one_line
 from headct.io.privacy import patient_key, short_hash
-from headct.io.volume import Volume
+from headct.io.volume import SeriesHeader, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class DicomSlice:
     slice_thickness: float | None
     warnings: list[str] = field(default_factory=list)
     path: str | None = None
+    header: SeriesHeader | None = None
 
 
 def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlice:
@@ -140,6 +141,7 @@ def _read_slice(path: str, salt: str | None) -> DicomSlice:
         slice_thickness=header.slice_thickness,
         warnings=warnings,
         path=path,
+        header=_series_header(ds, header),
     )
 
 
@@ -187,6 +189,7 @@ def assemble_series(
     pixel_spacing = _pixel_spacing(ordered, warnings)
     warnings.extend(_merged_slice_warnings(ordered))
 
+    positions = np.stack([s.position for s in ordered]) if keys is not None else None
     series_uids = {s.series_uid for s in ordered}
     if len(series_uids) > 1:
         warnings.append(f"slices from {len(series_uids)} different SeriesInstanceUIDs stacked as one")
@@ -200,6 +203,8 @@ def assemble_series(
         study_uid=ordered[0].study_uid,
         patient_key=next((s.patient_key for s in ordered if s.patient_key), None),
         warnings=warnings,
+        header=next((s.header for s in ordered if s.header is not None), None),
+        positions=positions,
     )
 
 
@@ -261,6 +266,9 @@ _T = {
         "SliceThickness", "Rows", "Columns", "BitsAllocated", "BitsStored",
         "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "PhotometricInterpretation",
         "SamplesPerPixel", "NumberOfFrames",
+        # series facts for series selection (SeriesHeader)
+        "ImageType", "ConvolutionKernel", "Manufacturer", "SeriesDescription", "SeriesNumber",
+        "ContrastBolusAgent", "ContrastBolusRoute", "GantryDetectorTilt",
     )
 }  # fmt: skip
 _PIXEL_DATA = Tag("PixelData")
@@ -417,6 +425,25 @@ def _frames(ds: pydicom.Dataset, path: str) -> int:
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _series_header(ds: pydicom.Dataset, header: _Header) -> SeriesHeader:
+    """The acquisition facts series selection reads (no patient identifiers)."""
+    kernel = _strings(ds, _T["ConvolutionKernel"])
+    orientation = header.orientation
+    return SeriesHeader(
+        modality=_text(ds, _T["Modality"]),
+        image_type=tuple(p.upper() for p in (_strings(ds, _T["ImageType"]) or []) if p),
+        kernel="\\".join(kernel) if kernel else None,
+        manufacturer=_text(ds, _T["Manufacturer"]),
+        series_description=_text(ds, _T["SeriesDescription"]),
+        series_number=_int(ds, _T["SeriesNumber"]),
+        slice_thickness=header.slice_thickness,
+        contrast_agent=_text(ds, _T["ContrastBolusAgent"]),
+        contrast_route=_text(ds, _T["ContrastBolusRoute"]),
+        gantry_tilt=_number(ds, _T["GantryDetectorTilt"]),
+        orientation=None if orientation is None else tuple(float(v) for v in orientation),
+    )
 
 
 # pydicom converts every element it is asked for into rich Python objects

@@ -18,7 +18,8 @@ def phantom_command(args: argparse.Namespace) -> int:
     if args.out:
         try:
             config = PhantomConfig(out=args.out, studies=args.studies, layout=args.layout, seed=args.seed,
-                                   difficulty=args.difficulty, size=args.size, slices=args.slices)
+                                   difficulty=args.difficulty, size=args.size, slices=args.slices,
+                                   tilt=getattr(args, "tilt", 0.0))
         except ValueError as err:
             print(f"headct phantom: {err}", file=sys.stderr)
             return 2

@@ -54,6 +54,7 @@ class PhantomConfig:
     difficulty: float = 1.0
     size: int = 512
     slices: int | None = None
+    tilt: float = 0.0  # gantry tilt in degrees (rsna layout): same heads, tilted planes and headers
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -63,6 +64,10 @@ class PhantomConfig:
             raise ValueError(f"studies must be at least 1, got {self.studies}")
         if not 0.0 <= self.difficulty <= 5.0:
             raise ValueError(f"difficulty must be in [0, 5], got {self.difficulty}")
+        if not -45.0 < self.tilt < 45.0:
+            raise ValueError(f"tilt must be within (-45, 45) degrees, got {self.tilt}")
+        if self.tilt and self.layout != "rsna":
+            raise ValueError("tilt needs the rsna (DICOM) layout; PNG slices have no geometry to say it")
 
 
 @dataclass
@@ -142,7 +147,8 @@ def write_phantom(config: PhantomConfig) -> dict:
     total_slices = 0
     for plan in tqdm(plan_studies(config), desc="phantom", unit="study", disable=None):
         study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
-                               slices=slices, difficulty=config.difficulty, lesions=plan.lesions)
+                               slices=slices, difficulty=config.difficulty, lesions=plan.lesions,
+                               tilt=config.tilt)
         labels = study.slice_labels()
         n = study.num_slices
         total_slices += n
@@ -154,7 +160,7 @@ def write_phantom(config: PhantomConfig) -> dict:
             info = SeriesInfo(plan.patient_id, plan.study_uid, plan.series_uid, plan.frame_uid, sop_uids,
                               study.pixel_spacing, study.slice_thickness,
                               [plan.table_offset + float(z) for z in study.z], rescales[plan.rescale],
-                              plan.descending_instances)
+                              plan.descending_instances, config.tilt)
             write_dicom_series(out / "dicom" / plan.study_uid, study.hu, info)
             csv_rows += [(sop_uids[k], {name: int(labels[name][k]) for name in RSNA_LABELS}) for k in range(n)]
             key, uids = plan.study_uid, sop_uids

@@ -48,6 +48,7 @@ class PhantomStudy:
     lesions: list[Lesion] = field(default_factory=list)
     noise_sd: float = 0.0
     streaks: bool = False
+    tilt: float = 0.0  # gantry tilt (degrees): slice k's plane leans about the left-right axis through (0, 0, z[k])
 
     @property
     def num_slices(self) -> int:
@@ -83,13 +84,16 @@ def generate_study(
     patient_seed: int | Sequence[int] | None = None,
     streaks: bool | None = None,
     noise: bool = True,
+    tilt: float = 0.0,
 ) -> PhantomStudy:
     """Render one study. Same arguments → identical arrays.
 
     ``lesions`` lists lesion types (keys of ``LESION_BITS``), at most one of
     each; ``patient_seed`` fixes the head (default: derived from ``seed``);
     ``streaks`` adds skull-base streak artefacts (default: at random);
-    ``noise=False`` gives the noise-free, unblurred HU (for tests).
+    ``noise=False`` gives the noise-free, unblurred HU (for tests);
+    ``tilt`` (degrees) renders the same head, lesions and noise on planes
+    tilted as by a tilted gantry (see :func:`_render_tilted_slice`).
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -105,6 +109,8 @@ def generate_study(
     n_slices = slices or default_slices(size)
     if n_slices < 2:
         raise ValueError(f"a study needs at least 2 slices, got {n_slices}")
+    if not -45.0 < tilt < 45.0:
+        raise ValueError(f"tilt must be within (-45, 45) degrees, got {tilt}")
 
     fov = float(rng.uniform(215, 250))
     center = (float(rng.uniform(-6, 6)), float(rng.uniform(-8, 8)))
@@ -129,8 +135,12 @@ def generate_study(
     noise_rng = np.random.default_rng([noise_seed, 2])
     bank = _noise_bank(size, sd, noise_rng) if noise else None
     streaker = _Streaks(grid, anatomy, np.random.default_rng([noise_seed, 1])) if noise and with_streaks else None
+    planes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for k, height in enumerate(z):
-        _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
+        if tilt:
+            _render_tilted_slice(anatomy, grid, float(height), found, tilt, planes, hu[k], masks[k], tissue[k])
+        else:
+            _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
         if bank is not None:  # the scanner: point spread, skull-base streaks, correlated noise
             _blur_slice(hu[k][head], scratch)
             if streaker is not None:
@@ -139,7 +149,8 @@ def generate_study(
         np.clip(hu[k], HU_MIN, HU_MAX, out=hu[k])
     present = {kind for kind, on in _present_types(masks).items() if on}
     kept = [lesion for lesion in found if lesion.kind in present]
-    return PhantomStudy(hu, masks, tissue, z.astype(np.float64), grid.pixel, gap, kept, sd if noise else 0.0, with_streaks and noise)
+    return PhantomStudy(hu, masks, tissue, z.astype(np.float64), grid.pixel, gap, kept, sd if noise else 0.0,
+                        with_streaks and noise, float(tilt))
 
 
 def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list[Lesion],
@@ -164,6 +175,44 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     canvas = SliceCanvas(grid, z, labels, hu, mask)
     for lesion in sorted(lesions, key=lambda les: les.kind != "ischemic"):
         lesion.paint(canvas)
+
+
+TILT_HEIGHT_STEP = 0.25
+"""mm: a tilted slice's rows are rendered from axial planes at heights rounded to this step."""
+
+
+def _render_tilted_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list[Lesion], tilt: float,
+                         planes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                         hu: np.ndarray, mask: np.ndarray, tissue: np.ndarray) -> None:
+    """One slice of a tilted-gantry acquisition: a plane through (0, 0, z) leaning by ``tilt`` about X.
+
+    Row r lies ``o = (r - centre) * pixel`` mm from the centre along the tilted
+    column direction (0, cos t, sin t): at image y ``o cos t`` and height
+    ``z + o sin t``. Each row is taken from the axial plane rendered at that
+    height (rounded to :data:`TILT_HEIGHT_STEP`; planes are shared between
+    slices and dropped once below every later slice), linearly interpolated
+    between the two grid rows around ``o cos t`` (HU; labels nearest).
+    """
+    size = grid.size
+    centre = (size - 1) / 2
+    offsets = (np.arange(size) - centre) * grid.pixel
+    sin, cos = math.sin(math.radians(tilt)), math.cos(math.radians(tilt))
+    lattice = np.rint((z + offsets * sin) / TILT_HEIGHT_STEP).astype(int)
+    for key in [key for key in planes if key < lattice.min()]:
+        del planes[key]
+    source = (np.arange(size) - centre) * cos + centre
+    j0 = np.clip(np.floor(source).astype(int), 0, size - 2)
+    frac = (source - j0).astype(np.float32)
+    nearest = np.rint(source).astype(int)
+    for r, key in enumerate(lattice):
+        if key not in planes:
+            plane = (np.empty((size, size), np.float32), np.zeros((size, size), np.uint8), np.empty((size, size), np.uint8))
+            _render_slice(anatomy, grid, key * TILT_HEIGHT_STEP, lesions, *plane)
+            planes[key] = plane
+        plane_hu, plane_mask, plane_tissue = planes[key]
+        hu[r] = plane_hu[j0[r]] * (1 - frac[r]) + plane_hu[j0[r] + 1] * frac[r]
+        mask[r] = plane_mask[nearest[r]]
+        tissue[r] = plane_tissue[nearest[r]]
 
 
 def _present_types(masks: np.ndarray) -> dict[str, bool]:

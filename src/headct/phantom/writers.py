@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -68,6 +69,10 @@ class SeriesInfo:
     table_z: Sequence[float]  # patient z (mm) of each slice, scan order
     rescale: Rescale
     descending_instances: bool = False
+    tilt: float = 0.0  # gantry tilt (degrees): planes lean about the left-right axis through each slice centre
+    tags: tuple[tuple[str, object], ...] = ()  # (keyword, value) set on every slice after the defaults
+    positions: Sequence[Sequence[float]] | None = None  # ImagePositionPatient per slice, overriding the axial stack
+    orientation: Sequence[float] | None = None  # ImageOrientationPatient, overriding the axial (tilted) one
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[Path]:
@@ -79,6 +84,9 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
     n, rows, cols = hu.shape
     implementation_uid = generate_uid(entropy_srcs=["headct-phantom-implementation"])
     origin = -(cols / 2 - 0.5) * info.pixel_spacing, -(rows / 2 - 0.5) * info.pixel_spacing
+    # a tilted gantry leans the planes, the column direction gains a z part, and the
+    # table still steps along z: positions step along z, not along the slice normal
+    cos, sin = math.cos(math.radians(info.tilt)), math.sin(math.radians(info.tilt))
     paths = []
     for k in range(n):
         meta = FileMetaDataset()
@@ -111,8 +119,16 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
         ds.SeriesNumber = 2
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = (n - k) if info.descending_instances else (k + 1)
-        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(info.table_z[k])]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1] * cos), _ds(info.table_z[k] + origin[1] * sin)]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", _ds(cos), _ds(sin)]
+        if info.tilt:
+            ds.GantryDetectorTilt = _ds(info.tilt)
+        if info.positions is not None:
+            ds.ImagePositionPatient = [_ds(v) for v in info.positions[k]]
+        if info.orientation is not None:
+            ds.ImageOrientationPatient = [_ds(v) for v in info.orientation]
+        for keyword, value in info.tags:
+            setattr(ds, keyword, value)
         ds.SliceLocation = _ds(info.table_z[k])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
