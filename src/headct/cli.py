@@ -150,6 +150,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlays", action="store_true")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="predict every study again (default: skip studies whose JSON is already in --out)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
