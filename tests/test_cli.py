@@ -74,7 +74,7 @@ def test_verbosity_before_and_after_the_command() -> None:
     for argv, count in ((["models"], 0), (["-v", "models"], 1), (["models", "-v"], 1), (["-v", "models", "-v"], 2),
                         (["models", "-vv"], 2)):
         args = parser.parse_args(argv)
-        assert args.verbose + args.command_verbose == count, argv
+        assert args.verbose + getattr(args, "command_verbose", 0) == count, argv
     assert [log_level(n) for n in (0, 1, 2, 3)] == [logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG]
 
 

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add, _) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
-        command.add_argument("-v", "--verbose", action="count", default=0, dest="command_verbose",
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, dest="command_verbose",
                              help="as headct -v: -v for INFO, -vv for DEBUG and tracebacks")
         add(command)
     return parser
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    verbosity = args.verbose + args.command_verbose
+    verbosity = args.verbose + getattr(args, "command_verbose", 0)
     logging.basicConfig(level=log_level(verbosity), format="%(levelname)s %(name)s: %(message)s")
     run = COMMANDS[args.command][2]
     from tqdm.contrib.logging import logging_redirect_tqdm
