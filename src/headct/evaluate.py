@@ -435,7 +435,8 @@ def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Pat
         except ValueError as err:
             log.warning("training curves skipped: %s", err)
     config = read_checkpoint_config(checkpoint)
-    gradcam, localisation = _gradcam(out, model, config, cache, split, pred, slice_prob, task)
+    gradcam, localisation = _gradcam(out, model, config, cache, split, pred, slice_prob, task,
+                                     result["thresholds"])
     missed = report.worst_missed(studies.studies.tolist(), _one_hot(studies.targets, task), studies.prob, labels,
                                  task.kind, result["thresholds"])
     title = f"headct evaluation: {result['metrics'].get('checkpoint', {}).get('model')} on {task.name} ({split})"
@@ -446,7 +447,7 @@ def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Pat
 
 
 def _gradcam(out: Path, model: nn.Module, config: dict[str, Any], cache: Cache, split: str,
-             pred: SplitPredictions, slice_prob: np.ndarray, task: Task,
+             pred: SplitPredictions, slice_prob: np.ndarray, task: Task, thresholds: dict[str, float],
              ) -> tuple[Path | None, dict[str, Any] | None]:
     """The report's Grad-CAM grid, and the localisation scores when the cache has lesion masks."""
     from scipy import ndimage
@@ -460,6 +461,7 @@ def _gradcam(out: Path, model: nn.Module, config: dict[str, Any], cache: Cache, 
         localisation = score_cache(model, config, cache, None, ExplainConfig(split=split, limit=8))
         write_json(out / "gradcam" / "localisation.json", localisation)
     truth = _one_hot(pred.targets, task)
+    called = decisions(slice_prob, task, thresholds)
     tiles = []
     for c, label in enumerate(task.labels):
         if task.kind == "multiclass" and c == 0:  # "nothing found" has no place to point at
@@ -473,7 +475,7 @@ def _gradcam(out: Path, model: nn.Module, config: dict[str, Any], cache: Cache, 
                 lesion = (np.asarray(mask) & LABEL_BITS[label]) > 0
                 outline = lesion & ~ndimage.binary_erosion(lesion)
             tiles.append(report.GradcamTile(np.asarray(cache.slice(row)), cam, label, float(slice_prob[i, c]),
-                                            bool(truth[i, c]), cache.kind, outline))
+                                            bool(truth[i, c]), bool(called[i, c]), cache.kind, outline))
     if not tiles:
         return None, localisation
     return report.plot_gradcam_grid(tiles, out / "plots" / "gradcam.png"), localisation

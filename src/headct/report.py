@@ -235,6 +235,8 @@ class GradcamTile:
     label: str
     probability: float
     truth: bool
+    called: bool
+    """The model's decision for the class (its frozen threshold, or the arg-max)."""
     kind: str = "hu"
     outline: np.ndarray | None = None  # [H, W] bool: the lesion's outline, when masks exist
 
@@ -283,7 +285,7 @@ def _draw_tile(ax: Any, tile: GradcamTile, colours: ScalarMappable) -> None:
     grey = apply_windows(tile.pixels, ["brain"])[0] if tile.kind == "hu" else np.asarray(tile.pixels) / 255.0
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
     if tile.empty:
-        ax.text(0.5, 0.5, "empty map:\nno evidence found", transform=ax.transAxes, ha="center", va="center",
+        ax.text(0.5, 0.04, "empty map:\nno evidence found", transform=ax.transAxes, ha="center", va="bottom",
                 fontsize=9, color="white", bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"})
         for spine in ax.spines.values():
             spine.set_edgecolor("tab:red")
@@ -293,9 +295,9 @@ def _draw_tile(ax: Any, tile: GradcamTile, colours: ScalarMappable) -> None:
         ax.imshow(cam, cmap=colours.cmap, norm=colours.norm, alpha=0.45)
     if tile.outline is not None and tile.outline.any():
         ax.contour(tile.outline.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-    truth = "yes" if tile.truth else "no"
-    ax.set_title(f"p = {tile.probability:.2f} · truth: {truth}", fontsize=9,
-                 color="black" if (tile.probability >= 0.5) == tile.truth else "tab:red")
+    said = "called" if tile.called else "not called"
+    ax.set_title(f"p {tile.probability:.2f}, {said} · truth: {'yes' if tile.truth else 'no'}", fontsize=9,
+                 color="black" if tile.called == tile.truth else "tab:red")  # red: the model was wrong
 
 
 def _resize(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -354,7 +356,8 @@ def small_sample_warnings(block: Mapping[str, Any], unit: str = "studies",
                   if len(bounds) == 2 and (None in bounds or not all(map(math.isfinite, bounds))
                                            or bounds[0] == bounds[1])]
     if degenerate:
-        notes.append(f"Some intervals are degenerate (a single value, or undefined): {', '.join(degenerate)}; "
+        named = ", ".join(key.replace("_", " ") for key in degenerate[:3]) + (", ..." if len(degenerate) > 3 else "")
+        notes.append(f"{len(degenerate)} of the {len(flat)} intervals are a single value or undefined ({named}): "
                      "the resamples did not vary enough to measure the uncertainty.")
     return notes
 
@@ -447,7 +450,8 @@ def write_report(
     if warnings:
         parts.append("<div class='banner'><strong>Read these figures with care.</strong> "
                      + " ".join(f"<p>{_esc(w)}</p>" for w in warnings) + "</div>")
-    parts.append(f"<p class='split'>{_esc(note)}</p>")
+    if not card or split_note is not None:  # the card says how the data were split
+        parts.append(f"<p class='split'>{_esc(note)}</p>")
     if card:
         rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in card.items())
         parts.append(f"<h2>Model card</h2><table class='card'>{rows}</table>")
@@ -464,7 +468,7 @@ def write_report(
         parts.append(_localisation_section(localisation))
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>")
-        parts.extend(_figure_html(Path(p), caption) for caption, p in plots.items())
+        parts.extend(_figure_html(Path(p), caption, wide=_is_wide(Path(p))) for caption, p in plots.items())
         parts.append("</div>")
     page = _PAGE.format(title=_esc(title), css=_CSS, body="\n".join(parts))
     return _write_atomic(out_dir / "report.html", page.encode("utf-8"))
@@ -497,6 +501,14 @@ def _localisation_section(scores: Mapping[str, Any]) -> str:
             "map inside the lesion. Each beside the same figure for random smooth maps, the bar to beat.</p>"
             "<table><tr><th>class</th><th>slices</th><th>empty maps</th><th>pointing</th><th>random</th>"
             f"<th>energy share</th><th>random</th></tr>{rows}</table>")
+
+
+def _is_wide(path: Path) -> bool:
+    """A figure of several panels: shown at full width, or its panels are too small to read."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.width > 900
 
 
 def _short(study: str, keep: int = 14) -> str:
@@ -574,7 +586,8 @@ def _metrics_section(heading: str, block: Mapping[str, Any], top: Mapping[str, A
         if key == "accuracy" and block.get("accuracy_kind"):
             name = f"accuracy ({block['accuracy_kind']})"
         rows.append(f"<tr><td>{_esc(name)}</td><td>{_num(value)}{_ci(ci.get(key))}</td></tr>")
-    n = f" ({block['n']} items)" if block.get("n") is not None else ""
+    unit = {"Slice level": ("slice", "slices"), "Study level": ("study", "studies")}.get(heading, ("item", "items"))
+    n = f" ({block['n']} {unit[0] if block['n'] == 1 else unit[1]})" if block.get("n") is not None else ""
     out = [f"<h2>{_esc(heading)}{_esc(n)}</h2>", "<h3>Summary</h3>",
            "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"]
     per_class = block.get("per_class") or {}
