@@ -231,3 +231,9 @@ def test_nothing_predicted_says_so(checkpoint: Path, tmp_path: Path, capsys: pyt
     (folder / "x.dcm").write_bytes(b"not dicom")
     assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
     assert "no study predicted (1 input(s) skipped" in capsys.readouterr().out
+
+
+def test_a_missing_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-study"
+    assert main(["predict", str(missing), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"headct predict: {missing}: no such file or folder"]

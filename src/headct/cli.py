@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from headct import __version__
-from headct.errors import CheckpointError, ConfigError, HeadCTError, InputError, missing_extra, require_extra
+from headct.errors import (
+    CheckpointError,
+    HeadCTError,
+    InputError,
+    missing_extra,
+    require_extra,
+)
 
 log = logging.getLogger("headct")
 
