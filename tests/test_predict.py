@@ -237,3 +237,4 @@ def test_a_missing_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys: p
     missing = tmp_path / "no-such-study"
     assert main(["predict", str(missing), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.splitlines() == [f"headct predict: {missing}: no such file or folder"]
+    assert not (tmp_path / "out").exists()

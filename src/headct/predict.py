@@ -433,6 +433,8 @@ def _is_nifti(path: Path) -> bool:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``headct predict PATH --model CKPT --out OUT [--overlays] [--no-resume]``: stream, resume, summarise."""
+    if not Path(args.path).exists():  # before the model loads and before anything is written
+        raise InputError(args.path, "no such file or folder")
     predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=args.device)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
