@@ -157,3 +157,26 @@ class _Unbuildable:
 
     def __call__(self, *args: object, **kwargs: object) -> None:
         raise AssertionError("headct models built a model")
+
+
+def test_log_lines_never_share_a_line_with_a_progress_bar() -> None:
+    import re
+    import subprocess
+
+    code = (
+        "import logging, sys\n"
+        "from tqdm import tqdm\n"
+        "import headct.cli as cli\n"
+        "def run(args):\n"
+        "    for i in tqdm(range(3), desc='working', disable=False, mininterval=0):\n"
+        "        logging.getLogger('headct.test').info('step %d done', i)\n"
+        "    return 0\n"
+        "cli.COMMANDS['models'] = ('', cli._add_models, run)\n"
+        "sys.exit(cli.main(['models', '-v']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    segments = re.split(r"[\r\n]", done.stderr)
+    logged = [s for s in segments if "step " in s]
+    assert logged == [f"INFO headct.test: step {i} done" for i in range(3)]  # each alone on its line
+    assert any(s.startswith("working:") for s in segments)
