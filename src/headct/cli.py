@@ -203,6 +203,8 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn")
+    if args.runtime == "onnx":
+        require_extra("onnx", "onnx", "onnxruntime")
     from headct.serve import serve_command
 
     return serve_command(args)

@@ -40,7 +40,6 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from headct import __version__
 from headct.metrics import ECE_BINS, expected_calibration_error, reliability_bins
-from headct.windows import apply_windows
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +281,8 @@ def plot_gradcam_grid(tiles: Sequence[GradcamTile], path: str | Path, columns: i
 
 
 def _draw_tile(ax: Any, tile: GradcamTile, colours: ScalarMappable) -> None:
+    from headct.windows import apply_windows  # imports torch: only when a grid is drawn
+
     grey = apply_windows(tile.pixels, ["brain"])[0] if tile.kind == "hu" else np.asarray(tile.pixels) / 255.0
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
     if tile.empty:
