@@ -251,3 +251,12 @@ def test_model_card_reads_provenance_and_tolerates_its_absence(tmp_path: Path) -
     assert "not a medical device" in bare["intended use"]
     page = write_report(tmp_path, {"level": {}}, {}, title="t", card=card).read_text()
     assert "<h2>Model card</h2>" in page and "teaching only" in page
+
+
+def test_model_card_summarises_the_training_block() -> None:
+    training = {"cache": {"source_format": "rsna", "size": 96, "kind": "hu"},
+                "split": {"n_train": 175, "n_val": 37}, "slices": {"train": 2100, "val": 444},
+                "epochs_run": 7, "best_epoch": 6, "monitor": "macro_auroc", "best_score": 0.91234}
+    card = model_card({"model": {"name": "effnet-2d"}, "training": training}, {})
+    assert card["training data"] == ("rsna data cached at 96 px (hu); 2100 training / 444 validation slices "
+                                     "from 175 / 37 studies; 7 epoch(s) run, best epoch 6 (macro_auroc 0.912)")

@@ -400,10 +400,24 @@ def _as_text(value: Any) -> str:
 
 
 def _training_summary(training: Any) -> str:
+    """The checkpoint's ``training`` block in one sentence: data, sizes, epochs, best score."""
     if not isinstance(training, Mapping) or not training:
         return ""
-    keys = ("data", "task", "epochs", "best_epoch", "n_train", "n_val", "source_format")
-    return "; ".join(f"{k.replace('_', ' ')}: {training[k]}" for k in keys if training.get(k) not in (None, ""))
+    parts = []
+    cache = training.get("cache") or {}
+    if cache:
+        parts.append(f"{cache.get('source_format', 'a')} data cached at {cache.get('size', '?')} px "
+                     f"({cache.get('kind', '?')})")
+    slices, split = training.get("slices") or {}, training.get("split") or {}
+    if slices:
+        studies = (f" from {split['n_train']} / {split['n_val']} studies"
+                   if split.get("n_train") is not None and split.get("n_val") is not None else "")
+        parts.append(f"{slices.get('train', '?')} training / {slices.get('val', '?')} validation slices{studies}")
+    if training.get("epochs_run") is not None:
+        best = training.get("best_score")
+        score = f" ({training.get('monitor')} {best:.3f})" if isinstance(best, float) else ""
+        parts.append(f"{training['epochs_run']} epoch(s) run, best epoch {training.get('best_epoch', '?')}{score}")
+    return "; ".join(parts) or "; ".join(f"{k}: {v}" for k, v in training.items() if isinstance(v, str | int))
 
 
 def _decision_text(metrics: Mapping[str, Any]) -> str:
