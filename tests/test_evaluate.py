@@ -110,3 +110,13 @@ def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp
         assert float(study["p_stroke"]) == pytest.approx(p[members, 1].max())
         assert int(study["y_stroke"]) == y[members].max()
 
+
+
+def test_gradcam_examples_are_the_surest_and_least_sure_positive_and_the_worst_negative() -> None:
+    from headct.evaluate import _gradcam_examples
+
+    truth = np.array([0, 1, 1, 0, 1, 0])
+    prob = np.array([0.3, 0.9, 0.2, 0.8, 0.5, 0.1])
+    assert _gradcam_examples(truth, prob) == [1, 2, 3]
+    assert _gradcam_examples(np.array([1, 0]), np.array([0.4, 0.6])) == [0, 1]
+    assert _gradcam_examples(np.array([0, 0]), np.array([0.4, 0.6])) == [1]

@@ -189,3 +189,103 @@ def test_predict_corrects_a_gantry_tilt_and_says_so(checkpoint: Path, tmp_path: 
     assert analysed["tilt_corrected"] is True and analysed["gantry_tilt_deg"] == 12.0
     assert any(w.startswith("gantry tilt 12.0°") for w in result["warnings"])
     assert len(result["slices"]) == 12
+
+
+def _retag_study_uid(folder: Path, study_uid: str) -> None:
+    """Rewrite every file's StudyInstanceUID (pydicom warns on an invalid UI value; the file is still written)."""
+    import warnings
+
+    import pydicom
+
+    for file in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(file)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.StudyInstanceUID = study_uid
+        ds.save_as(file)
+
+
+@pytest.mark.parametrize("hostile", ["../../ESCAPED", "/tmp/headct-absolute-ESCAPED", "1." * 150 + "1"])
+def test_hostile_study_uids_stay_inside_out(checkpoint: Path, tmp_path: Path, write_ct_series: WriteSeries,
+                                            hostile: str) -> None:
+    from headct.io.privacy import short_hash
+    from headct.predict import output_name
+
+    work = tmp_path / "a" / "b"
+    write_ct_series(work / "in" / "study", slices=2)
+    _retag_study_uid(work / "in" / "study", hostile)
+    out = work / "out"
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(["predict", str(work / "in"), "--model", str(checkpoint), "--out", str(out), "--overlays"]) == 0
+    name = short_hash(hostile)
+    assert output_name(hostile) == name and len(name) == 16
+    assert json.loads((out / f"{name}.json").read_text())["study"] == hostile  # the contract keeps the UID
+    assert (out / "overlays" / name).is_dir()  # every slice is positive for intraparenchymal
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p == out or out in p.parents for p in new)
+    assert not Path("/tmp/headct-absolute-ESCAPED").exists() and not Path("/tmp/headct-absolute-ESCAPED.json").exists()
+    assert not list(tmp_path.rglob("ESCAPED*"))
+
+
+def test_output_names() -> None:
+    from headct.predict import output_name
+
+    assert output_name("1.2.840.113619.2.55") == "1.2.840.113619.2.55"
+    for bad in ("..", ".", "1..2", "1.2.", "", "1" * 65, "a/b", "1.2/3"):
+        name = output_name(bad)
+        assert name != bad and len(name) == 16 and set(name) <= set("0123456789abcdef")
+
+
+def test_predict_streams_its_table_and_resumes(checkpoint: Path, tmp_path: Path, write_ct_series: WriteSeries,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "in"
+    uids = [write_ct_series(root / name, slices=2, seed=i)[0] for i, name in enumerate("abc")]
+    out = tmp_path / "out"
+    argv = ["predict", str(root), "--model", str(checkpoint), "--out", str(out)]
+    assert main(argv) == 0
+    assert f"3 studies → {out.resolve()}/" in capsys.readouterr().out
+    first = (out / "predictions.csv").read_text()
+    # A run killed before the second study's JSON (and with a stray half row) is put right by the rerun.
+    (out / f"{uids[1]}.json").unlink()
+    (out / "predictions.csv").write_text(first + "slice,half-writ")
+    stamp = {u: (out / f"{u}.json").stat().st_mtime_ns for u in (uids[0], uids[2])}
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "1 study → " in said and "2 already there (resumed)" in said
+    assert {u: (out / f"{u}.json").stat().st_mtime_ns for u in (uids[0], uids[2])} == stamp  # not redone
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(r["study"] for r in rows if r["level"] == "study") == sorted(uids)
+    assert len(rows) == 3 * 3 and "half-writ" not in (out / "predictions.csv").read_text()
+    assert sorted(first.splitlines()) == sorted((out / "predictions.csv").read_text().splitlines())
+    # --no-resume redoes every study
+    assert main([*argv, "--no-resume"]) == 0
+    assert "3 studies → " in capsys.readouterr().out
+    assert all((out / f"{u}.json").stat().st_mtime_ns > stamp[u] for u in stamp)
+
+
+def test_skipped_files_are_one_warning_per_study(checkpoint: Path, tmp_path: Path, write_ct_series: WriteSeries) -> None:
+    folder = tmp_path / "in"
+    write_ct_series(folder, slices=2)
+    for i in range(5):
+        (folder / f"junk{i}.dcm").write_bytes(b"not dicom")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out)]) == 0
+    (result,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    # each skipped file is named once in the log (tests/test_predict_badfiles.py), never in a study
+    assert [w for w in result["warnings"] if "skipped" in w or "junk" in w] == []
+    assert "junk" not in json.dumps(result)
+
+
+def test_nothing_predicted_says_so(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.dcm").write_bytes(b"not dicom")
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
+    assert "no study predicted (1 input(s) skipped" in capsys.readouterr().out
+
+
+def test_a_missing_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-study"
+    assert main(["predict", str(missing), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"headct predict: {missing}: no such file or folder"]
+    assert not (tmp_path / "out").exists()

@@ -15,12 +15,17 @@ import pytest
 from headct.calibrate import apply_temperature
 from headct.metrics import bootstrap_metric_cis, classification_metrics
 from headct.report import (
+    GradcamTile,
+    model_card,
     plot_confusion,
+    plot_gradcam_grid,
     plot_precision_recall,
     plot_reliability,
     plot_roc,
     plot_training_curves,
+    small_sample_warnings,
     split_sentence,
+    worst_missed,
     write_report,
 )
 
@@ -127,10 +132,9 @@ def test_report_is_self_contained_with_table_values(tmp_path: Path, multiclass_s
         "level": {"slice": slice_block, "study": study_block},
     }
     roc = plot_roc(y, prob, LABELS, "multiclass", tmp_path / "roc.png")
-    overlay = tmp_path / "study7_012.png"
-    overlay.write_bytes(roc.read_bytes())
-    report = write_report(tmp_path / "eval", metrics, {"ROC": roc}, title="3-class <test>",
-                          gallery=[overlay])
+    grid = tmp_path / "gradcam.png"
+    grid.write_bytes(roc.read_bytes())
+    report = write_report(tmp_path / "eval", metrics, {"ROC": roc}, title="3-class <test>", gradcam=grid)
     page = report.read_text()
     assert report == tmp_path / "eval" / "report.html"
 
@@ -145,7 +149,7 @@ def test_report_is_self_contained_with_table_values(tmp_path: Path, multiclass_s
     assert not re.search(r"src=['\"](?!data:)", page)  # nothing fetched from outside
 
     assert "3-class &lt;test&gt;" in page  # title escaped
-    assert "Slice level (150 items)" in page and "Study level (40 items)" in page
+    assert "Slice level (150 slices)" in page and "Study level (40 studies)" in page
     assert "by study" in page and "120 train / 15 validation / 15 test studies" in page
     assert f"{slice_block['f1_macro']:.3f}" in page
     assert f"{study_block['f1_macro']:.3f}" in page
@@ -153,7 +157,8 @@ def test_report_is_self_contained_with_table_values(tmp_path: Path, multiclass_s
     low, high = slice_block["ci95"]["per_class"]["hemorrhagic"]["f1"]
     assert f"[{low:.3f}, {high:.3f}]" in page
     assert "0.042" in page and "2.500" in page  # calibration facts from the top level
-    assert "Grad-CAM gallery" in page and "study7_012" in page
+    assert "<h2>Grad-CAM</h2>" in page
+    assert page.count("multi-class") == 1 and "kind:" not in page  # the header says the kind once, in words
 
 
 def test_report_without_levels_plots_or_gallery(tmp_path: Path) -> None:
@@ -164,3 +169,94 @@ def test_report_without_levels_plots_or_gallery(tmp_path: Path) -> None:
     page = write_report(tmp_path, metrics, {}, title="rsna", split_note="Split by patient: 3/1/1.").read_text()
     assert "Split by patient: 3/1/1." in page and "0.123" in page
     assert "accuracy (subset)" in page and "Grad-CAM" not in page and "<img" not in page
+
+
+def test_reliability_is_per_class_with_bin_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    y = np.array([[1, 0], [0, 0], [1, 1], [0, 1], [1, 0]])
+    p = np.array([[0.91, 0.11], [0.12, 0.115], [0.92, 0.55], [0.11, 0.56], [0.915, 0.12]])
+    notes: list[str] = []
+    original = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: notes.append((self.get_title(), text))
+                        or original(self, text, *a, **k))
+    plot_reliability(y, p, None, "multilabel", tmp_path / "rel.png", labels=["epidural", "any"])
+    # epidural: 2 items near 0.1 and 3 near 0.9; any: 3 near 0.1, 2 near 0.6
+    assert sorted(notes) == [("any", "2"), ("any", "3"), ("epidural", "2"), ("epidural", "3")]
+
+
+def test_gradcam_grid_marks_empty_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    cam = np.zeros((32, 32), np.float32)
+    cam[10:14, 10:14] = 1.0
+    tiles = [GradcamTile(np.full((32, 32), 40, np.int16), cam, "subdural", 0.91, True, True),
+             GradcamTile(np.full((32, 32), 40, np.int16), np.zeros((32, 32)), "subdural", 0.08, True, False),
+             GradcamTile(np.full((32, 32), 40, np.int16), cam, "epidural", 0.62, False, True)]
+    texts: list[str] = []
+    titles: list[tuple[str, str]] = []
+    original_text, original_title = Axes.text, Axes.set_title
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s)
+                        or original_text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(Axes, "set_title", lambda self, s, *a, **k: titles.append((s, k.get("color")))
+                        or original_title(self, s, *a, **k))
+    path = plot_gradcam_grid(tiles, tmp_path / "grid.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    assert [t for t in texts if "empty" in t] == ["empty map:\nno evidence found"]  # only the empty one
+    assert tiles[1].empty and not tiles[0].empty
+    assert titles == [("p 0.91, called · truth: yes", "black"), ("p 0.08, not called · truth: yes", "tab:red"),
+                      ("p 0.62, called · truth: no", "tab:red")]  # red where the model was wrong
+
+
+def test_worst_missed_lists_confident_misses_first() -> None:
+    truth = np.array([[1, 1], [1, 0], [0, 1], [1, 1]])
+    prob = np.array([[0.9, 0.2], [0.05, 0.1], [0.3, 0.7], [0.4, 0.45]])
+    rows = worst_missed(["s0", "s1", "s2", "s3"], truth, prob, ["a", "b"], "multilabel", {"a": 0.5, "b": 0.5})
+    assert [(r["study"], r["label"]) for r in rows] == [("s1", "a"), ("s0", "b"), ("s3", "a"), ("s3", "b")]
+    three = worst_missed(["s0", "s1"], np.eye(3)[[0, 2]], np.array([[0.2, 0.7, 0.1], [0.5, 0.1, 0.4]]),
+                         LABELS, "multiclass", None)
+    assert rows and three == [{"study": "s1", "label": "ischemic", "probability": 0.4, "threshold": None,
+                               "decided": "non-stroke"}]  # a "non-stroke" truth is never a miss
+
+
+def test_small_test_sets_get_a_banner(tmp_path: Path) -> None:
+    y = np.array([[0, 1], [1, 0], [1, 1], [0, 0]])
+    prob = np.array([[0.2, 0.9], [0.7, 0.1], [0.6, 0.8], [0.3, 0.4]])
+    block = classification_metrics(y, prob, labels=["epidural", "any"], kind="multilabel")
+    block["ci95"] = {"micro_auroc": [1.0, 1.0], "per_class": {"any": {"auroc": [0.5, 1.0]}}}
+    notes = small_sample_warnings(block)
+    assert "epidural (2 positive, 2 negative)" in notes[0] and "at least 20 positive" in notes[0]
+    assert notes[1].startswith("1 of the 2 intervals are a single value") and "micro auroc" in notes[1]
+    page = write_report(tmp_path, {"level": {"study": block}}, {}, title="t").read_text()
+    assert "class='banner'" in page
+    rng = np.random.default_rng(0)
+    big_y = np.tile([[0, 1], [1, 0], [1, 1], [0, 0]], (15, 1))
+    big = classification_metrics(big_y, np.clip(big_y * 0.6 + rng.random(big_y.shape) * 0.4, 0, 1),
+                                 labels=["epidural", "any"], kind="multilabel")
+    assert small_sample_warnings(big) == []
+    assert "class='banner'" not in write_report(tmp_path, big, {}, title="t").read_text()
+
+
+def test_model_card_reads_provenance_and_tolerates_its_absence(tmp_path: Path) -> None:
+    metrics = {"split": {"how": "patient", "n_train": 8, "n_val": 1, "n_test": 1}, "labels": ["a"]}
+    config = {"model": {"name": "effnet-2d", "level": "slice"}, "input": {"kind": "hu", "size": 96},
+              "labels": ["a"], "label_kind": "multilabel",
+              "provenance": {"dataset": "phantom v1", "studies": 250}, "intended_use": "teaching only"}
+    card = model_card(config, metrics)
+    assert card["model"].startswith("effnet-2d · slice level · input hu at 96 px")
+    assert card["training data"] == "dataset: phantom v1; studies: 250"
+    assert card["intended use"] == "teaching only" and "by patient" in card["split"]
+    bare = model_card({"model": {"name": "x"}}, metrics)
+    assert bare["training data"] == "not recorded in this checkpoint"
+    assert "not a medical device" in bare["intended use"]
+    page = write_report(tmp_path, {"level": {}}, {}, title="t", card=card).read_text()
+    assert "<h2>Model card</h2>" in page and "teaching only" in page
+
+
+def test_model_card_summarises_the_training_block() -> None:
+    training = {"cache": {"source_format": "rsna", "size": 96, "kind": "hu"},
+                "split": {"n_train": 175, "n_val": 37}, "slices": {"train": 2100, "val": 444},
+                "epochs_run": 7, "best_epoch": 6, "monitor": "macro_auroc", "best_score": 0.91234}
+    card = model_card({"model": {"name": "effnet-2d"}, "training": training}, {})
+    assert card["training data"] == ("rsna data cached at 96 px (hu); 2100 training / 444 validation slices "
+                                     "from 175 / 37 studies; 7 epoch(s) run, best epoch 6 (macro_auroc 0.912)")

@@ -405,9 +405,10 @@ def _json_default(value: Any) -> Any:
 
 def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Path, cache: Cache,
                   model: nn.Module, split: str, device: str) -> dict[str, Path]:
-    """Plots per level, training curves when the run has them, a Grad-CAM gallery when
-    ``headct.explain`` is there, then ``report.html``."""
+    """Plots per level, training curves when the run has them, the model card, the missed studies,
+    a Grad-CAM grid (and localisation scores when the cache has masks), then ``report.html``."""
     from headct import report
+    from headct.checkpoint import read_checkpoint_config
 
     plots_dir = out / "plots"
     plots: dict[str, Path] = {}
@@ -420,41 +421,75 @@ def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Pat
         if len(y) == 0:
             continue
         block = result["metrics"]["level"][level]
+        plots[f"Confusion matrix ({level})"] = report.plot_confusion(
+            block["confusion_matrix"], labels, plots_dir / f"confusion_{level}.png")
         plots[f"ROC ({level})"] = report.plot_roc(y, prob, labels, task.kind, plots_dir / f"roc_{level}.png")
         plots[f"Precision-recall ({level})"] = report.plot_precision_recall(
             y, prob, labels, task.kind, plots_dir / f"pr_{level}.png")
         plots[f"Reliability before/after temperature ({level})"] = report.plot_reliability(
-            y, raw, prob, task.kind, plots_dir / f"reliability_{level}.png")
-        plots[f"Confusion matrix ({level})"] = report.plot_confusion(
-            block["confusion_matrix"], labels, plots_dir / f"confusion_{level}.png")
+            y, raw, prob, task.kind, plots_dir / f"reliability_{level}.png", labels=labels)
     history = checkpoint.resolve().parent / "metrics.csv"
     if history.is_file():
         try:
             plots["Training curves"] = report.plot_training_curves(history, plots_dir / "training.png")
         except ValueError as err:
             log.warning("training curves skipped: %s", err)
-    gallery = _gradcam_gallery(out, model, checkpoint, cache, split)
+    config = read_checkpoint_config(checkpoint)
+    gradcam, localisation = _gradcam(out, model, config, cache, split, pred, slice_prob, task,
+                                     result["thresholds"])
+    missed = report.worst_missed(studies.studies.tolist(), _one_hot(studies.targets, task), studies.prob, labels,
+                                 task.kind, result["thresholds"])
     title = f"headct evaluation: {result['metrics'].get('checkpoint', {}).get('model')} on {task.name} ({split})"
-    page = report.write_report(out, result["metrics"], plots, title=title, gallery=gallery)
+    page = report.write_report(out, result["metrics"], plots, title=title,
+                               card=report.model_card(config, result["metrics"]), gradcam=gradcam,
+                               localisation=localisation, missed=missed)
     return {"report": page}
 
 
-def _gradcam_gallery(out: Path, model: nn.Module, checkpoint: Path, cache: Cache, split: str) -> list[Path]:
-    """Grad-CAM overlays of lesion slices (scored against masks when the cache has them); optional."""
-    try:
-        from headct.explain import ExplainConfig, draw_split, format_table, score_cache
-    except ImportError:  # headct.explain is optional for evaluate
-        return []
-    from headct.checkpoint import read_checkpoint_config
+def _gradcam(out: Path, model: nn.Module, config: dict[str, Any], cache: Cache, split: str,
+             pred: SplitPredictions, slice_prob: np.ndarray, task: Task, thresholds: dict[str, float],
+             ) -> tuple[Path | None, dict[str, Any] | None]:
+    """The report's Grad-CAM grid, and the localisation scores when the cache has lesion masks."""
+    from scipy import ndimage
 
-    config = read_checkpoint_config(checkpoint)
-    folder = out / "gradcam"
+    from headct import report
+    from headct.explain import LABEL_BITS, ExplainConfig, cache_maps, score_cache
+
     model = model.float().cpu()  # Grad-CAM needs gradients: plain fp32 eager
-    settings = ExplainConfig(split=split, limit=8, gallery=4)
+    localisation = None
     if cache.has_masks:
-        scores = score_cache(model, config, cache, folder, settings)
-        write_json(folder / "localisation.json", scores)
-        log.info("Grad-CAM localisation:\n%s", format_table(scores))
-    else:
-        draw_split(model, config, cache, folder / "overlays", settings)
-    return sorted((folder / "overlays").glob("*.png"))
+        localisation = score_cache(model, config, cache, None, ExplainConfig(split=split, limit=8))
+        write_json(out / "gradcam" / "localisation.json", localisation)
+    truth = _one_hot(pred.targets, task)
+    called = decisions(slice_prob, task, thresholds)
+    tiles = []
+    for c, label in enumerate(task.labels):
+        if task.kind == "multiclass" and c == 0:  # "nothing found" has no place to point at
+            continue
+        for i in _gradcam_examples(truth[:, c], slice_prob[:, c]):
+            row = int(pred.rows[i])
+            (cam,) = cache_maps(model, cache, [row], c, None, 16)
+            mask = cache.mask(row) if cache.has_masks and label in LABEL_BITS else None
+            outline = None
+            if mask is not None and truth[i, c]:
+                lesion = (np.asarray(mask) & LABEL_BITS[label]) > 0
+                outline = lesion & ~ndimage.binary_erosion(lesion)
+            tiles.append(report.GradcamTile(np.asarray(cache.slice(row)), cam, label, float(slice_prob[i, c]),
+                                            bool(truth[i, c]), bool(called[i, c]), cache.kind, outline))
+    if not tiles:
+        return None, localisation
+    return report.plot_gradcam_grid(tiles, out / "plots" / "gradcam.png"), localisation
+
+
+def _gradcam_examples(truth: np.ndarray, prob: np.ndarray) -> list[int]:
+    """For one class: the truly positive slices the model was most and least sure of, and the
+    negative slice it was most suspicious of (at most three indices, in that order)."""
+    positives = np.flatnonzero(truth == 1)
+    negatives = np.flatnonzero(truth == 0)
+    chosen = []
+    if len(positives):
+        ranked = positives[np.argsort(-prob[positives], kind="stable")]
+        chosen += [int(ranked[0])] + ([int(ranked[-1])] if len(ranked) > 1 else [])
+    if len(negatives):
+        chosen.append(int(negatives[np.argmax(prob[negatives])]))
+    return chosen

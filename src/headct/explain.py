@@ -314,7 +314,7 @@ def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path 
             continue
         masks = np.stack([(np.asarray(cache.mask(r)) & bits) > 0 for r in chosen])
         for variant, layers in variants.items():
-            cams = _cache_maps(model, cache, chosen, class_index, layers, settings.batch_size)
+            cams = cache_maps(model, cache, chosen, class_index, layers, settings.batch_size)
             score = score_maps(cams, masks, tolerance=tolerance,
                                random_per_slice=settings.random_per_slice, seed=settings.seed).__dict__
             if variant == "combined":
@@ -451,7 +451,7 @@ def _maps_for(model: nn.Module, series: np.ndarray, positions: Sequence[int], cl
     return gradcam_maps(model, stacks, class_index, layers=layers, batch_size=batch_size)
 
 
-def _cache_maps(model: nn.Module, cache: Any, rows: Sequence[int], class_index: int,
+def cache_maps(model: nn.Module, cache: Any, rows: Sequence[int], class_index: int,
                 layers: Sequence[str], batch_size: int) -> np.ndarray:
     """Maps for cache rows, series by series, returned in the order of ``rows``."""
     by_shard: dict[str, list[int]] = {}

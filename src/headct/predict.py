@@ -19,8 +19,11 @@ Inference is serialised by a lock, so one Predictor serves many threads.
 
 ``headct predict PATH --model CKPT --out OUT`` streams every study under PATH
 (a DICOM file, series or study folder, a folder of many studies, a PNG or a
-NIfTI file) to ``OUT/<study>.json`` and ``OUT/predictions.csv``; a study that
-cannot be read is reported in one line and skipped.
+NIfTI file) to ``OUT/<name>.json`` and appends its rows to ``OUT/predictions.csv``
+as it finishes; a study that cannot be read is reported in one line and skipped.
+``<name>`` is the StudyInstanceUID when it is a valid DICOM UID, else a hash of
+it (:func:`output_name`), so no header value can steer a write outside OUT. A
+rerun skips studies whose JSON is already there (``--no-resume`` redoes them).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -58,6 +62,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NEGATIVE_CLASSES = ("non-stroke",)
 """Multi-class labels that mean "nothing found": never drawn as overlays."""
 DECIMALS = 6
+_DICOM_UID = re.compile(r"(?=.{1,64}$)[0-9]+(?:\.[0-9]+)*")  # PS3.5 9.1: digits and dots, at most 64
+_HEX_KEY = re.compile(r"[0-9a-f]{16}")  # short_hash of a path or series: already a safe name
 
 
 @dataclass
@@ -408,7 +414,8 @@ def iter_studies(path: Path, series_rules: SelectionRules | None = None) -> Iter
     """
     sources = study_sources(path)
     pending: StudyInput | None = None
-    for source in tqdm(sources, desc="predicting", unit="source", disable=len(sources) < 2):
+    # disable=None: a bar on a terminal (one study too), none when redirected to a file
+    for source in tqdm(sources, desc="predicting", unit="source", disable=None):
         try:
             studies = _read_source(source)
         except InputError as err:
@@ -475,29 +482,75 @@ def _is_nifti(path: Path) -> bool:
 # --- the command -------------------------------------------------------------
 
 def predict_command(args: argparse.Namespace) -> int:
-    """``headct predict PATH --model CKPT --out OUT [--overlays] [--runtime torch|onnx]``."""
+    """``headct predict PATH --model CKPT --out OUT [--overlays] [--no-resume]``: stream, resume, summarise."""
+    if not Path(args.path).exists():  # before the model loads and before anything is written
+        raise InputError(args.path, "no such file or folder")
     try:
         rules = load_rules(getattr(args, "series_rules", None), analyse_all=getattr(args, "series", "auto") == "all")
     except InputError as err:
         print(f"headct predict: {err}", file=sys.stderr)
         return 2
     predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=args.device)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results, skipped = [], 0
+    resume = getattr(args, "resume", True)
+    table = out / "predictions.csv"
+    done = start_csv(table, out, predictor) if resume else start_csv(table, None, predictor)
+    predicted = kept = skipped = 0
     for study in iter_studies(Path(args.path), rules):
-        result = study if isinstance(study, InputError) else predictor._guarded(study)
+        if isinstance(study, InputError):
+            skipped += 1
+            log.error("skipped: %s", study)
+            continue
+        name = output_name(study.key)
+        if name in done:
+            kept += 1
+            log.info("study %s already predicted in this folder (--no-resume to redo it)", name)
+            continue
+        result = predictor._guarded(study)
         if isinstance(result, InputError):
             skipped += 1
             log.error("skipped: %s", result)
             continue
-        write_json(out / f"{result['study']}.json", result)
         if args.overlays:
-            predictor.write_overlays(study, result, out / "overlays" / result["study"])
-        results.append(result)
-    write_csv(out / "predictions.csv", results, predictor.labels)
-    print(f"{len(results)} studies predicted, {skipped} skipped: {out}/<study>.json and {out / 'predictions.csv'}")
-    return 0 if results or not skipped else 1
+            predictor.write_overlays(study, result, inside(out, Path("overlays") / name))
+        write_json(inside(out, Path(f"{name}.json")), result)
+        append_csv(table, result, predictor.labels)
+        done.add(name)
+        predicted += 1
+    print(summary_line(predicted, kept, skipped, out))
+    return 0 if predicted or kept or not skipped else 1
+
+
+def summary_line(predicted: int, kept: int, skipped: int, out: Path) -> str:
+    """The command's last line: how many studies, and the real folder they are in."""
+    if not predicted and not kept:
+        return f"no study predicted ({skipped} input(s) skipped, see above); nothing written to {out}/"
+    parts = [f"{predicted} {'study' if predicted == 1 else 'studies'} → {out}/"]
+    if kept:
+        parts.append(f"{kept} already there (resumed)")
+    if skipped:
+        parts.append(f"{skipped} skipped")
+    return ", ".join(parts) + f"; table: {out / 'predictions.csv'}"
+
+
+def output_name(study_key: str) -> str:
+    """A file name for a study: its UID when that is a valid DICOM UID, else a 16-hex hash of it.
+
+    Header values are untrusted: ``../`` or an absolute path must not steer a
+    write, and a 300-character value must not exceed the file system's name limit.
+    """
+    if _DICOM_UID.fullmatch(study_key) or _HEX_KEY.fullmatch(study_key):
+        return study_key
+    return short_hash(study_key)
+
+
+def inside(out: Path, relative: Path) -> Path:
+    """``out / relative``, refused (InputError) unless it resolves inside ``out``."""
+    path = (out / relative).resolve()
+    if not path.is_relative_to(out.resolve()):
+        raise InputError(None, "an output path would leave --out; refused")
+    return path
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
@@ -505,17 +558,54 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     atomic.write_text(path, json.dumps(result, indent=2) + "\n")
 
 
+def start_csv(path: Path, resume_from: Path | None, predictor: Predictor) -> set[str]:
+    """Write the CSV afresh (atomically) from the studies already in ``resume_from``; their names.
+
+    The JSON files are the record: a kill between a JSON and its CSV rows
+    leaves a table that this rebuild puts right. Only JSON written by the same
+    model card count as done. ``resume_from=None`` starts an empty table.
+    """
+    results = []
+    for file in sorted(resume_from.glob("*.json")) if resume_from is not None else []:
+        try:
+            result = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(result, dict) and result.get("model") == predictor.model_card() and "slices" in result:
+            results.append((file.stem, result))
+    write_csv(path, [r for _, r in results], predictor.labels)
+    return {name for name, _ in results}
+
+
+def append_csv(path: Path, result: dict[str, Any], labels: Sequence[str]) -> None:
+    """Append one study's rows (its slices, then the study) in one write, so a kill keeps whole blocks."""
+    data = _csv_rows([result], labels).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {path.name}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_csv(path: Path, results: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
-    """All studies in one CSV: a row per slice, then a row per study (``level`` column)."""
+    """All studies in one CSV, atomically: per study its slice rows, then its study row (``level`` column)."""
+    header = io.StringIO()
+    csv.writer(header).writerow(["level", "study", "series", "index", "uid",
+                                 *[f"p_{label}" for label in labels], "positive"])
+    atomic.write_text(path, header.getvalue() + _csv_rows(results, labels))
+
+
+def _csv_rows(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["level", "study", "series", "index", "uid", *[f"p_{label}" for label in labels], "positive"])
     for result in results:
         for s in result["slices"]:
             writer.writerow(["slice", result["study"], s["series"] or "", s["index"], s["uid"],
                              *[s["probabilities"][label] for label in labels], "|".join(s["positive"])])
-    for result in results:
         writer.writerow(["study", result["study"], "", -1, result["study"],
                          *[result["study_probabilities"][label] for label in labels],
                          "|".join(result["study_positive"])])
-    atomic.write_text(path, buffer.getvalue())
+    return buffer.getvalue()

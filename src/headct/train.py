@@ -51,6 +51,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from headct.errors import ConfigError
+from headct.models.registry import check_model_name
 from headct.training.augment import AugmentConfig, augment_batch
 from headct.training.config import (
     TrainConfig,
@@ -86,20 +88,18 @@ PROGRESS_EVERY = 10  # batches between progress-bar loss updates (each one is a 
 
 def train_command(args: argparse.Namespace) -> int:
     """``headct train``: resolve the config, train, print where the best checkpoint is."""
-    skip = {"command", "verbose", "config", "resume"}
+    skip = {"command", "verbose", "command_verbose", "config", "resume"}
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     if args.resume:
         run_dir = Path(args.resume)
         if flags.get("out") not in (None, str(run_dir)):
-            raise SystemExit(f"--resume {run_dir} continues that run; drop --out or give the same directory")
+            raise ConfigError(f"--resume {run_dir} continues that run; drop --out or give the same directory")
         base = load_config(run_dir / "config.yaml")
         config = resolve_config(args.config, flags, base=base)
     else:
         config = resolve_config(args.config, flags)
-    try:
-        check_complete(config)
-    except ValueError as err:
-        raise SystemExit(f"headct train: {err}") from None
+    check_complete(config)
+    check_model_name(config.model)  # before the cache loads, so a typo fails at once
     best = train(config, resume=bool(args.resume))
     if best is not None:
         print(f"best checkpoint: {best}")

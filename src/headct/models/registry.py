@@ -10,6 +10,7 @@ slice context, level, normalisation and Grad-CAM target layers.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 from collections.abc import Callable
@@ -18,11 +19,14 @@ from typing import Any
 
 from torch import nn
 
+from headct.errors import ConfigError
+
 # Arguments that say where initial weights come from, not what the model is:
 # they are not recorded in the spec, so a checkpoint rebuilds without them.
 TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_checkpoint"})
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_READS: dict[str, str] = {}  # what a model reads, when not one slice ± its ``context`` argument
 
 
 @dataclass
@@ -54,13 +58,18 @@ class ModelSpec:
         return asdict(self)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder(num_classes, **kw) -> nn.Module`` under ``name``."""
+def register_model(name: str, *, reads: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder(num_classes, **kw) -> nn.Module`` under ``name``.
+
+    ``reads`` says what one input is when it is not a slice ± the ``context`` argument ("whole series").
+    """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
+        if reads:
+            _READS[name] = reads
         return builder
 
     return decorate
@@ -71,14 +80,36 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def check_model_name(name: str) -> None:
+    """Raise ConfigError (with a "did you mean" hint) unless ``name`` is registered."""
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(name, list_models(), n=1)
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(list_models())}",
+                          hint=(f"did you mean {close[0]}? " if close else "") + "headct models describes each")
+
+
+def describe_models() -> dict[str, dict[str, str]]:
+    """Name → {input, description} of every registered model, from its builder (nothing is built)."""
+    table = {}
+    for name in list_models():
+        builder = _BUILDERS[name]
+        params = inspect.signature(builder).parameters
+        context = params["context"].default if "context" in params else 0
+        doc = (builder.__doc__ or "").strip().splitlines()
+        table[name] = {
+            "input": _READS.get(name) or (f"slice ± {context}" if context else "one slice"),
+            "description": doc[0].replace("``", "") if doc else "",
+        }
+    return table
+
+
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a registered model; ``num_classes=0`` gives the headless encoder (features out).
 
     ``model.spec.kwargs`` holds every builder argument with its default filled
     in (minus the transient ``pretrained``), so the spec alone rebuilds it.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    check_model_name(name)
     builder = _BUILDERS[name]
     try:
         bound = inspect.signature(builder).bind(num_classes, **kwargs)

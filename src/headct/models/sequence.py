@@ -31,7 +31,7 @@ RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 POOLINGS = ("max", "attention")
 
 
-@register_model("study-seq")
+@register_model("study-seq", reads="whole series")
 def study_seq(
     num_classes: int,
     *,

@@ -23,7 +23,14 @@ from typing import Any
 
 import yaml
 
+from headct.errors import ConfigError
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def _option(default: Any, help_text: str) -> Any:
+    """A field with its ``--flag`` help text (read by ``headct train --help``)."""
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass
@@ -31,51 +38,55 @@ class TrainConfig:
     """Everything a training run needs; every field is a ``--flag`` of ``headct train``."""
 
     # what to train, on what, where
-    data: str | None = None
-    model: str | None = None
-    task: str | None = None
-    out: str | None = None
-    model_kwargs: dict = field(default_factory=dict)
+    data: str | None = _option(None, "cache folder made by 'headct prepare' (required)")
+    model: str | None = _option(None, "model name, one of 'headct models' (required)")
+    task: str | None = _option(None, "what to predict: rsna, presence, subtype, 3class, or label,label,... (required)")
+    out: str | None = _option(None, "run folder; the best checkpoint goes to OUT/best (required)")
+    model_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "extra model arguments as JSON, e.g. '{\"pretrained\": true}'"})
 
     # optimisation
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5           # linear warm-up, then cosine to min_lr_ratio * lr (per step)
-    min_lr_ratio: float = 0.01
-    grad_accum: int = 1
-    clip_grad: float | None = 1.0
-    amp: str = "auto"                    # auto | bf16 | fp16 | off
-    label_smoothing: float | None = None  # None: 0.1 for multiclass tasks (as StrokeNeXt), 0 otherwise
-    seed: int = 0
+    epochs: int = _option(10, "passes over the training split")
+    batch_size: int = _option(32, "slices (or series) per optimiser step, per device")
+    lr: float = _option(3e-4, "peak learning rate of AdamW")
+    weight_decay: float = _option(0.05, "AdamW weight decay")
+    warmup_epochs: float = _option(0.5, "linear warm-up length in epochs, then a cosine decay per step")
+    min_lr_ratio: float = _option(0.01, "the cosine decay ends at this fraction of --lr")
+    grad_accum: int = _option(1, "batches whose gradients add up before each optimiser step")
+    clip_grad: float | None = _option(1.0, "clip the gradient norm to this (none: no clipping)")
+    amp: str = _option("auto", "mixed precision: auto (bf16 on a GPU that has it, else off), bf16, fp16 or off")
+    label_smoothing: float | None = _option(None, "label smoothing (none: 0.1 for multi-class tasks, as "
+                                                  "StrokeNeXt, 0 otherwise)")
+    seed: int = _option(0, "seed for the weights, the batches and the augmentation")
 
     # augmentation (on the training device, on raw HU / grey, before the model's windowing)
-    augment: bool = True
-    flip_p: float = 0.5
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    shift: float = 0.05
-    window_shift: float = 10.0           # HU (grey levels for uint8 inputs)
-    window_scale: float = 0.05
+    augment: bool = _option(True, "random flips, rotations, scaling, shifts and window jitter while training")
+    flip_p: float = _option(0.5, "probability of a left-right flip")
+    rotate_deg: float = _option(10.0, "largest rotation, in degrees either way")
+    scale: float = _option(0.1, "largest zoom in or out, as a fraction")
+    shift: float = _option(0.05, "largest shift, as a fraction of the image size")
+    window_shift: float = _option(10.0, "largest shift of the intensities, in HU (grey levels for 8-bit input)")
+    window_scale: float = _option(0.05, "largest scaling of the intensities, as a fraction")
 
     # series-level models (study-seq)
-    max_slices: int | None = None
-    slice_loss_weight: float = 1.0
-    series_loss_weight: float = 1.0
-    encoder_checkpoint: str | None = None  # two-stage: frozen 2-D encoder from this checkpoint
+    max_slices: int | None = _option(None, "series models: at most this many slices per series (none: all)")
+    slice_loss_weight: float = _option(1.0, "series models: weight of the per-slice loss")
+    series_loss_weight: float = _option(1.0, "series models: weight of the per-series loss")
+    encoder_checkpoint: str | None = _option(None, "series models: start from (and freeze) the 2-D encoder "
+                                                   "of this checkpoint")
 
     # early stopping and checkpoints
-    monitor: str = "macro_auroc"         # a key of metrics.classification_metrics, or "val_loss"
-    patience: int = 5
+    monitor: str = _option("macro_auroc", "validation metric that picks the best epoch (a metrics.json key, "
+                                          "or val_loss)")
+    patience: int = _option(5, "stop after this many epochs without improvement (0: never stop early)")
 
     # limits, devices, logging
-    max_steps_per_epoch: int | None = None
-    max_val_batches: int | None = None
-    device: str | None = None            # default: cuda when available, else cpu
-    workers: int | None = None           # DataLoader workers; None: 0 on the CPU, up to 8 with a GPU
-    progress: bool = True
-    tensorboard: bool = True
+    max_steps_per_epoch: int | None = _option(None, "cap on optimiser steps per epoch, for quick runs (none: all)")
+    max_val_batches: int | None = _option(None, "cap on validation batches per epoch (none: all)")
+    device: str | None = _option(None, "cuda, cuda:1 or cpu (none: cuda when available)")
+    workers: int | None = _option(None, "data loader workers (none: 0 on the CPU, up to 8 with a GPU)")
+    progress: bool = _option(True, "show progress bars")
+    tensorboard: bool = _option(True, "write TensorBoard logs to OUT/tb")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,7 +114,7 @@ def resolve_config(
     if yaml_path is not None:
         loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: a training config is a mapping of field: value")
+            raise ConfigError(f"{yaml_path}: a training config is a mapping of field: value")
         values.update(_coerce_all({_key(k): v for k, v in loaded.items()}, str(yaml_path)))
     if flags:
         values.update(_coerce_all({_key(k): v for k, v in flags.items() if v is not None}, "flags"))
@@ -116,7 +127,7 @@ def check_complete(config: TrainConfig) -> None:
     """Raise ``ValueError`` unless data, model, task and out are all set."""
     missing = [name for name in REQUIRED if getattr(config, name) in (None, "")]
     if missing:
-        raise ValueError("missing " + ", ".join(f"--{m}" for m in missing))
+        raise ConfigError("missing " + ", ".join(f"--{m}" for m in missing))
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -138,7 +149,7 @@ def parse_value(name: str, text: Any) -> Any:
     """Parse one value for field ``name`` (a string from the command line, or YAML data)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     if name not in fields:
-        raise ValueError(f"unknown training option {name!r}")
+        raise ConfigError(f"unknown training option {name!r}")
     return _coerce(fields[name], text, "flags")
 
 
@@ -152,7 +163,7 @@ def _coerce_all(values: dict[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{source}: unknown training option(s) {', '.join(unknown)}")
+        raise ConfigError(f"{source}: unknown training option(s) {', '.join(unknown)}")
     return {name: _coerce(fields[name], value, source) for name, value in values.items()}
 
 
@@ -174,7 +185,7 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{source}: {f.name} cannot be empty")
+        raise ConfigError(f"{source}: {f.name} cannot be empty")
     try:
         if kind is bool:
             if not isinstance(value, bool):
@@ -194,16 +205,16 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
             return dict(value)
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{source}: {f.name} must be {kind.__name__}, got {value!r}") from None
+        raise ConfigError(f"{source}: {f.name} must be {kind.__name__}, got {value!r}") from None
 
 
 def _check(config: TrainConfig) -> None:
     if config.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {config.amp!r}")
+        raise ConfigError(f"amp must be one of {AMP_MODES}, got {config.amp!r}")
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.lr <= 0:
-        raise ValueError(f"lr must be > 0, got {config.lr}")
+        raise ConfigError(f"lr must be > 0, got {config.lr}")
     if config.patience < 0:
-        raise ValueError(f"patience must be >= 0, got {config.patience}")
+        raise ConfigError(f"patience must be >= 0, got {config.patience}")
