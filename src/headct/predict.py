@@ -363,10 +363,15 @@ def iter_studies(path: Path) -> Iterator[StudyInput | InputError]:
     """Every study under ``path``, source by source with a progress bar; unreadable sources as errors."""
     sources = study_sources(path)
     for source in tqdm(sources, desc="predicting", unit="source", disable=len(sources) < 2):
-        try:
-            yield from read_studies(source)
-        except InputError as err:
-            yield err
+        yield from read_or_error(source)
+
+
+def read_or_error(source: Path) -> list[StudyInput | InputError]:
+    """The studies of one source, or its InputError when it cannot be read."""
+    try:
+        return list(read_studies(source))
+    except InputError as err:
+        return [err]
 
 
 def group_studies(volumes: list[Volume], source: str) -> list[StudyInput]:
@@ -436,22 +441,33 @@ def _is_nifti(path: Path) -> bool:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``headct predict PATH --model CKPT --out OUT [--overlays] [--runtime torch|onnx]``."""
-    predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=args.device)
+    from headct.training.distributed import (
+        close_distributed, gather_objects, init_distributed, merge_in_order, rank_share)
+
+    # under torchrun each process predicts every world_size-th source; gloo: several may share a GPU
+    info = init_distributed(args.device if args.runtime == "torch" else "cpu", backend="gloo")
+    predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=info.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = [], 0
-    for study in iter_studies(Path(args.path)):
-        result = study if isinstance(study, InputError) else predictor._guarded(study)
-        if isinstance(result, InputError):
-            skipped += 1
-            log.error("skipped: %s", result)
-            continue
-        write_json(out / f"{result['study']}.json", result)
-        if args.overlays:
-            predictor.write_overlays(study, result, out / "overlays" / result["study"])
-        results.append(result)
-    write_csv(out / "predictions.csv", results, predictor.labels)
-    print(f"{len(results)} studies predicted, {skipped} skipped: {out}/<study>.json and {out / 'predictions.csv'}")
+    share = rank_share(study_sources(Path(args.path)), info)
+    for position, source in tqdm(share, desc="predicting", unit="source", disable=len(share) < 2):
+        for study in read_or_error(source):
+            result = study if isinstance(study, InputError) else predictor._guarded(study)
+            if isinstance(result, InputError):
+                skipped += 1
+                log.error("skipped: %s", result)
+                continue
+            write_json(out / f"{result['study']}.json", result)
+            if args.overlays:
+                predictor.write_overlays(study, result, out / "overlays" / result["study"])
+            results.append((position, result))
+    results = merge_in_order(results, info)  # source order, as one process would have them
+    skipped = sum(gather_objects(skipped, info))
+    if info.is_main:
+        write_csv(out / "predictions.csv", results, predictor.labels)
+        print(f"{len(results)} studies predicted, {skipped} skipped: {out}/<study>.json and {out / 'predictions.csv'}")
+    close_distributed(info)
     return 0 if results or not skipped else 1
 
 
