@@ -35,6 +35,7 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from headct.errors import InputError
+from headct.io.gpu_decode import decode_on_gpu
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import Volume
 
@@ -421,7 +422,8 @@ def _stored_pixels(ds: pydicom.Dataset, header: _Header, path: str) -> np.ndarra
         data = _raw(ds, _PIXEL_DATA)
         return _native_pixels(data if isinstance(data, bytes) else ds.PixelData, header, path)
     try:
-        arr = ds.pixel_array
+        arr = decode_on_gpu(ds)  # nvImageCodec for JPEG lossless / 2000 where it imports, else None
+        arr = ds.pixel_array if arr is None else arr
     except Exception as exc:  # pydicom's handlers raise many types; one line names the fault
         name = syntax.name if syntax is not None else "unknown transfer syntax"
         raise InputError(path, f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from None
