@@ -48,7 +48,9 @@ DEFAULT_OUT = HERE / "results" / "gpu_run"
 SMOKE_OUT = HERE / "results" / "gpu_run_smoke"  # never mixed up with the GPU figures
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20
 STOP_GRACE_S = 15.0
-"""A stage is stopped this long after its own budget (it stops starting work at its budget)."""
+"""A stage is stopped this long after its own budget (it stops starting work at its budget)..."""
+FINAL_GRACE_S = 10.0
+"""...but never later than this after the whole run's budget."""
 NEEDED_MODULES = ("torch", "timm", "pydicom", "pylibjpeg", "libjpeg", "openjpeg", "pytorch_grad_cam", "sklearn",
                   "safetensors", "yaml", "matplotlib")
 
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, str(HERE / stage.args(budget, out, Path(tmp))[0]),
                    *stage.args(budget, out, Path(tmp))[1:]]
             _say(log_file, f"gpu_run: {stage.name}: {budget:.0f} s: {' '.join(cmd[1:])}")
-            code, seconds = run_until(cmd, budget + STOP_GRACE_S, env=env, log_file=log_file)
+            hard_stop = min(budget + STOP_GRACE_S, clock.left() + FINAL_GRACE_S)  # never far past the whole budget
+            code, seconds = run_until(cmd, hard_stop, env=env, log_file=log_file)
             record.update(seconds=round(seconds, 1), exit_code=code,
                           status="done" if code == 0 else ("stopped at its deadline" if code is None else "failed"))
             _say(log_file, f"gpu_run: {stage.name}: {record['status']} in {seconds:.0f} s")

@@ -393,8 +393,8 @@ def performance_section() -> list[str]:
 
 GPU_RUN_COMMAND = """\
 benchmarks/gpu_wheels.sh        # once, on a machine with PyPI: the wheels the GPU image lacks -> .whl/ (git-ignored)
-# then ONE device call from the repository root (carry the wheels; 8 min of wall time, 9 allowed):
-#   run(command="benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=560)
+# then ONE device call from the repository root (carry the wheels; 8 min budget + at most ~20 s):
+#   run(command="benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=570)
 # and, with the files back from $OUT copied to benchmarks/results/gpu_run/:
 python benchmarks/seeds_comparison.py --markdown-only benchmarks/results/gpu_run/seeds_comparison.json"""
 

@@ -54,7 +54,13 @@ from headct.metrics import (
     sweep_thresholds,
 )
 from headct.tasks import Task, get_task
-from headct.training.distributed import DistInfo, close_distributed, init_distributed, merge_in_order, rank_share
+from headct.training.distributed import (
+    DistInfo,
+    close_distributed,
+    init_distributed,
+    merge_in_order,
+    rank_share,
+)
 
 log = logging.getLogger(__name__)
 

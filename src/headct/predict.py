@@ -442,7 +442,12 @@ def _is_nifti(path: Path) -> bool:
 def predict_command(args: argparse.Namespace) -> int:
     """``headct predict PATH --model CKPT --out OUT [--overlays] [--runtime torch|onnx]``."""
     from headct.training.distributed import (
-        close_distributed, gather_objects, init_distributed, merge_in_order, rank_share)
+        close_distributed,
+        gather_objects,
+        init_distributed,
+        merge_in_order,
+        rank_share,
+    )
 
     # under torchrun each process predicts every world_size-th source; gloo: several may share a GPU
     info = init_distributed(args.device if args.runtime == "torch" else "cpu", backend="gloo")

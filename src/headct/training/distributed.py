@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
