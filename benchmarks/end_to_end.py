@@ -10,7 +10,10 @@ JPEG lossless) go through the public commands, as a site would run them:
   the HTML report and with 100 bootstrap resamples: inference and metrics);
 - ``headct predict`` over the DICOM folder under ``torchrun --nproc_per_node
   PROCS`` (several processes read and decode DICOM while sharing the GPU; the
-  fast path of ``headct.inference``).
+  fast path of ``headct.inference``). With ``--replicas K`` predict reads every
+  study folder K times (hard links, so the phantom is generated once; the files
+  then come from the page cache, as a second pass over a dataset would), which
+  gives start-up something to amortise over.
 
 Slices per second: prepare and predict over every slice, evaluate over the
 test slices; "prepare + evaluate" adds the per-slice times of both. Each
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="phantom slice size (RSNA's is 512)")
     parser.add_argument("--input-size", type=int, default=256, help="cache and model input size")
     parser.add_argument("--slices", type=int, default=None, help="slices per study (default: the phantom's)")
+    parser.add_argument("--replicas", type=int, default=1, help="predict over K hard-linked copies of the studies")
     parser.add_argument("--procs", type=int, default=None, help="predict processes (default: min(8, CPUs))")
     parser.add_argument("--workers", type=int, default=None, help="prepare workers (default: every CPU)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "end_to_end",
         "settings": {"studies": args.studies, "size": args.size, "input_size": args.input_size,
                      "slices": args.slices, "device": device, "jpeg_studies": args.jpeg_studies,
+                     "predict_replicas": args.replicas,
                      "predict_processes": procs, "prepare_workers": workers, "model": MODEL,
                      "time_budget_s": args.time_budget},
         "environment": environment(torch.device(device)),
@@ -108,24 +113,21 @@ def main(argv: list[str] | None = None) -> int:
             stages["prepare"] = _stage(clock, count, cache / "shards", "prepare", str(folder), "--format", "rsna",
                                        "--labels", str(folder / "labels.csv"), "--out", str(cache),
                                        "--size", str(args.input_size), "--workers", str(workers))
-            write_json(result, out)
+            write_json(_judged(result), out)
             predictions = work / f"predict_{name}"
-            stages["predict"] = _stage(clock, count, predictions, "predict", str(folder / "dicom"),
+            studies = replicated(folder / "dicom", work / f"replicas_{name}", args.replicas)
+            # replicas share StudyInstanceUIDs, so their JSONs overwrite each other: no steady rate then
+            stages["predict"] = _stage(clock, count * args.replicas, predictions if args.replicas == 1 else None,
+                                       "predict", str(studies),
                                        "--model", str(checkpoint), "--out", str(predictions), "--device", device,
                                        procs=procs)
-            write_json(result, out)
+            write_json(_judged(result), out)
             if name == "uncompressed" and stages["prepare"].get("finished"):
                 evaluation = work / "evaluate"
                 stages["evaluate"] = _stage(clock, _test_slices(cache), None, "-c", EVALUATE.format(
                     checkpoint=str(checkpoint), cache=str(cache), out=str(evaluation), device=device), module=False)
                 stages["prepare_plus_evaluate_slices_per_s"] = _chain(stages["prepare"], stages["evaluate"])
-            write_json(result, out)
-    predict = result["variants"].get("uncompressed", {}).get("predict", {})
-    value = predict.get("slices_per_s")
-    result["target"] = {"description": "uncompressed DICOM -> predictions (headct predict, torchrun)",
-                        "value": value, "target": TARGET_SLICES_PER_S, "unit": "slices/s",
-                        "met": (value >= TARGET_SLICES_PER_S) if value is not None and device.startswith("cuda")
-                        else None}
+            write_json(_judged(result), out)
     result["complete"] = all(s.get("finished") for v in result["variants"].values()
                              for s in v.values() if isinstance(s, dict))
     return _finish(result, out, None)
@@ -153,6 +155,19 @@ def jpeg_lossless_copy(raw: Path, out: Path, workers: int, studies: int | None =
     (out / "labels.csv").write_text(lines[0] + "".join(r for r in lines[1:] if r.rsplit("_", 1)[0] in kept))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         list(pool.map(_transcode, files, [out / f.relative_to(raw) for f in files], chunksize=16))
+    return out
+
+
+def replicated(studies: Path, out: Path, replicas: int) -> Path:
+    """A folder holding every study folder of ``studies`` ``replicas`` times, as hard links (1: ``studies``)."""
+    if replicas <= 1:
+        return studies
+    for k in range(replicas):
+        for study in (p for p in studies.iterdir() if p.is_dir()):
+            target = out / f"r{k:03d}_{study.name}"
+            target.mkdir(parents=True, exist_ok=True)
+            for f in study.iterdir():
+                os.link(f, target / f.name)
     return out
 
 
@@ -218,10 +233,21 @@ def _chain(*stages: dict[str, Any]) -> float | None:
     return round(1.0 / sum(1.0 / r for r in rates), 1)
 
 
+def _judged(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the issue-16 target judged on what predict measured so far (None off CUDA)."""
+    predict = result["variants"].get("uncompressed", {}).get("predict", {})
+    value = predict.get("slices_per_s")
+    on_gpu = str(result["settings"]["device"]).startswith("cuda")
+    result["target"] = {"description": "uncompressed DICOM -> predictions (headct predict, torchrun)",
+                        "value": value, "target": TARGET_SLICES_PER_S, "better": ">=", "unit": "slices/s",
+                        "met": (value >= TARGET_SLICES_PER_S) if value is not None and on_gpu else None}
+    return result
+
+
 def _finish(result: dict[str, Any], out: Path, problem: str | None) -> int:
     if problem:
         result["problem"] = problem
-    write_json(result, out)
+    write_json(_judged(result), out)
     print(f"wrote {out}")
     return 0 if problem is None else 1
 

@@ -72,7 +72,8 @@ def gpu_stages(cpus: int) -> list[Stage]:
             "gpu_targets.py", "--json", str(out / "gpu_targets.json"), "--phantom-studies", "120",
             "--time-budget", f"{s:.0f}"]),
         Stage("end_to_end", 0.17, ["end_to_end.json"], lambda s, out, work: [
-            "end_to_end.py", "--studies", "80", "--size", "512", "--input-size", "256", "--slices", "24",
+            "end_to_end.py", "--studies", "60", "--size", "512", "--input-size", "256", "--slices", "24",
+            "--replicas", "20",
             "--procs", str(min(12, cpus)), "--workers", str(cpus), "--jpeg-studies", "20", "--device", "cuda",
             "--json", str(out / "end_to_end.json"), "--work", str(work / "e2e"), "--time-budget", f"{s:.0f}"]),
         Stage("seeds", 0.30, ["seeds_comparison.json", "seeds_results.md"], lambda s, out, work: [
@@ -95,7 +96,7 @@ def smoke_stages(cpus: int) -> list[Stage]:
             "gpu_targets.py", "--device", "cpu", "--json", str(out / "gpu_targets.json"), "--phantom-studies", "3",
             "--time-budget", f"{s:.0f}"]),
         Stage("end_to_end", 0.30, ["end_to_end.json"], lambda s, out, work: [
-            "end_to_end.py", "--studies", "3", "--size", "64", "--input-size", "32", "--slices", "4",
+            "end_to_end.py", "--studies", "3", "--size", "64", "--input-size", "32", "--slices", "4", "--replicas", "2",
             "--procs", "2", "--workers", str(min(2, cpus)), "--jpeg-studies", "1", "--device", "cpu",
             "--json", str(out / "end_to_end.json"), "--work", str(work / "e2e"), "--time-budget", f"{s:.0f}"]),
         Stage("seeds", 0.27, ["seeds_comparison.json", "seeds_results.md"], lambda s, out, work: [
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             record = summary["stages"].setdefault(stage.name, {"budget_s": round(budget, 1)})
             if budget < 5:
                 record["status"] = "skipped: no time left"
+                _say(log_file, f"gpu_run: {stage.name}: skipped, no time left")
                 _write(out / "summary.json", summary)
                 continue
             cmd = [sys.executable, str(HERE / stage.args(budget, out, Path(tmp))[0]),
