@@ -143,7 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             key = repr(config)
             if key not in measured:  # targets that share a benchmark share its run
                 log.info("measuring %s", target.name)
-                measured[key] = run_bench(config)
+                try:
+                    measured[key] = run_bench(config)
+                except Exception as exc:  # noqa: BLE001 - one broken target must not cost the others
+                    log.exception("%s failed", target.name)
+                    measured[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            if "error" in measured[key]:
+                results.setdefault("targets", {})[target.name] = {
+                    "description": target.description, "value": None, "unit": target.unit, "target": target.target,
+                    "better": target.better, "met": None, "skipped": f"failed: {measured[key]['error']}"}
+                write_json(results, out)
+                continue
             results.setdefault("targets", {})[target.name] = _judge(target, measured[key], on_gpu)
             write_json(results, out)  # after every target: a run cut short keeps what it measured
             log.info("%s: %s", target.name, results["targets"][target.name]["value"])

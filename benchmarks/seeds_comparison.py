@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         if share < 5:
             skipped[model] = "time budget spent"
             continue
-        row = train_and_evaluate(model, cache, work, budget, workers, str(device), seconds=share)
+        try:
+            row = train_and_evaluate(model, cache, work, budget, workers, str(device), seconds=share)
+        except subprocess.CalledProcessError as err:  # one model failing must not cost the others
+            skipped[model] = f"headct {err.cmd[1]} failed (exit {err.returncode}); see the log"
+            continue
         if row is None:
             skipped[model] = "no checkpoint within its share of the time budget"
             continue

@@ -75,3 +75,58 @@ def test_other_syntaxes_and_the_off_switch_never_reach_the_gpu(make_ct, write_ct
     monkeypatch.setenv("HEADCT_GPU_DECODE", "0")
     assert not gpu_decode.register_plugin()
     assert not gpu_decode.is_available("1.2.840.10008.1.2.1")
+
+
+class _FakeImage:
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def cpu(self) -> _FakeImage:
+        return self
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.array
+
+
+class _FakeNvImageCodec:
+    """nvImageCodec's Python surface that the plugin uses, decoding with pylibjpeg's codecs on the CPU."""
+
+    class ColorSpec:
+        UNCHANGED = "unchanged"
+
+    class DecodeParams:
+        def __init__(self, *, allow_any_depth: bool, color_spec: str) -> None:
+            assert allow_any_depth and color_spec == "unchanged"
+
+    class Decoder:
+        def decode(self, data: bytes, params=None) -> _FakeImage:
+            import libjpeg
+            import openjpeg
+
+            codec = openjpeg if bytes(data[:2]) == b"\xff\x4f" else libjpeg  # J2K codestream or JPEG
+            return _FakeImage(np.asarray(codec.decode(bytes(data)))[..., None])  # nvImageCodec's HWC
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=lambda s: s.name)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_plugin_glue_gives_pydicoms_array(syntax, signed, make_ct, compress, write_ct, monkeypatch) -> None:
+    """Registration and frame decoding, with nvImageCodec replaced by a CPU double (its API as the plugin uses it)."""
+    from pydicom.pixels import decoders
+
+    monkeypatch.setattr(gpu_decode, "_nvimgcodec", lambda: _FakeNvImageCodec)
+    monkeypatch.setattr(gpu_decode, "_cuda", lambda: True)
+    monkeypatch.setattr(gpu_decode, "_decoder", lambda: _FakeNvImageCodec.Decoder())
+    stored = np.random.default_rng(6).integers(-2000 if signed else 0, 3000 if signed else 4095, (64, 64)).astype(
+        np.int16 if signed else np.uint16)
+    path = write_ct("packed.dcm", compress(make_ct(stored, pixel_representation=int(signed),
+                                                   bits_stored=16 if signed else 12), syntax))
+    try:
+        decoded = gpu_decode.decode_on_gpu(pydicom.dcmread(path))
+        assert gpu_decode.PLUGIN in decoders.JPEGLosslessSV1Decoder.available_plugins
+    finally:
+        for name in gpu_decode.GPU_SYNTAXES.values():
+            if gpu_decode.PLUGIN in getattr(decoders, name).available_plugins:
+                getattr(decoders, name).remove_plugin(gpu_decode.PLUGIN)
+    assert decoded is not None
+    assert decoded.dtype == (np.int16 if signed else np.uint16)
+    np.testing.assert_array_equal(decoded, stored)
