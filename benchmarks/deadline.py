@@ -20,6 +20,8 @@ log = logging.getLogger("deadline")
 
 GRACE_S = 5.0
 """Between SIGTERM and SIGKILL when a command outlives its deadline."""
+RESERVE_S = 10.0
+"""What a script keeps back from its ``--time-budget`` to stop its last command and write its JSON."""
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Clock:
     """Seconds left until a fixed point in time (``budget_s`` None: never runs out)."""
 
     budget_s: float | None = None
+    reserve_s: float = 0.0  # kept back at the end (see RESERVE_S)
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -36,7 +39,7 @@ class Clock:
         return time.monotonic() - self.started
 
     def left(self) -> float:
-        return float("inf") if self.budget_s is None else self.budget_s - self.elapsed
+        return float("inf") if self.budget_s is None else self.budget_s - self.reserve_s - self.elapsed
 
 
 def run_until(cmd: Sequence[str], seconds: float, *, env: dict[str, str] | None = None,

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deadline import Clock, run_until  # noqa: E402
+from deadline import RESERVE_S, Clock, run_until  # noqa: E402
 
 from headct.bench import environment, write_json  # noqa: E402
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    clock = Clock(args.time_budget)
+    clock = Clock(args.time_budget, reserve_s=RESERVE_S)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cpus = os.cpu_count() or 1
     procs = args.procs or min(8, cpus)
@@ -197,7 +197,7 @@ def _stage(clock: Clock, slices: int, outputs: Path | None, *args: str, procs: i
         stage["slices_per_s"] = round(slices / seconds, 1)
         if outputs is not None:
             stage["steady_slices_per_s"] = _steady_rate(outputs, slices)
-    log.info("%s: %s", args[0], stage)
+    log.info("%s: %s", "evaluate" if args[0] == "-c" else args[0], stage)
     return stage
 
 

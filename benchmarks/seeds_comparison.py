@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deadline import Clock, run_until  # noqa: E402
+from deadline import RESERVE_S, Clock, run_until  # noqa: E402
 
 from headct.bench import BenchConfig, environment, run_bench, write_json  # noqa: E402
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     label = "gpu" if on_gpu else "cpu"
     json_path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"seeds_comparison_{label}.json"
 
-    clock = Clock(args.time_budget)
+    clock = Clock(args.time_budget, reserve_s=RESERVE_S)
     cache = prepare_phantom(work, args, clock)
     meta = json.loads((cache / "meta.json").read_text())
     budget = {"epochs": args.epochs, "batch_size": batch_size, "lr": args.lr, "seed": args.seed,
