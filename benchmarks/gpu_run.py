@@ -51,6 +51,8 @@ STOP_GRACE_S = 15.0
 """A stage is stopped this long after its own budget (it stops starting work at its budget)..."""
 FINAL_GRACE_S = 10.0
 """...but never later than this after the whole run's budget."""
+OUT_OF_TIME = 3
+"""A stage's exit code when its budget ran out before it measured anything (not a failure)."""
 NEEDED_MODULES = ("torch", "timm", "pydicom", "pylibjpeg", "libjpeg", "openjpeg", "pytorch_grad_cam", "sklearn",
                   "safetensors", "yaml", "matplotlib")
 
@@ -155,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(log_file, f"gpu_run: {stage.name}: {budget:.0f} s: {' '.join(cmd[1:])}")
             hard_stop = min(budget + STOP_GRACE_S, clock.left() + FINAL_GRACE_S)  # never far past the whole budget
             code, seconds = run_until(cmd, hard_stop, env=env, log_file=log_file)
-            record.update(seconds=round(seconds, 1), exit_code=code,
-                          status="done" if code == 0 else ("stopped at its deadline" if code is None else "failed"))
+            record.update(seconds=round(seconds, 1), exit_code=code, status=_status(code))
             _say(log_file, f"gpu_run: {stage.name}: {record['status']} in {seconds:.0f} s")
             _write(out / "summary.json", summary)
     summary["targets"] = target_lines(out)
@@ -219,6 +220,16 @@ def check_files(out: Path) -> dict[str, Any]:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+def _status(code: int | None) -> str:
+    if code == 0:
+        return "done"
+    if code is None:
+        return "stopped at its deadline"
+    if code == OUT_OF_TIME:
+        return "out of time before measuring anything"
+    return "failed"
+
 
 def _environment(smoke: bool) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

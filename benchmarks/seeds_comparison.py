@@ -48,6 +48,8 @@ from headct.bench import BenchConfig, environment, run_bench, write_json  # noqa
 log = logging.getLogger("seeds_comparison")
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT_OF_TIME = 3
+"""Exit code when the time budget ran out before any model was evaluated (gpu_run.py says so)."""
 SEED_MODELS = ("effnet-2d", "effnet-2.5d", "effnet-lstm", "study-seq", "strokenext-tiny")
 LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         result = _result(args, label, env, meta, budget, workers, rows, skipped, None, {}, complete=False)
         write_json(result, json_path)  # after every model: a run stopped early keeps its rows
     if not rows:
+        write_json(_result(args, label, env, meta, budget, workers, rows, skipped, None, {}, complete=False), json_path)
         print("no model finished within the time budget")
-        return 1
+        return OUT_OF_TIME
     best = max(rows, key=lambda m: _num(rows[m]["micro_auroc"]))
     tests = {}
     for other in rows:
