@@ -20,6 +20,8 @@ log = logging.getLogger("deadline")
 
 GRACE_S = 5.0
 """Between SIGTERM and SIGKILL when a command outlives its deadline."""
+OUT_OF_TIME = 3
+"""Exit code of a script whose budget ran out before it measured anything (not a failure)."""
 RESERVE_S = 10.0
 """What a script keeps back from its ``--time-budget`` to stop its last command and write its JSON."""
 

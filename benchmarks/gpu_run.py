@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deadline import Clock, run_until  # noqa: E402
+from deadline import OUT_OF_TIME, Clock, run_until  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "gpu_run"
@@ -51,8 +51,6 @@ STOP_GRACE_S = 15.0
 """A stage is stopped this long after its own budget (it stops starting work at its budget)..."""
 FINAL_GRACE_S = 10.0
 """...but never later than this after the whole run's budget."""
-OUT_OF_TIME = 3
-"""A stage's exit code when its budget ran out before it measured anything (not a failure)."""
 NEEDED_MODULES = ("torch", "timm", "pydicom", "pylibjpeg", "libjpeg", "openjpeg", "pytorch_grad_cam", "sklearn",
                   "safetensors", "yaml", "matplotlib")
 

@@ -41,15 +41,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deadline import RESERVE_S, Clock, run_until  # noqa: E402
+from deadline import OUT_OF_TIME, RESERVE_S, Clock, run_until  # noqa: E402
 
 from headct.bench import BenchConfig, environment, run_bench, write_json  # noqa: E402
 
 log = logging.getLogger("seeds_comparison")
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_OF_TIME = 3
-"""Exit code when the time budget ran out before any model was evaluated (gpu_run.py says so)."""
 SEED_MODELS = ("effnet-2d", "effnet-2.5d", "effnet-lstm", "study-seq", "strokenext-tiny")
 LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
