@@ -199,14 +199,21 @@ def target_lines(out: Path) -> list[str]:
     e2e = _read(out / "end_to_end.json").get("target")
     entries = [(name, t) for name, t in targets.items()] + ([("end_to_end_slices_per_s", e2e)] if e2e else [])
     for name, t in entries:
-        value = t.get("value")
-        shown = "not measured" if value is None else f"{value:,.4g} {t.get('unit', '')}".strip()
-        bar = f"{t.get('better', '>=')} {t['target']:,.4g}" if t.get("target") is not None else "reported"
+        value, unit = t.get("value"), t.get("unit", "")
+        shown = "not measured" if value is None else _figure(value, unit)
+        bar = f"{t.get('better', '>=')} {_figure(t['target'], unit)}" if t.get("target") is not None else "reported"
         met = {True: "met", False: "NOT met", None: "n/a"}[t.get("met")]
         if t.get("skipped"):
             met = f"n/a ({t['skipped']})"
         lines.append(f"target {name}: {shown} (bar {bar}): {met}")
     return lines
+
+
+def _figure(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{value / 2**30:.2f} GiB"
+    number = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return f"{number} {unit}".strip()
 
 
 def check_files(out: Path) -> dict[str, Any]:

@@ -81,10 +81,10 @@ def test_target_lines_say_met_not_met_and_not_measured(tmp_path: Path) -> None:
     (tmp_path / "end_to_end.json").write_text(json.dumps({"target": {
         "value": 12.5, "unit": "slices/s", "target": 5000.0, "met": None}}))
     lines = gpu_run.target_lines(tmp_path)
-    assert lines[0] == "target fast: 8,000 img/s (bar >= 7,000): met"
-    assert lines[1].endswith(": NOT met") and "<= 1.611e+09" in lines[1]
-    assert lines[2] == "target late: not measured (bar >= 0.9): n/a (time budget of 40 s spent)"
-    assert lines[3] == "target end_to_end_slices_per_s: 12.5 slices/s (bar >= 5,000): n/a"
+    assert lines[0] == "target fast: 8,000 img/s (bar >= 7,000 img/s): met"
+    assert lines[1] == "target small: 2.00 GiB (bar <= 1.50 GiB): NOT met"
+    assert lines[2] == "target late: not measured (bar >= 0.9 ratio): n/a (time budget of 40 s spent)"
+    assert lines[3] == "target end_to_end_slices_per_s: 12.5 slices/s (bar >= 5,000 slices/s): n/a"
 
 
 def test_more_than_eight_files_is_over_the_limit(tmp_path: Path) -> None:
