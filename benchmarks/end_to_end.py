@@ -54,7 +54,8 @@ TARGET_SLICES_PER_S = 5_000.0
 MODEL = "effnet-2d"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--size", type=int, default=512, help="phantom slice size (RSNA's is 512)")
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds for the whole benchmark")
     parser.add_argument("--work", default=None, help="keep files here (default: a temporary folder)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "end_to_end.json"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

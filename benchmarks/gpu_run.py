@@ -68,7 +68,7 @@ class Stage:
 def gpu_stages(cpus: int) -> list[Stage]:
     """The H200 sizes. Seeds: phantom slices scale with its budget (about 40 per second, ≤ 21,000)."""
     return [
-        Stage("targets", 0.38, ["gpu_targets.json"], lambda s, out, work: [
+        Stage("targets", 0.45, ["gpu_targets.json"], lambda s, out, work: [
             "gpu_targets.py", "--json", str(out / "gpu_targets.json"), "--phantom-studies", "120",
             "--time-budget", f"{s:.0f}"]),
         Stage("end_to_end", 0.17, ["end_to_end.json"], lambda s, out, work: [
@@ -76,12 +76,12 @@ def gpu_stages(cpus: int) -> list[Stage]:
             "--replicas", "20",
             "--procs", str(min(12, cpus)), "--workers", str(cpus), "--jpeg-studies", "20", "--device", "cuda",
             "--json", str(out / "end_to_end.json"), "--work", str(work / "e2e"), "--time-budget", f"{s:.0f}"]),
-        Stage("seeds", 0.30, ["seeds_comparison.json", "seeds_results.md"], lambda s, out, work: [
+        Stage("seeds", 0.25, ["seeds_comparison.json", "seeds_results.md"], lambda s, out, work: [
             "seeds_comparison.py", "--studies", str(max(100, min(1000, int(s * 40 / 21)))), "--size", "256",
             "--epochs", "3", "--batch-size", "64", "--bench-iters", "10", "--bootstrap", "200",
             "--device", "cuda", "--work", str(work / "seeds"), "--json", str(out / "seeds_comparison.json"),
             "--markdown", str(out / "seeds_results.md"), "--time-budget", f"{s:.0f}"]),
-        Stage("localisation", 0.15, ["localisation.json"], lambda s, out, work: [
+        Stage("localisation", 0.13, ["localisation.json"], lambda s, out, work: [
             "localisation.py", "--studies", "120", "--phantom-size", "256", "--cache-size", "256", "--epochs", "4",
             "--batch-size", "64", "--limit", "32", "--runs", "2", "--device", "cuda",
             "--work", str(work / "localisation"), "--json", str(out / "localisation.json"),

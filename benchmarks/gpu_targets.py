@@ -97,7 +97,8 @@ def gpu_targets() -> list[Target]:
 CPU_SETTINGS = dict(batch_size=8, img_size=64, amp="fp32", compile=None, warmup=2, iters=5)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared cache for the training-input target (default: a phantom set)")
     parser.add_argument("--only", action="append", help="run only this target (repeatable)")
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="studies in the generated phantom set (default: 400 on GPU, 8 on CPU)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds: no target is started after this (they are marked skipped)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")

@@ -47,7 +47,8 @@ RUNS = [  # (name, target layers (None: the model's default, conv_head), toleran
 ]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--phantom-size", type=int, default=256)
@@ -65,7 +66,12 @@ def main() -> None:
                         help="skip training: score the run already in --work (its time from the earlier --json)")
     parser.add_argument("--gallery", default=None, help="copy the 'any' overlay gallery (default tolerance) here")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "localisation.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
     settings = replace(DemoSettings(), studies=args.studies, phantom_size=args.phantom_size, slices=args.slices,

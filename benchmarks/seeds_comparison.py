@@ -52,7 +52,8 @@ SEED_MODELS = ("effnet-2d", "effnet-2.5d", "effnet-lstm", "study-seq", "strokene
 LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=1000, help="phantom studies (1000 x 21 slices at 256 px: 21,000 slices)")
     parser.add_argument("--size", type=int, default=256, help="slice size in pixels (phantom and cache)")
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for the whole comparison (see the module docstring)")
     parser.add_argument("--markdown-only", metavar="JSON",
                         help="only rewrite the markdown from this earlier result (e.g. after new target figures)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.markdown_only:
@@ -412,6 +418,14 @@ def gpu_run_section() -> list[str]:
              "seeds' comparison sized to the minutes left and Grad-CAM localisation at 256 px "
              "(`benchmarks/gpu_run.py` says how). `benchmarks/gpu_run.sh --smoke` rehearses the same sequence "
              "on a CPU at toy sizes.", "", "```", GPU_RUN_COMMAND, "```", ""]
+    smoke_path = ROOT / "benchmarks" / "results" / "gpu_run_smoke" / "summary.json"
+    if smoke_path.exists():
+        smoke = json.loads(smoke_path.read_text())
+        stages = "; ".join(f"{name} {stage.get('status')} ({stage.get('seconds', 0):.0f} of "
+                           f"{stage.get('budget_s', 0):.0f} s)" for name, stage in smoke.get("stages", {}).items())
+        lines += [f"Last CPU rehearsal (`{_relative(smoke_path.parent)}/`, {smoke.get('budget_s', 0) / 60:.0f} min "
+                  f"budget, {smoke.get('wall_s')} s wall, {smoke.get('preflight', {}).get('cpus')} CPUs shared with "
+                  f"other jobs): {stages}. Its figures are toy-size CPU figures and judge nothing.", ""]
     summary_path = ROOT / "benchmarks" / "results" / "gpu_run" / "summary.json"
     if not summary_path.exists():
         return lines + ["Not run yet: no GPU has been lent to a session since it was prepared, so every GPU "

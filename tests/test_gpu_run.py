@@ -104,3 +104,20 @@ def test_without_cuda_the_gpu_run_refuses_to_start_and_says_why(tmp_path: Path) 
     assert gpu_run.main(["--out", str(tmp_path), "--stages", "targets"]) == 2
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "no CUDA device" in summary["preflight"]["problem"] and summary["stages"] == {}
+
+
+@pytest.mark.parametrize("smoke", [False, True], ids=["gpu", "smoke"])
+def test_every_stage_passes_flags_its_script_knows(smoke: bool, tmp_path: Path) -> None:
+    """The GPU run is one shot: a misspelt flag must fail here, not on the H200."""
+    stages = (gpu_run.smoke_stages if smoke else gpu_run.gpu_stages)(16)
+    assert [s.name for s in stages] == ["targets", "end_to_end", "seeds", "localisation"]
+    assert sum(s.share for s in stages) == pytest.approx(1.0)
+    for stage in stages:
+        script, *argv = stage.args(100.0, tmp_path, tmp_path / "work")
+        args = _load(script.removesuffix(".py")).build_parser().parse_args(argv)
+        assert args.time_budget == 100.0
+        written = [v for v in vars(args).values() if isinstance(v, str) and v.startswith(str(tmp_path))]
+        outputs = {Path(v).name for v in written if not v.startswith(str(tmp_path / "work"))}
+        assert outputs == set(stage.outputs), stage.name  # results in the folder, work files outside it
+        if not smoke:
+            assert getattr(args, "device", "cuda") in ("cuda", None)
