@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped[model] = f"headct {err.cmd[1]} failed (exit {err.returncode}); see the log"
             continue
         if row is None:
-            skipped[model] = "no checkpoint within its share of the time budget"
+            skipped[model] = "not trained and evaluated within its share of the time budget"
             continue
         rows[model] = row
         if args.bench_iters and clock.left() > 0:
