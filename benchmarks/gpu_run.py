@@ -142,22 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="headct-gpu-run-") as tmp:
         for number, stage in enumerate(stages):
-            shares_left = sum(s.share for s in stages[number:])
-            budget = clock.left() * stage.share / shares_left
-            record = summary["stages"].setdefault(stage.name, {"budget_s": round(budget, 1)})
-            if budget < 5:
-                record["status"] = "skipped: no time left"
-                _say(log_file, f"gpu_run: {stage.name}: skipped, no time left")
-                _write(out / "summary.json", summary)
-                continue
-            cmd = [sys.executable, str(HERE / stage.args(budget, out, Path(tmp))[0]),
-                   *stage.args(budget, out, Path(tmp))[1:]]
-            _say(log_file, f"gpu_run: {stage.name}: {budget:.0f} s: {' '.join(cmd[1:])}")
-            hard_stop = min(budget + STOP_GRACE_S, clock.left() + FINAL_GRACE_S)  # never far past the whole budget
-            code, seconds = run_until(cmd, hard_stop, env=env, log_file=log_file)
-            record.update(seconds=round(seconds, 1), exit_code=code, status=_status(code))
-            _say(log_file, f"gpu_run: {stage.name}: {record['status']} in {seconds:.0f} s")
-            _write(out / "summary.json", summary)
+            budget = clock.left() * stage.share / sum(s.share for s in stages[number:])
+            summary["stages"][stage.name] = run_stage(stage, budget, clock, out, Path(tmp), env, log_file)
+            _write(out / "summary.json", summary)  # after every stage: a run cut short keeps what it measured
     summary["targets"] = target_lines(out)
     summary["wall_s"] = round(clock.elapsed, 1)
     summary["files"] = check_files(out)
@@ -167,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     _say(log_file, f"gpu_run: {summary['wall_s']:.0f} s wall, {len(summary['files']['names'])} files in {out}"
          + ("" if summary["files"]["within_limits"] else " (OVER the 8 files / 16 MiB limits)"))
     return 0 if summary["files"]["within_limits"] else 1
+
+
+def run_stage(stage: Stage, budget: float, clock: Clock, out: Path, work: Path, env: dict[str, str],
+              log_file: Path) -> dict[str, Any]:
+    """Run one stage with ``budget`` seconds (stopped a little after; never far past the whole run's)."""
+    record: dict[str, Any] = {"budget_s": round(budget, 1)}
+    if budget < 5:
+        record["status"] = "skipped: no time left"
+        _say(log_file, f"gpu_run: {stage.name}: skipped, no time left")
+        return record
+    script, *argv = stage.args(budget, out, work)
+    cmd = [sys.executable, str(HERE / script), *argv]
+    _say(log_file, f"gpu_run: {stage.name}: {budget:.0f} s: {' '.join(cmd[1:])}")
+    hard_stop = min(budget + STOP_GRACE_S, clock.left() + FINAL_GRACE_S)
+    code, seconds = run_until(cmd, hard_stop, env=env, log_file=log_file)
+    record.update(seconds=round(seconds, 1), exit_code=code, status=_status(code))
+    _say(log_file, f"gpu_run: {stage.name}: {record['status']} in {seconds:.0f} s")
+    return record
 
 
 def preflight(smoke: bool, out: Path) -> dict[str, Any]:
