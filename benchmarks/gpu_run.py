@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = [s for s in stages if s.name in wanted]
     env = _environment(args.smoke)
     summary: dict[str, Any] = {"run": "smoke (CPU, toy sizes)" if args.smoke else "gpu",
-                               "budget_s": clock.budget_s, "preflight": preflight(args.smoke, out), "stages": {}}
+                               "budget_s": clock.budget_s, "preflight": preflight(args.smoke), "stages": {}}
     _say(log_file, f"gpu_run: {summary['run']}, {clock.budget_s:.0f} s budget, results in {out}")
     problem = summary["preflight"].get("problem")
     if problem:
@@ -174,7 +174,7 @@ def run_stage(stage: Stage, budget: float, clock: Clock, out: Path, work: Path, 
     return record
 
 
-def preflight(smoke: bool, out: Path) -> dict[str, Any]:
+def preflight(smoke: bool) -> dict[str, Any]:
     """What the run needs: the Python modules, the device, and room on the disk; ``problem`` if it can't run."""
     missing = [m for m in NEEDED_MODULES if importlib.util.find_spec(m) is None]
     info: dict[str, Any] = {"missing_modules": missing, "cpus": os.cpu_count(),
