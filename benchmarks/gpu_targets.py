@@ -24,6 +24,8 @@ no compile), are labelled ``cpu`` and go to ``benchmarks/results/cpu_targets.jso
 the targets are GPU targets, so there ``met`` is null. ``--only NAME`` runs one
 target (the device tool allows 10 minutes per command); results are merged
 into the JSON file target by target, so a run cut short keeps what it measured.
+``--time-budget SECONDS`` starts no target once the budget is spent (each is
+marked ``skipped``); ``gpu_run.py`` also stops the whole script at its deadline.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,7 +97,8 @@ def gpu_targets() -> list[Target]:
 CPU_SETTINGS = dict(batch_size=8, img_size=64, amp="fp32", compile=None, warmup=2, iters=5)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="prepared cache for the training-input target (default: a phantom set)")
     parser.add_argument("--only", action="append", help="run only this target (repeatable)")
@@ -102,8 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="output file (default: benchmarks/results/gpu_targets_<device>.json or cpu_targets.json)")
     parser.add_argument("--phantom-studies", type=int, default=None,
                         help="studies in the generated phantom set (default: 400 on GPU, 8 on CPU)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: no target is started after this (they are marked skipped)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
@@ -116,10 +128,6 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="headct-targets-") as tmp:
         data = args.data
-        if data is None and any(t.config.train for t in targets):
-            studies = args.phantom_studies or (400 if on_gpu else 8)
-            size = 256 if on_gpu else 64
-            data = phantom_cache(Path(tmp), studies=studies, size=size)
         results = _load(out)
         results.update({"label": "gpu" if on_gpu else "cpu", "environment": env})
         if not on_gpu:
@@ -127,11 +135,31 @@ def main(argv: list[str] | None = None) -> int:
                                "to show the measurements work; the targets are for an H100 and are not judged here.")
         measured: dict[tuple, dict[str, Any]] = {}
         for target in targets:
+            if time.monotonic() > deadline:
+                results.setdefault("targets", {})[target.name] = {
+                    "description": target.description, "value": None, "unit": target.unit,
+                    "target": target.target, "better": target.better, "met": None,
+                    "skipped": f"time budget of {args.time_budget:g} s spent"}
+                write_json(results, out)
+                continue
+            if data is None and target.config.train:  # built only when reached: inference targets come first
+                studies = args.phantom_studies or (400 if on_gpu else 8)
+                data = phantom_cache(Path(tmp), studies=studies, size=256 if on_gpu else 64)
             config = _settings(target, device, data)
             key = repr(config)
             if key not in measured:  # targets that share a benchmark share its run
                 log.info("measuring %s", target.name)
-                measured[key] = run_bench(config)
+                try:
+                    measured[key] = run_bench(config)
+                except Exception as exc:  # noqa: BLE001 - one broken target must not cost the others
+                    log.exception("%s failed", target.name)
+                    measured[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            if "error" in measured[key]:
+                results.setdefault("targets", {})[target.name] = {
+                    "description": target.description, "value": None, "unit": target.unit, "target": target.target,
+                    "better": target.better, "met": None, "skipped": f"failed: {measured[key]['error']}"}
+                write_json(results, out)
+                continue
             results.setdefault("targets", {})[target.name] = _judge(target, measured[key], on_gpu)
             write_json(results, out)  # after every target: a run cut short keeps what it measured
             log.info("%s: %s", target.name, results["targets"][target.name]["value"])

@@ -12,6 +12,10 @@ random maps (the baseline a map must beat).
 About 20 minutes on two CPU cores; on a GPU, add ``--device cuda``.
 
     python benchmarks/localisation.py [--studies 200] [--epochs 8] [--json benchmarks/results/localisation.json]
+
+``--time-budget SECONDS``: once training is done the JSON is written, and
+then again after each scoring run; a scoring run is not started once the
+budget is spent (the JSON lists it under ``skipped``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ RUNS = [  # (name, target layers (None: the model's default, conv_head), toleran
 ]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--phantom-size", type=int, default=256)
@@ -52,15 +57,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--limit", type=int, default=64, help="lesion slices scored per class")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=len(RUNS), help="score only the first N of the runs")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds (see above)")
     parser.add_argument("--work", default=None, help="keep the phantom, cache and run here (default: a temp dir)")
     parser.add_argument("--reuse", action="store_true",
                         help="skip training: score the run already in --work (its time from the earlier --json)")
     parser.add_argument("--gallery", default=None, help="copy the 'any' overlay gallery (default tolerance) here")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "localisation.json"))
-    args = parser.parse_args()
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
     settings = replace(DemoSettings(), studies=args.studies, phantom_size=args.phantom_size, slices=args.slices,
-                       cache_size=args.cache_size, epochs=args.epochs, n_bootstrap=200, device=args.device)
+                       cache_size=args.cache_size, epochs=args.epochs, n_bootstrap=200, device=args.device,
+                       max_steps_per_epoch=args.max_steps_per_epoch)
+    if args.batch_size:
+        settings = replace(settings, batch_size=args.batch_size)
+    report = {"benchmark": "localisation",
+              "what": "Grad-CAM pointing game and energy share against phantom lesion masks, test split",
+              "settings": {**asdict(settings), "limit": args.limit}, "environment": environment(torch.device(args.device)),
+              "headct": headct.__version__, "date": time.strftime("%Y-%m-%d"), "scores": {}, "skipped": []}
     with tempfile.TemporaryDirectory(prefix="headct-localisation-") as tmp:
         work = Path(args.work or tmp)
         if args.reuse:  # score an earlier run of this benchmark again (same --work)
@@ -73,34 +95,32 @@ def main() -> None:
         model, config = load_checkpoint(work / "run" / "best")
         model = model.float().cpu().eval()  # Grad-CAM: plain fp32 eager
         cache = Cache(work / "cache")
-        scores, grid = {}, model.spec.target_grid
-        for name, layers, tolerance, placement in RUNS:
+        scores, grid = report["scores"], model.spec.target_grid
+        report.update(classification=summary, train_and_evaluate_s=round(trained_s, 1))
+        _write(report, Path(args.json))
+        for name, layers, tolerance, placement in RUNS[: args.runs]:
+            if time.monotonic() > deadline:
+                report["skipped"].append(name)
+                continue
             explain = ExplainConfig(split="test", limit=args.limit, tolerance=tolerance, layers=layers)
             drawn = work / "explain" if name == "default" else None
             model.spec = replace(model.spec, target_grid=placement or grid)
             result = score_cache(model, config, cache, drawn, explain)
             result["target_grid"] = model.spec.target_grid
             scores[name] = result
+            _write(report, Path(args.json))  # after every run: a run stopped early keeps its scores
             print(f"{name} (tolerance {result['tolerance_px']} px):\n{format_table(result)}\n", flush=True)
         if args.gallery:
             shutil.copyfile(work / "explain" / "overlays" / "gallery_any.png", args.gallery)
-    report = {
-        "benchmark": "localisation",
-        "what": "Grad-CAM pointing game and energy share against phantom lesion masks, test split",
-        "settings": {**asdict(settings), "limit": args.limit},
-        "classification": summary,
-        "scores": scores,
-        "train_and_evaluate_s": round(trained_s, 1),
-        "environment": environment(torch.device(args.device)),
-        "headct": headct.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    out = Path(args.json)
+    _write(report, Path(args.json))
+    print(f"written to {args.json}")
+
+
+def _write(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ Everything goes through the public command line, as a user would run it:
 
 Writes ``docs/results.md`` (one table, the p-values, the device, budget and
 split) and a JSON with every figure (``benchmarks/results/seeds_comparison_<device>.json``).
+
+``--time-budget SECONDS`` bounds the whole comparison: after the phantom and
+the cache, each model gets an equal share of what is left (training is
+stopped at 70 % of it; the best checkpoint saved so far is evaluated and the
+row says ``cut_short``), a model whose share is gone is listed as skipped, and
+the JSON is rewritten after every model, so a run stopped early keeps its rows.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ from typing import Any
 
 import torch
 
-from headct.bench import BenchConfig, environment, run_bench, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deadline import OUT_OF_TIME, RESERVE_S, Clock, run_until  # noqa: E402
+
+from headct.bench import BenchConfig, environment, run_bench, write_json  # noqa: E402
 
 log = logging.getLogger("seeds_comparison")
 
@@ -43,7 +52,8 @@ SEED_MODELS = ("effnet-2d", "effnet-2.5d", "effnet-lstm", "study-seq", "strokene
 LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (gpu_run.py's tests parse the GPU run's arguments with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=1000, help="phantom studies (1000 x 21 slices at 256 px: 21,000 slices)")
     parser.add_argument("--size", type=int, default=256, help="slice size in pixels (phantom and cache)")
@@ -62,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="default: benchmarks/results/seeds_comparison_<device>.json")
     parser.add_argument("--bench-iters", type=int, default=20, help="timed iterations for inference images/s (0: skip)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in headct compare")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for the whole comparison (see the module docstring)")
     parser.add_argument("--markdown-only", metavar="JSON",
                         help="only rewrite the markdown from this earlier result (e.g. after new target figures)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.markdown_only:
@@ -81,20 +98,55 @@ def main(argv: list[str] | None = None) -> int:
     label = "gpu" if on_gpu else "cpu"
     json_path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"seeds_comparison_{label}.json"
 
-    cache = prepare_phantom(work, args)
+    clock = Clock(args.time_budget, reserve_s=RESERVE_S)
+    cache = prepare_phantom(work, args, clock)
     meta = json.loads((cache / "meta.json").read_text())
     budget = {"epochs": args.epochs, "batch_size": batch_size, "lr": args.lr, "seed": args.seed,
               "max_steps_per_epoch": args.max_steps_per_epoch, "amp": "auto (bf16 on CUDA, off on CPU)",
               "pretrained": False, "augment": True}
     rows: dict[str, dict[str, Any]] = {}
-    for model in models:
-        rows[model] = train_and_evaluate(model, cache, work, budget, workers, str(device))
-        if args.bench_iters:
+    skipped: dict[str, str] = {}
+    result: dict[str, Any] = {}
+    for number, model in enumerate(models):
+        share = clock.left() / (len(models) - number)
+        if share < 5:
+            skipped[model] = "time budget spent"
+            continue
+        try:
+            row = train_and_evaluate(model, cache, work, budget, workers, str(device), seconds=share)
+        except subprocess.CalledProcessError as err:  # one model failing must not cost the others
+            skipped[model] = f"headct {err.cmd[1]} failed (exit {err.returncode}); see the log"
+            continue
+        if row is None:
+            skipped[model] = "not trained and evaluated within its share of the time budget"
+            continue
+        rows[model] = row
+        if args.bench_iters and clock.left() > 0:
             rows[model]["inference"] = inference_speed(model, args.size, device, args.bench_iters)
+        result = _result(args, label, env, meta, budget, workers, rows, skipped, None, {}, complete=False)
+        write_json(result, json_path)  # after every model: a run stopped early keeps its rows
+    if not rows:
+        write_json(_result(args, label, env, meta, budget, workers, rows, skipped, None, {}, complete=False), json_path)
+        print("no model finished within the time budget")
+        return OUT_OF_TIME
     best = max(rows, key=lambda m: _num(rows[m]["micro_auroc"]))
-    tests = {other: compare(work, best, other, args.bootstrap, args.seed) for other in rows if other != best}
+    tests = {}
+    for other in rows:
+        if other != best and clock.left() > 0:
+            tests[other] = compare(work, best, other, args.bootstrap, args.seed, clock)
+    result = _result(args, label, env, meta, budget, workers, rows, skipped, best, tests,
+                     complete=not skipped and len(tests) == len(rows) - 1)
+    write_json(result, json_path)
+    write_markdown(result, Path(args.markdown), json_path)
+    print(f"wrote {args.markdown} and {json_path}")
+    return 0
 
-    result = {
+
+def _result(args: argparse.Namespace, label: str, env: dict[str, Any], meta: dict[str, Any],
+            budget: dict[str, Any], workers: int, rows: dict[str, Any], skipped: dict[str, str],
+            best: str | None, tests: dict[str, Any], *, complete: bool) -> dict[str, Any]:
+    """The comparison's JSON: settings, every row, the tests; ``complete`` False while partial."""
+    return {
         "label": label,
         "date": date.today().isoformat(),
         "environment": env,
@@ -105,44 +157,53 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget,
         "workers": workers,
         "models": rows,
+        "skipped": skipped,
+        "time_budget_s": args.time_budget,
+        "complete": complete,
         "best": best,
         "compare": tests,
     }
-    write_json(result, json_path)
-    write_markdown(result, Path(args.markdown), json_path)
-    print(f"wrote {args.markdown} and {json_path}")
-    return 0
 
 
-def prepare_phantom(work: Path, args: argparse.Namespace) -> Path:
+def prepare_phantom(work: Path, args: argparse.Namespace, clock: Clock | None = None) -> Path:
     """Phantom set → cache (split by patient); both kept under ``work`` and reused when present."""
+    clock = clock or Clock()
     raw, cache = work / "phantom", work / "cache"
     if not (raw / ".done").exists():
         extra = ["--slices", str(args.slices)] if args.slices else []
         headct("phantom", "--out", str(raw), "--studies", str(args.studies), "--layout", "rsna",
-               "--seed", str(args.seed), "--size", str(args.size), "--difficulty", str(args.difficulty), *extra)
+               "--seed", str(args.seed), "--size", str(args.size), "--difficulty", str(args.difficulty), *extra,
+               seconds=clock.left())
         (raw / ".done").write_text("")
     if not (cache / "meta.json").exists():
         workers = max(1, (os.cpu_count() or 2) - 1)
         headct("prepare", str(raw), "--format", "rsna", "--out", str(cache), "--size", str(args.size),
-               "--seed", str(args.seed), "--workers", str(workers))
+               "--seed", str(args.seed), "--workers", str(workers), seconds=clock.left())
     return cache
 
 
 def train_and_evaluate(model: str, cache: Path, work: Path, budget: dict[str, Any], workers: int,
-                       device: str) -> dict[str, Any]:
-    """Train ``model`` with the shared budget, evaluate it on the test split; its row of the table."""
+                       device: str, seconds: float = float("inf")) -> dict[str, Any] | None:
+    """Train ``model`` with the shared budget, evaluate it on the test split; its row of the table.
+
+    Training is stopped after 70 % of ``seconds``; the best checkpoint saved by
+    then is evaluated (``cut_short``). None when there is none.
+    """
     run, evaluation = work / "runs" / model, work / "evals" / model
     flags = ["--epochs", str(budget["epochs"]), "--batch-size", str(budget["batch_size"]),
              "--lr", str(budget["lr"]), "--seed", str(budget["seed"]), "--workers", str(workers),
              "--device", device, "--progress", "false", "--tensorboard", "false"]
     if budget["max_steps_per_epoch"]:
         flags += ["--max-steps-per-epoch", str(budget["max_steps_per_epoch"])]
-    started = time.perf_counter()
-    headct("train", "--data", str(cache), "--model", model, "--task", "rsna", "--out", str(run), *flags)
-    train_seconds = time.perf_counter() - started
-    headct("evaluate", str(run / "best"), "--data", str(cache), "--split", "test", "--out", str(evaluation),
-           "--device", device)
+    started = time.monotonic()
+    finished = headct("train", "--data", str(cache), "--model", model, "--task", "rsna", "--out", str(run),
+                      *flags, seconds=0.7 * seconds, may_stop=True)
+    train_seconds = time.monotonic() - started
+    if not (run / "best" / "config.json").is_file():
+        return None
+    if not headct("evaluate", str(run / "best"), "--data", str(cache), "--split", "test", "--out",
+                  str(evaluation), "--device", device, seconds=seconds - train_seconds, may_stop=True):
+        return None
     metrics = json.loads((evaluation / "metrics.json").read_text())
     slice_level = metrics.get("level", {}).get("slice", metrics)
     study_level = metrics.get("level", {}).get("study", {})
@@ -157,6 +218,7 @@ def train_and_evaluate(model: str, cache: Path, work: Path, budget: dict[str, An
         "train_images_per_s": _mean_column(run / "metrics.csv", "images_per_s"),
         "epochs_run": _rows(run / "metrics.csv"),
         "eval": str(evaluation),
+        "cut_short": not finished,
         "split": metrics.get("split"),
     }
 
@@ -177,11 +239,14 @@ def inference_speed(model: str, size: int, device: torch.device, iters: int) -> 
             "params": result["params"], "gflops_per_sample": result["gflops_per_sample"]}
 
 
-def compare(work: Path, best: str, other: str, bootstrap: int, seed: int) -> dict[str, Any]:
+def compare(work: Path, best: str, other: str, bootstrap: int, seed: int,
+            clock: Clock | None = None) -> dict[str, Any]:
     """``headct compare`` best vs other; the slice-level overall p-values (and the whole result)."""
     out = work / "compare" / f"{best}__vs__{other}.json"
     headct("compare", str(work / "evals" / best), str(work / "evals" / other), "--json", str(out),
-           "--bootstrap", str(bootstrap), "--seed", str(seed))
+           "--bootstrap", str(bootstrap), "--seed", str(seed), seconds=(clock or Clock()).left(), may_stop=True)
+    if not out.is_file():
+        return {"file": None, "levels": {}, "skipped": "time budget spent"}
     result = json.loads(out.read_text())
     summary = {}
     for level, block in result["levels"].items():
@@ -232,13 +297,20 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
             "train img/s", "infer slices/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, row in result["models"].items():
-        cells = [f"**{model}**" if model == result["best"] else model]
+        cells = [(f"**{model}**" if model == result["best"] else model)
+                 + (" (cut short)" if row.get("cut_short") else "")]
         cells += [_fmt(row["per_class_f1"][name]) for name in LABELS]
         cells += [_fmt(row["micro_auroc"], 4), _fmt(row["ece_calibrated"] if row["ece_calibrated"] is not None
                                                      else row["ece"]),
                   f"{row['train_seconds']:.0f}", _fmt(row["train_images_per_s"], 1),
                   _fmt((row.get("inference") or {}).get("predicted_slices_per_s"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
+    if result.get("skipped"):
+        lines += ["", "Not run within the time budget: " + ", ".join(
+            f"{model} ({why})" for model, why in result["skipped"].items()) + "."]
+    if any(row.get("cut_short") for row in result["models"].values()):
+        lines += ["", "\"cut short\": training was stopped at its share of the time budget; the best "
+                  "checkpoint saved by then was evaluated, so those rows had less than the shared budget."]
     lines += ["", f"Best by slice-level micro-AUROC: **{result['best']}**. `headct compare` against it "
               "(overall = macro AUROC; bootstrap resamples whole studies; McNemar on every-label-right decisions):", ""]
     lines += ["| vs | level | items | AUROC diff (best - other) | p bootstrap | p McNemar |", "|---|---|---|---|---|---|"]
@@ -249,6 +321,7 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
     lines += ["", f"Every figure, with per-model details: `{_relative(json_path)}`.", ""]
     lines += localisation_section()
     lines += performance_section()
+    lines += gpu_run_section()
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("\n".join(lines))
@@ -306,10 +379,11 @@ def localisation_section() -> list[str]:
 def performance_section() -> list[str]:
     """The issue-7 performance targets from ``benchmarks/results/*targets*.json``, where measured."""
     lines = ["## Performance targets (issue 7)", ""]
-    files = sorted((ROOT / "benchmarks" / "results").glob("*targets*.json"))
-    if not any(f.name.startswith("gpu_targets") for f in files):
-        lines += ["The GPU figures are still owed: `python benchmarks/gpu_targets.py` on an H100 writes "
-                  "`benchmarks/results/gpu_targets_<device>.json` and judges each target.", ""]
+    results = ROOT / "benchmarks" / "results"
+    files = sorted([*results.glob("*targets*.json"), *results.glob("gpu_run/gpu_targets.json")])
+    if not any(_read_label(f) == "gpu" for f in files):
+        lines += ["The GPU figures are still owed: the GPU run below (`benchmarks/gpu_run.sh`) measures every "
+                  "target on one H200 and judges each.", ""]
     for f in files:
         data = json.loads(f.read_text())
         env = data["environment"]
@@ -328,12 +402,79 @@ def performance_section() -> list[str]:
     return lines
 
 
+GPU_RUN_COMMAND = """\
+benchmarks/gpu_wheels.sh        # once, on a machine with PyPI: the wheels the GPU image lacks -> .whl/ (git-ignored)
+# then ONE device call from the repository root (carry the wheels; 8 min budget + at most ~20 s):
+#   run(command="benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=570)
+# and, with the files back from $OUT copied to benchmarks/results/gpu_run/:
+python benchmarks/seeds_comparison.py --markdown-only benchmarks/results/gpu_run/seeds_comparison.json"""
+
+
+def gpu_run_section() -> list[str]:
+    """Issue 16's one-command GPU run: the command, and its summary once it has run."""
+    lines = ["## The GPU run (issue 16)", "",
+             "One prepared command measures everything owed on one H200 in 8 minutes of wall time: the "
+             "issue-7 targets, the end-to-end DICOM -> predictions rate (uncompressed and JPEG lossless), the "
+             "seeds' comparison sized to the minutes left and Grad-CAM localisation at 256 px "
+             "(`benchmarks/gpu_run.py` says how). `benchmarks/gpu_run.sh --smoke` rehearses the same sequence "
+             "on a CPU at toy sizes.", "", "```", GPU_RUN_COMMAND, "```", ""]
+    smoke_path = ROOT / "benchmarks" / "results" / "gpu_run_smoke" / "summary.json"
+    if smoke_path.exists():
+        smoke = json.loads(smoke_path.read_text())
+        stages = "; ".join(f"{name} {stage.get('status')} ({stage.get('seconds', 0):.0f} of "
+                           f"{stage.get('budget_s', 0):.0f} s)" for name, stage in smoke.get("stages", {}).items())
+        lines += [f"Last CPU rehearsal (`{_relative(smoke_path.parent)}/`, {smoke.get('budget_s', 0) / 60:.0f} min "
+                  f"budget, {smoke.get('wall_s')} s wall, {smoke.get('preflight', {}).get('cpus')} CPUs shared with "
+                  f"other jobs): {stages}. Its figures are toy-size CPU figures and judge nothing.", ""]
+    summary_path = ROOT / "benchmarks" / "results" / "gpu_run" / "summary.json"
+    if not summary_path.exists():
+        return lines + ["Not run yet: no GPU has been lent to a session since it was prepared, so every GPU "
+                        "figure on this page is still owed.", ""]
+    summary = json.loads(summary_path.read_text())
+    pre = summary.get("preflight", {})
+    lines += [f"`{_relative(summary_path)}`: {pre.get('device', 'no CUDA device')}, torch {pre.get('torch')}, "
+              f"{summary.get('wall_s')} s of wall time.", "", "| stage | status | seconds | budget s |",
+              "|---|---|---|---|"]
+    for name, stage in summary.get("stages", {}).items():
+        lines.append(f"| {name} | {stage.get('status')} | {stage.get('seconds', '-')} | {stage.get('budget_s')} |")
+    lines += ["", *[f"- {line}" for line in summary.get("targets", [])], ""]
+    e2e_path = summary_path.with_name("end_to_end.json")
+    if e2e_path.exists():
+        e2e = json.loads(e2e_path.read_text())
+        lines += ["End to end (slices/s; steady: between the first and last output written):", "",
+                  "| input | stage | slices | seconds | slices/s | steady slices/s |", "|---|---|---|---|---|---|"]
+        for variant, stages in e2e.get("variants", {}).items():
+            for stage, figures in stages.items():
+                if isinstance(figures, dict):
+                    lines.append(f"| {variant} | {stage} | {figures.get('slices')} | {figures.get('seconds')} | "
+                                 f"{_fmt(figures.get('slices_per_s'), 1)} | "
+                                 f"{_fmt(figures.get('steady_slices_per_s'), 1)} |")
+        lines.append("")
+    return lines
+
+
 # --- helpers -------------------------------------------------------------------------
 
-def headct(*args: str) -> None:
-    """Run one ``headct`` command; a failure stops the comparison with that command's error."""
+def _read_label(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("label")
+    except (OSError, ValueError):
+        return None
+
+
+def headct(*args: str, seconds: float = float("inf"), may_stop: bool = False) -> bool:
+    """Run one ``headct`` command for at most ``seconds``; True when it finished.
+
+    A failure stops the comparison with that command's exit code; so does
+    running out of time, unless ``may_stop`` (the caller uses what was written).
+    """
     log.info("headct %s", " ".join(args))
-    subprocess.run([sys.executable, "-m", "headct.cli", *args], check=True)
+    code, _ = run_until([sys.executable, "-m", "headct.cli", *args], min(seconds, 10 * 24 * 3600.0))
+    if code is None and may_stop:
+        return False
+    if code != 0:
+        raise subprocess.CalledProcessError(code if code is not None else -9, ["headct", args[0]])
+    return True
 
 
 def _mean_column(path: Path, column: str) -> float | None:

@@ -54,6 +54,13 @@ from headct.metrics import (
     sweep_thresholds,
 )
 from headct.tasks import Task, get_task
+from headct.training.distributed import (
+    DistInfo,
+    close_distributed,
+    init_distributed,
+    merge_in_order,
+    rank_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """``headct evaluate``: run, write, print where metrics.json and report.html are."""
     paths = evaluate(args.checkpoint, args.data, args.out, split=args.split,
                      batch_size=args.batch_size, device=args.device)
+    if not paths:  # a torchrun process other than rank 0: rank 0 wrote everything
+        return 0
     print(f"metrics: {paths['metrics']}")
     if "report" in paths:
         print(f"report: {paths['report']}")
@@ -112,21 +121,29 @@ def evaluate(
     report: bool = True,
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> dict[str, Path]:
-    """Evaluate ``checkpoint`` on ``split`` of the cache ``data``; returns the written paths."""
+    """Evaluate ``checkpoint`` on ``split`` of the cache ``data``; returns the written paths.
+
+    Under ``torchrun`` every process predicts every world_size-th series and rank 0
+    merges them, computes and writes everything (the others return ``{}``).
+    """
     from headct.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = init_distributed(device, backend="gloo")  # gloo: several processes may share a GPU
+    device = str(info.device)
     model, config = load_checkpoint(checkpoint)
     model = model.to(device).eval()
     cache = Cache(data)
     task = _task_for(config, cache)
 
     thresholds, temperature, source = _frozen_or_fitted(model, config, checkpoint, cache, task,
-                                                        batch_size=batch_size, device=device)
-    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device)
+                                                        batch_size=batch_size, device=device, dist=info)
+    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device, dist=info)
+    close_distributed(info)
+    if not info.is_main:
+        return {}
     if len(pred.rows) == 0:
         raise ValueError(f"{cache.path}: split {split!r} has no usable slices for task {task.name!r}")
     result = evaluation_results(pred, task, thresholds, temperature, n_bootstrap=n_bootstrap)
@@ -156,27 +173,36 @@ def predict_split(
     amp: str | None = None,
     max_series: int | None = None,
     progress: bool = True,
+    dist: DistInfo | None = None,
 ) -> SplitPredictions:
-    """Logits for every usable slice of ``split``, series by series (whole series per forward path)."""
+    """Logits for every usable slice of ``split``, series by series (whole series per forward path).
+
+    With ``dist`` (torchrun), this process runs every world_size-th series and
+    the parts are merged back into series order on every process.
+    """
+    dist = dist or DistInfo()
     targets_all, keep_all = task.targets(cache.label_matrix)
     split_rows = cache.rows(split)
     shards = list(dict.fromkeys(cache.index["shard"][split_rows].tolist()))
     if max_series is not None:
         shards = shards[:max_series]
-    rows, logits, series_out, series_keys = [], [], [], []
+    parts = []
     model.eval()
-    for shard in tqdm(shards, desc=f"predict {split}", unit="series", disable=not progress, leave=False):
+    share = rank_share(shards, dist)
+    for position, shard in tqdm(share, desc=f"predict {split}", unit="series", disable=not progress, leave=False):
         series_rows = cache.series_rows(shard)
         keep = keep_all[series_rows]
         if not keep.any():
             continue
         out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
                             device=device, amp=amp)
-        rows.append(series_rows[keep])
-        logits.append(out.slice_logits.numpy()[keep])
-        if out.series_logits is not None:
-            series_out.append(out.series_logits.numpy())
-        series_keys.append(shard)
+        series = out.series_logits.numpy() if out.series_logits is not None else None
+        parts.append((position, (shard, series_rows[keep], out.slice_logits.numpy()[keep], series)))
+    parts = merge_in_order(parts, dist)
+    series_keys = [shard for shard, _, _, _ in parts]
+    rows = [kept for _, kept, _, _ in parts]
+    logits = [part_logits for _, _, part_logits, _ in parts]
+    series_out = [series for _, _, _, series in parts if series is not None]
     n = task.num_outputs
     rows_arr = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     index = cache.index
@@ -349,7 +375,7 @@ def _task_for(config: dict[str, Any], cache: Cache) -> Task:
 
 def _frozen_or_fitted(
     model: nn.Module, config: dict[str, Any], checkpoint: Path, cache: Cache, task: Task, *,
-    batch_size: int, device: str,
+    batch_size: int, device: str, dist: DistInfo | None = None,
 ) -> tuple[dict[str, float], float, str]:
     """The checkpoint's thresholds and temperature, or both fitted on validation now (and stored)."""
     thresholds = config.get("thresholds") or {}
@@ -360,7 +386,7 @@ def _frozen_or_fitted(
 
     log.info("checkpoint has no %s: fitting on the validation split",
              "thresholds" if not thresholds else "temperature")
-    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device)
+    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device, dist=dist)
     if len(val.rows) == 0:
         raise ValueError(f"{cache.path}: no validation slices to fit thresholds/temperature on")
     fitted_thresholds, fitted_temperature = fit_calibration(val, task)
@@ -371,7 +397,8 @@ def _frozen_or_fitted(
         fitted_thresholds = dict(zip(task.labels, map(float, sweep_thresholds(_one_hot(val.targets, task), prob)),
                                      strict=True))
     thresholds = thresholds or fitted_thresholds
-    update_checkpoint_config(checkpoint, thresholds=thresholds, temperature=float(temperature))
+    if dist is None or dist.is_main:
+        update_checkpoint_config(checkpoint, thresholds=thresholds, temperature=float(temperature))
     return {k: float(v) for k, v in thresholds.items()}, float(temperature), "validation"
 
 

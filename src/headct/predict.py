@@ -54,6 +54,13 @@ from headct.inference import probabilities, series_logits
 from headct.io.privacy import short_hash
 from headct.io.series import SelectionRules, load_rules, select_series
 from headct.io.volume import Volume
+from headct.training.distributed import (
+    close_distributed,
+    gather_objects,
+    init_distributed,
+    merge_in_order,
+    rank_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -406,31 +413,37 @@ def choose_series(studies: list[StudyInput], series_rules: SelectionRules | None
 
 
 def iter_studies(path: Path, series_rules: SelectionRules | None = None) -> Iterator[StudyInput | InputError]:
-    """Every study under ``path``, source by source with a progress bar; unreadable sources as errors.
+    """Every study under ``path``, source by source with a progress bar; unreadable sources as errors."""
+    for _, study in studies_of(list(enumerate(study_sources(path))), series_rules):
+        yield study
+
+
+def studies_of(sources: Sequence[tuple[int, Path]], series_rules: SelectionRules | None = None
+               ) -> Iterator[tuple[int, StudyInput | InputError]]:
+    """The studies of ``(position, source)`` pairs, each with the position of its first source.
 
     Neighbouring sources holding the same study (a study folder with one
     sub-folder per series) are merged before series selection, so the rules
     see all the study's series; one study is held back at a time.
     """
-    sources = study_sources(path)
-    pending: StudyInput | None = None
+    pending: tuple[int, StudyInput] | None = None
     # disable=None: a bar on a terminal (one study too), none when redirected to a file
-    for source in tqdm(sources, desc="predicting", unit="source", disable=None):
+    for position, source in tqdm(sources, desc="predicting", unit="source", disable=None):
         try:
             studies = _read_source(source)
         except InputError as err:
-            yield err
+            yield position, err
             continue
         for study in studies:
-            if pending is not None and pending.key == study.key:
-                pending.volumes.extend(study.volumes)
-                pending.warnings.extend(w for w in study.warnings if w not in pending.warnings)
+            if pending is not None and pending[1].key == study.key:
+                pending[1].volumes.extend(study.volumes)
+                pending[1].warnings.extend(w for w in study.warnings if w not in pending[1].warnings)
                 continue
             if pending is not None:
-                yield from choose_series([pending], series_rules)
-            pending = study
+                yield from ((pending[0], s) for s in choose_series([pending[1]], series_rules))
+            pending = (position, study)
     if pending is not None:
-        yield from choose_series([pending], series_rules)
+        yield from ((pending[0], s) for s in choose_series([pending[1]], series_rules))
 
 
 def group_studies(volumes: list[Volume], source: str) -> list[StudyInput]:
@@ -482,7 +495,11 @@ def _is_nifti(path: Path) -> bool:
 # --- the command -------------------------------------------------------------
 
 def predict_command(args: argparse.Namespace) -> int:
-    """``headct predict PATH --model CKPT --out OUT [--overlays] [--no-resume]``: stream, resume, summarise."""
+    """``headct predict PATH --model CKPT --out OUT [--overlays] [--no-resume]``: stream, resume, summarise.
+
+    Under torchrun each process predicts every world_size-th source (gloo: several
+    may share a GPU); rank 0 then writes the table in the order one process would.
+    """
     if not Path(args.path).exists():  # before the model loads and before anything is written
         raise InputError(args.path, "no such file or folder")
     try:
@@ -490,20 +507,24 @@ def predict_command(args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"headct predict: {err}", file=sys.stderr)
         return 2
-    predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=args.device)
+    info = init_distributed(args.device if args.runtime == "torch" else "cpu", backend="gloo")
+    predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=info.device)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    resume = getattr(args, "resume", True)
     table = out / "predictions.csv"
-    done = start_csv(table, out, predictor) if resume else start_csv(table, None, predictor)
-    predicted = kept = skipped = 0
-    for study in iter_studies(Path(args.path), rules):
+    finished = finished_studies(out, predictor) if getattr(args, "resume", True) else {}
+    streaming = not info.enabled  # one process appends as it goes; several merge at the end
+    if streaming:
+        write_csv(table, list(finished.values()), predictor.labels)
+    new: list[tuple[int, dict[str, Any]]] = []
+    kept = skipped = 0
+    for position, study in studies_of(rank_share(study_sources(Path(args.path)), info), rules):
         if isinstance(study, InputError):
             skipped += 1
             log.error("skipped: %s", study)
             continue
         name = output_name(study.key)
-        if name in done:
+        if name in finished:
             kept += 1
             log.info("study %s already predicted in this folder (--no-resume to redo it)", name)
             continue
@@ -515,11 +536,17 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.overlays:
             predictor.write_overlays(study, result, inside(out, Path("overlays") / name))
         write_json(inside(out, Path(f"{name}.json")), result)
-        append_csv(table, result, predictor.labels)
-        done.add(name)
-        predicted += 1
-    print(summary_line(predicted, kept, skipped, out))
-    return 0 if predicted or kept or not skipped else 1
+        if streaming:
+            append_csv(table, result, predictor.labels)
+        new.append((position, result))
+    results = merge_in_order(new, info)  # source order, as one process would have them
+    kept, skipped = (int(sum(gather_objects(n, info))) for n in (kept, skipped))
+    if info.is_main:
+        if not streaming:
+            write_csv(table, [*finished.values(), *results], predictor.labels)
+        print(summary_line(len(results), kept, skipped, out))
+    close_distributed(info)
+    return 0 if results or kept or not skipped else 1
 
 
 def summary_line(predicted: int, kept: int, skipped: int, out: Path) -> str:
@@ -558,23 +585,21 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     atomic.write_text(path, json.dumps(result, indent=2) + "\n")
 
 
-def start_csv(path: Path, resume_from: Path | None, predictor: Predictor) -> set[str]:
-    """Write the CSV afresh (atomically) from the studies already in ``resume_from``; their names.
+def finished_studies(out: Path, predictor: Predictor) -> dict[str, dict[str, Any]]:
+    """The studies already predicted in ``out`` by the same model card, by output name (sorted).
 
     The JSON files are the record: a kill between a JSON and its CSV rows
-    leaves a table that this rebuild puts right. Only JSON written by the same
-    model card count as done. ``resume_from=None`` starts an empty table.
+    leaves a table that the rebuild from these puts right.
     """
-    results = []
-    for file in sorted(resume_from.glob("*.json")) if resume_from is not None else []:
+    results = {}
+    for file in sorted(out.glob("*.json")):
         try:
             result = json.loads(file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(result, dict) and result.get("model") == predictor.model_card() and "slices" in result:
-            results.append((file.stem, result))
-    write_csv(path, [r for _, r in results], predictor.labels)
-    return {name for name, _ in results}
+            results[file.stem] = result
+    return results
 
 
 def append_csv(path: Path, result: dict[str, Any], labels: Sequence[str]) -> None:

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from headct.errors import InputError
 from headct.io.discovery import entry_fault, find_dicom_files
 from headct.io.faults import one_line
+from headct.io.gpu_decode import decode_on_gpu
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import SeriesHeader, Volume
 
@@ -535,7 +536,8 @@ def _stored_pixels(ds: pydicom.Dataset, header: _Header, path: str) -> np.ndarra
         return _native_pixels(data or b"", header, path)
     _quiet_decoder_tracebacks()
     try:
-        arr = ds.pixel_array
+        arr = decode_on_gpu(ds)  # nvImageCodec for JPEG lossless / 2000 where it imports, else None
+        arr = ds.pixel_array if arr is None else arr
     except Exception as exc:  # pydicom's handlers raise many types; one line names the fault
         name = getattr(syntax, "name", None) or str(syntax)
         logger.debug("%s: cannot decode pixel data", path, exc_info=True)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,13 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the ``torchrun`` process group when there is one; choose the device."""
+def init_distributed(device: str | None = None, *, backend: str | None = None) -> DistInfo:
+    """Join the ``torchrun`` process group when there is one; choose the device.
+
+    ``backend`` defaults to nccl on CUDA and gloo on CPU. Inference passes
+    "gloo": it only gathers Python objects, and gloo lets several processes
+    share one GPU (NCCL refuses two ranks on the same device).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,11 +55,13 @@ def init_distributed(device: str | None = None) -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        # more processes than GPUs (inference): they share the GPUs round-robin
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count() if world_size > 1
+                           else torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         log.info("process %d of %d on %s (%s)", rank, world_size, dev, backend)
     return DistInfo(rank, world_size, local_rank, dev)
@@ -84,6 +94,21 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank_share(items: Sequence[T], info: DistInfo) -> list[tuple[int, T]]:
+    """This process's share of ``items`` with their positions: every ``world_size``-th from its rank."""
+    return [(position, items[position]) for position in range(info.rank, len(items), info.world_size)]
+
+
+def merge_in_order(pairs: list[tuple[int, Any]], info: DistInfo) -> list[Any]:
+    """Every process's ``(position, item)`` pairs, merged by position (stable), on every process.
+
+    With :func:`rank_share` this puts the outputs of split work back into the
+    order a single process would have made them.
+    """
+    merged = [pair for part in gather_objects(pairs, info) for pair in part]
+    return [item for _, item in sorted(merged, key=lambda pair: pair[0])]
 
 
 def sum_scalar(value: float, info: DistInfo) -> float:
