@@ -70,7 +70,7 @@ def test_predict_under_torchrun_matches_one_process(tmp_path: Path, write_ct_ser
         assert (merged / path.name).read_bytes() == path.read_bytes(), path.name
     rows = (single / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + sum(3 + n for n in range(5)) + 5  # header, slices, studies
-    summary = [line for line in two.stdout.splitlines() if "studies predicted" in line]
+    summary = [line for line in two.stdout.splitlines() if "studies → " in line]
     assert len(summary) == 1  # only rank 0 reports
     assert summary[0].replace(str(merged), "OUT") == one.stdout.strip().splitlines()[-1].replace(str(single), "OUT")
 
