@@ -78,7 +78,7 @@ def main() -> None:
             explain = ExplainConfig(split="test", limit=args.limit, tolerance=tolerance, layers=layers)
             drawn = work / "explain" if name == "default" else None
             model.spec = replace(model.spec, target_grid=placement or grid)
-            result = score_cache(model, config, cache, drawn, explain)
+            result = score_cache(model, config.labels or [], cache, drawn, explain)
             result["target_grid"] = model.spec.target_grid
             scores[name] = result
             print(f"{name} (tolerance {result['tolerance_px']} px):\n{format_table(result)}\n", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +17,8 @@ from headct.bench import (
     time_steps,
     write_json,
 )
-from headct.inference import InferenceModel, default_amp, prepare_for_inference, series_logits
+from headct.inference import InferenceModel, prepare_for_inference, resolve_amp, series_logits
+from headct.models import ModelSpec
 from headct.models.inputs import InputLayer
 
 
@@ -27,7 +27,7 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int = 3, context: int = 0) -> None:
         super().__init__()
-        self.spec = SimpleNamespace(name="tiny", context=context, level="slice", input_kind="hu")
+        self.spec = ModelSpec(name="tiny", context=context, level="slice", input_kind="hu")
         self.input = InputLayer("hu", slices=2 * context + 1)
         self.conv = nn.Conv2d(self.input.out_channels, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(8)
@@ -157,7 +157,7 @@ def test_cache_batches_are_augmented_training_batches_on_the_device(tmp_path) ->
     from headct.bench import cache_batches
 
     cache = _tiny_cache(tmp_path / "cache", series=2, slices=3)
-    spec = SimpleNamespace(context=1, input_kind="hu")
+    spec = ModelSpec(context=1, input_kind="hu")
     batches = cache_batches(cache, spec, "rsna", 4, torch.device("cpu"))
     seen = [next(batches) for _ in range(3)]  # 6 slices, batch 4, full batches: crosses an epoch boundary
     for x, y in seen:
@@ -177,7 +177,7 @@ def test_fast_path_falls_back_cleanly_on_cpu() -> None:
     expected = model(x)
     fast = prepare_for_inference(_tiny(), "cpu", compile="max-autotune", cuda_graph_batch=4)
     assert isinstance(fast, InferenceModel)
-    assert fast.amp is None and default_amp("cpu") is None  # "auto" is fp32 off CUDA
+    assert fast.amp is None and resolve_amp("auto", "cpu") is None  # "auto" is fp32 off CUDA
     assert fast.compile_mode is None and fast.cuda_graph_batch is None
     with torch.inference_mode():
         out = fast(x)

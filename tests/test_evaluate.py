@@ -90,8 +90,8 @@ def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp
     paths = evaluate(ckpt, cache, tmp_path / "eval", split="test", device="cpu", report=False, n_bootstrap=50)
     stored = read_checkpoint_config(ckpt)
     metrics = json.loads(paths["metrics"].read_text())
-    assert set(stored["thresholds"]) == {"non-stroke", "stroke"} and stored["temperature"] > 0
-    assert metrics["temperature"] == pytest.approx(stored["temperature"])
+    assert set(stored.thresholds) == {"non-stroke", "stroke"} and stored.temperature > 0
+    assert metrics["temperature"] == pytest.approx(stored.temperature)
     assert metrics["checkpoint"]["thresholds_source"] == "validation"
 
     everything = list(csv.DictReader(paths["predictions"].open()))

@@ -123,7 +123,7 @@ def test_epoch_seeds_depend_only_on_seed_epoch_rank() -> None:
 
 
 def test_loader_workers_default_to_none_on_the_cpu_and_some_with_a_gpu(monkeypatch) -> None:
-    from headct.train import loader_workers
+    from headct.data.datasets import loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert TrainConfig().workers is None
@@ -197,9 +197,9 @@ def test_a_few_steps_lower_the_loss(cache: Path, trained: Path) -> None:
     assert len(rows) == 4 and losses[-1] < 0.8 * losses[0]
     assert {"epoch", "train_loss", "val_loss", "val_macro_auroc", "lr", "images_per_s"} <= set(rows[0])
     config = read_checkpoint_config(best)
-    assert config["labels"][-1] == "any" and config["label_kind"] == "multilabel"
-    assert set(config["thresholds"]) == set(config["labels"]) and config["temperature"] > 0
-    training = config["training"]
+    assert config.labels[-1] == "any" and config.label_kind == "multilabel"
+    assert set(config.thresholds) == set(config.labels) and config.temperature > 0
+    training = config.training
     assert training["split"]["how"] == "study" and training["slices"]["train"] > 0
     assert str(cache) not in str(training)  # the cache is named by a hash, not its path
     assert (trained / "config.yaml").is_file() and (trained / "last").is_dir()
@@ -215,14 +215,15 @@ def test_two_stage_series_model_trains_only_the_rnn_on_frozen_embeddings(cache: 
     best = train(config)
     encoder_2d, _ = load_checkpoint(trained / "best")
     seq, seq_config = load_checkpoint(best)
-    assert seq_config["model"]["level"] == "series" and seq_config["model"]["kwargs"]["encoder"] == TINY
+    assert seq_config.model.level == "series" and seq_config.model.kwargs["encoder"] == TINY
     frozen = {k: v for k, v in encoder_2d.state_dict().items() if not k.startswith("head.")}
     for name, value in frozen.items():  # the encoder is the trained 2-D model's, untouched
         assert torch.equal(seq.encoder.state_dict()[name], value), name
+    from headct.checkpoint import encoder_arguments
     from headct.models import build_model
 
     torch.manual_seed(config.seed)  # what the trainer built before the first step
-    initial = build_model("study-seq", 6, encoder_checkpoint=str(trained / "best"), hidden=8, layers=1)
+    initial = build_model("study-seq", 6, **encoder_arguments(trained / "best"), hidden=8, layers=1)
     assert torch.equal(initial.encoder.state_dict()["encoder.conv_stem.weight"],
                        seq.encoder.state_dict()["encoder.conv_stem.weight"])
     assert not torch.equal(initial.rnn.weight_hh_l0, seq.rnn.weight_hh_l0)  # the RNN did train

@@ -226,7 +226,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true")
+    """``headct models`` takes no options (the global ``-v`` still applies)."""
 
 
 def _run_models(args: argparse.Namespace) -> int:

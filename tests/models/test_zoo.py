@@ -76,7 +76,7 @@ def test_save_then_load_gives_identical_outputs(name: str, tmp_path) -> None:
     with torch.no_grad():
         after = _outputs(loaded, x)
     assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
-    assert config["model"]["name"] == name and config["num_classes"] == NUM_CLASSES
+    assert config.model.name == name and config.num_classes == NUM_CLASSES
     assert asdict(loaded.spec) == json.loads(json.dumps(asdict(model.spec)))
 
 

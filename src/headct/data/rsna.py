@@ -28,7 +28,7 @@ from typing import Any
 from headct.data.dicom_series import group_by_series, list_dicom_candidates
 from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
 from headct.errors import InputError
-from headct.tasks import RSNA_LABELS
+from headct.labels import RSNA_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 # Arguments that say where initial weights come from, not what the model is:
 # they are not recorded in the spec, so a checkpoint rebuilds without them.
-TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_checkpoint"})
+TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_state"})
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -69,6 +69,13 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_BUILDERS)
+
+
+def builder_parameters(name: str) -> frozenset[str]:
+    """The keyword arguments the builder of ``name`` takes (e.g. whether it reads ``input_kind`` itself)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return frozenset(inspect.signature(_BUILDERS[name]).parameters) - {"num_classes"}
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
