@@ -3,8 +3,8 @@
 In the manner of timm's ``benchmark.py``: a synthetic batch of raw input (HU or
 grey, already on the device) goes through the model's fast inference path
 (:func:`headct.inference.prepare_for_inference`: bf16 autocast, channels_last,
-``torch.compile``, CUDA graphs) or through a training step (forward, backward,
-AdamW). Warm-up iterations are not timed; each timed iteration is bracketed by
+``torch.compile``, CUDA graphs) or through the trainer's own training step
+(:mod:`headct.training.step`: forward, task loss, backward, clipping, AdamW). Warm-up iterations are not timed; each timed iteration is bracketed by
 CUDA events (or ``time.perf_counter`` on the CPU) and the median is reported.
 With ``data`` set, training is also timed on batches from a prepared cache
 through the training input pipeline, and the ratio cache/synthetic says how
@@ -41,6 +41,8 @@ from headct.inference import autocast_context, prepare_for_inference, resolve_am
 from headct.models import build_model
 from headct.tasks import get_task
 from headct.training.augment import AugmentConfig, augment_batch
+from headct.training.config import TrainConfig
+from headct.training.step import OptimizerStep, make_optimizer, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,13 @@ def bench_training(model: nn.Module, config: BenchConfig, device: torch.device, 
 
 
 class TrainStep:
-    """One optimisation step: autocast forward, BCE loss, backward (scaled for fp16), AdamW."""
+    """The Trainer's own step on one batch: autocast forward, the task loss, ``OptimizerStep``.
+
+    From :mod:`headct.training.step`: AdamW with the trainer's parameter groups
+    and weight decay, multi-label BCE (equal weights; the benchmark's targets are
+    random 0/1), backward scaled for fp16, gradient clipping at the trainer's
+    default, one optimizer step per batch (no accumulation).
+    """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str | None, *,
                  channels_last: bool = False, compile_mode: str | None = None, lr: float = 1e-4) -> None:
@@ -171,20 +179,19 @@ class TrainStep:
         if compile_mode and not self.compile_mode:
             log.info("torch.compile skipped on %s (CUDA only)", device.type)
         self.forward = torch.compile(self.model, mode=self.compile_mode) if self.compile_mode else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=device.type == "cuda")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-        self.loss = nn.BCEWithLogitsLoss()
+        defaults = TrainConfig()
+        optimizer = make_optimizer(self.model, lr, defaults.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.optimizer_step = OptimizerStep(self.model, optimizer, scaler, clip_grad=defaults.clip_grad)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.amp):
             logits = self.forward(x)
-        loss = self.loss(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = task_loss(logits.float(), y, "multilabel", torch.ones(y.shape[-1], device=y.device), 0.0)
+        self.optimizer_step.backward(loss)
+        self.optimizer_step.step()
         return loss.detach()
 
     def random_targets(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -90,6 +89,7 @@ from headct.training.series import (
     training_mode,
 )
 from headct.training.state import STATE_FILE, load_train_state, save_train_state, seed_epoch
+from headct.training.step import OptimizerStep, make_optimizer, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,13 @@ class Trainer:
         self.train_data, self.val_data, self.collate = self._datasets()
         self.train_loader, self.val_loader = self._loaders()
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / config.grad_accum))
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
             config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch),
             config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.stepper = OptimizerStep(self.model, self.optimizer, self.scaler, scheduler=self.scheduler,
+                                     clip_grad=config.clip_grad, accum=config.grad_accum)
         self.net = self._wrap()
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
@@ -223,23 +225,13 @@ class Trainer:
             sync = self.net.no_sync() if (self.info.enabled and not last_micro) else nullcontext()
             with sync:
                 loss, n = self._loss(batch, generator)
-                self.scaler.scale(loss / accum).backward()
+                self.stepper.backward(loss)
             if last_micro:
-                self._step()
+                self.stepper.step()
             total, count, seen = total + loss.detach().float(), count + 1, seen + n
             if not bar.disable and (count % PROGRESS_EVERY == 0 or count == limit):
                 bar.set_postfix(loss=f"{float(total) / count:.4f}")  # reading the loss waits for the device
         return sum_scalar(float(total), self.info) / max(sum_scalar(count, self.info), 1.0), seen
-
-    def _step(self) -> None:
-        if self.config.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                     self.config.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
 
     def _loss(self, batch: Any, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Loss of one batch (augmented when a generator is given), and how many slices it held."""
@@ -265,13 +257,8 @@ class Trainer:
         return loss, int(mask.sum())
 
     def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy."""
-        if self.task.kind == "multiclass":
-            if targets.dim() == logits.dim():  # one-hot (series datasets) → class indices
-                targets = targets.argmax(-1)
-            return F.cross_entropy(logits, targets.long(), label_smoothing=self.smoothing)
-        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
-        return (bce * self.loss_weights).sum(-1).mean() / self.loss_weights.sum()
+        """The task's loss (``headct.training.step.task_loss``) with this run's weights and smoothing."""
+        return task_loss(logits, targets, self.task.kind, self.loss_weights, self.smoothing)
 
     # -- validation --
 
@@ -515,15 +502,6 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     else:
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **(kwargs.get("encoder_kwargs") or {})}
     return build_model(config.model, num_classes, **kwargs)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm weights (1-D parameters), as usual for AdamW."""
-    decay, plain = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else plain).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
 def _take(loader: DataLoader, limit: int) -> Iterator[Any]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -64,6 +65,20 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         return builder
 
     return decorate
+
+
+@contextmanager
+def registered_model(name: str, builder: Callable[..., nn.Module]) -> Iterator[None]:
+    """Register ``builder`` under ``name`` for the duration of a ``with`` block, then remove it.
+
+    For models that should not outlive their use (a test's tiny model, an experiment),
+    so the global registry is left as it was found.
+    """
+    register_model(name)(builder)
+    try:
+        yield
+    finally:
+        _BUILDERS.pop(name, None)
 
 
 def list_models() -> list[str]:
