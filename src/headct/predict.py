@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -143,7 +144,7 @@ class Predictor:
     def temperature(self) -> float:
         return self.config.applied_temperature
 
-    @property
+    @functools.cached_property
     def rule(self) -> DecisionRule:
         """The checkpoint's labels, label kind, temperature and thresholds (``headct.decide``)."""
         return DecisionRule(tuple(self.labels), self.label_kind, self.temperature, self.thresholds)

@@ -1,11 +1,11 @@
 """Datasets, labels, splits and the prepared cache (``headct prepare``).
 
 ``Cache`` reads a prepared cache; ``SliceDataset``/``SeriesDataset`` and
-``collate_series`` feed training; ``prepare`` builds a cache.
+``collate_series`` feed training; ``headct.data.prepare.prepare`` builds a cache
+(not re-exported here: the name would hide its module).
 """
 
 from headct.data.cache import Cache
 from headct.data.datasets import SeriesDataset, SliceDataset, collate_series
-from headct.data.prepare import PrepareConfig, prepare
 
-__all__ = ["Cache", "PrepareConfig", "SeriesDataset", "SliceDataset", "collate_series", "prepare"]
+__all__ = ["Cache", "SeriesDataset", "SliceDataset", "collate_series"]
