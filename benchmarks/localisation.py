@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             explain = ExplainConfig(split="test", limit=args.limit, tolerance=tolerance, layers=layers)
             drawn = work / "explain" if name == "default" else None
             model.spec = replace(model.spec, target_grid=placement or grid)
-            result = score_cache(model, config, cache, drawn, explain)
+            result = score_cache(model, config.labels or [], cache, drawn, explain)
             result["target_grid"] = model.spec.target_grid
             scores[name] = result
             _write(report, Path(args.json))  # after every run: a run stopped early keeps its scores

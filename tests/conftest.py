@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +10,29 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from headct.models.backbones import SliceClassifier
+from headct.models.registry import registered_model
+
 
 @pytest.fixture(scope="session")
 def write_ct_series() -> Callable[..., tuple[str, list[str], np.ndarray]]:
     """Writer of small CT DICOM series that carry patient identifiers (which no output may echo)."""
     return _write_ct_series
+
+
+TINY_MODEL = "tiny-test-effnet"
+
+
+def _tiny_builder(num_classes: int, *, input_kind: str = "hu", drop_rate: float = 0.0, pretrained: bool = False):
+    return SliceClassifier("test_efficientnet", num_classes, target_layers=["encoder.conv_head"],
+                           input_kind=input_kind, drop_rate=drop_rate)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Iterator[str]:
+    """A tiny 2-D model registered as ``TINY_MODEL`` for one test module; the registry is restored after."""
+    with registered_model(TINY_MODEL, _tiny_builder):
+        yield TINY_MODEL
 
 
 @pytest.fixture(scope="module")

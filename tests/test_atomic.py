@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headct.atomic import write_bytes, write_text
+from headct.atomic import TEMP_MARK, write_bytes, write_text, writing
 
 
 def test_writes_content_and_creates_parents(tmp_path: Path) -> None:
@@ -36,3 +36,20 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
         write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_writing_gives_a_marked_temporary_path_and_renames_it(tmp_path: Path) -> None:
+    target = tmp_path / "state.pt"
+    with writing(target) as tmp:
+        assert tmp.parent == tmp_path and TEMP_MARK in tmp.name and not target.exists()
+        tmp.write_bytes(b"weights")
+    assert target.read_bytes() == b"weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_writing_that_fails_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "state.pt"
+    with pytest.raises(RuntimeError), writing(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []

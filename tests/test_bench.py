@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from headct import bench
 from headct.bench import (
     BenchConfig,
     forward_gflops,
@@ -18,7 +19,8 @@ from headct.bench import (
     time_steps,
     write_json,
 )
-from headct.inference import InferenceModel, default_amp, prepare_for_inference, series_logits
+from headct.inference import InferenceModel, prepare_for_inference, resolve_amp, series_logits
+from headct.models import ModelSpec
 from headct.models.inputs import InputLayer
 
 
@@ -27,7 +29,7 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int = 3, context: int = 0) -> None:
         super().__init__()
-        self.spec = SimpleNamespace(name="tiny", context=context, level="slice", input_kind="hu")
+        self.spec = ModelSpec(name="tiny", context=context, level="slice", input_kind="hu")
         self.input = InputLayer("hu", slices=2 * context + 1)
         self.conv = nn.Conv2d(self.input.out_channels, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(8)
@@ -61,15 +63,30 @@ RESULT_FIELDS = {
 }
 
 
-def test_inference_bench_reports_every_figure(tmp_path) -> None:
+def _fake_clock(monkeypatch, batch_ms: list[float]) -> None:
+    """Every ``time_steps`` call measures ``batch_ms`` (a fake clock), and the peak RSS is 300 MiB."""
+    def timed(step, device, warmup, iters):
+        step()  # the step still runs (once), so its side effects are real
+        return list(batch_ms)
+
+    monkeypatch.setattr(bench, "time_steps", timed)
+    usage = SimpleNamespace(ru_maxrss=300 * 1024)  # KiB on Linux
+    monkeypatch.setattr(bench.resource, "getrusage", lambda who: usage)
+    monkeypatch.setattr(bench.platform, "system", lambda: "Linux")
+
+
+def test_inference_bench_reports_every_figure(tmp_path, monkeypatch) -> None:
     model = _tiny()
+    _fake_clock(monkeypatch, [10.0, 40.0, 20.0])
     result = run_bench(BenchConfig(**SMALL), model=model)
     assert RESULT_FIELDS | {"latency_ms"} <= set(result)
     assert result["mode"] == "inference" and result["model"] == "tiny"
-    assert result["samples_per_s"] > 0 and result["latency_ms"] > 0
-    assert result["samples_per_s"] == pytest.approx(4 * 1e3 / result["ms_per_batch"])
+    assert result["ms_per_batch"] == 20.0 and result["ms_per_batch_mean"] == pytest.approx(70 / 3)
+    assert result["ms_per_batch_min"] == 10.0 and result["latency_ms"] == 20.0
+    assert result["samples_per_s"] == pytest.approx(4 * 1e3 / 20.0)  # batch 4 in the median 20 ms: 200/s
+    assert result["samples_per_s_mean"] == pytest.approx(4 * 1e3 / (70 / 3))
     assert result["params"] == sum(p.numel() for p in model.parameters())
-    assert result["peak_memory_kind"] == "cpu_peak_rss" and result["peak_memory_bytes"] > 2**20
+    assert result["peak_memory_kind"] == "cpu_peak_rss" and result["peak_memory_bytes"] == 300 * 2**20
     assert result["settings"]["amp"] == "fp32" and result["settings"]["batch_size"] == 4
     env = result["environment"]
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["timm"] and env["device_name"]
@@ -88,10 +105,11 @@ def test_gflops_are_the_conv_and_linear_multiply_adds() -> None:
     assert gflops * 1e9 == pytest.approx(conv + linear)
 
 
-def test_slice_images_count_every_slice_read() -> None:
+def test_slice_images_count_every_slice_read(monkeypatch) -> None:
+    _fake_clock(monkeypatch, [8.0, 8.0, 8.0])
     result = run_bench(BenchConfig(**SMALL, latency=False), model=_tiny(context=1))
-    assert result["slices_per_sample"] == 3
-    assert result["slice_images_per_s"] == pytest.approx(3 * result["samples_per_s"])
+    assert result["slices_per_sample"] == 3 and result["samples_per_s"] == pytest.approx(500.0)
+    assert result["slice_images_per_s"] == pytest.approx(1500.0)  # 3 slices of each of 500 samples/s
     assert "latency_ms" not in result
 
 
@@ -105,10 +123,12 @@ def test_train_mode_takes_optimizer_steps() -> None:
     assert not torch.equal(before["bn.running_mean"], model.bn.running_mean)  # ran in train mode
 
 
-def test_time_steps_excludes_warmup_and_times_each_iteration() -> None:
+def test_time_steps_excludes_warmup_and_times_each_iteration(monkeypatch) -> None:
+    ticks = iter([1.0, 1.010, 2.0, 2.025, 3.0, 3.005])  # seconds: start/end of each timed call
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
     calls = []
-    times = time_steps(lambda: calls.append(1), torch.device("cpu"), warmup=2, iters=5)
-    assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
+    times = time_steps(lambda: calls.append(1), torch.device("cpu"), warmup=2, iters=3)
+    assert len(calls) == 5 and times == pytest.approx([10.0, 25.0, 5.0])  # the warm-up calls are not timed
     with pytest.raises(ValueError):
         time_steps(lambda: None, torch.device("cpu"), warmup=0, iters=0)
 
@@ -157,7 +177,7 @@ def test_cache_batches_are_augmented_training_batches_on_the_device(tmp_path) ->
     from headct.bench import cache_batches
 
     cache = _tiny_cache(tmp_path / "cache", series=2, slices=3)
-    spec = SimpleNamespace(context=1, input_kind="hu")
+    spec = ModelSpec(context=1, input_kind="hu")
     batches = cache_batches(cache, spec, "rsna", 4, torch.device("cpu"))
     seen = [next(batches) for _ in range(3)]  # 6 slices, batch 4, full batches: crosses an epoch boundary
     for x, y in seen:
@@ -177,7 +197,7 @@ def test_fast_path_falls_back_cleanly_on_cpu() -> None:
     expected = model(x)
     fast = prepare_for_inference(_tiny(), "cpu", compile="max-autotune", cuda_graph_batch=4)
     assert isinstance(fast, InferenceModel)
-    assert fast.amp is None and default_amp("cpu") is None  # "auto" is fp32 off CUDA
+    assert fast.amp is None and resolve_amp("auto", "cpu") is None  # "auto" is fp32 off CUDA
     assert fast.compile_mode is None and fast.cuda_graph_batch is None
     with torch.inference_mode():
         out = fast(x)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from headct.checkpoint import save_checkpoint
+from headct.distributed import DistInfo, merge_in_order, rank_share
 from headct.models import build_model
-from headct.training.distributed import DistInfo, merge_in_order, rank_share
 
 LABELS = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
 SIZE = 32

@@ -13,18 +13,13 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from headct.checkpoint import read_checkpoint_config, save_checkpoint
 from headct.evaluate import evaluate
-from headct.models.backbones import SliceClassifier
-from headct.models.registry import list_models, register_model
 
-TINY = "tiny-test-effnet"
+TINY = "tiny-test-effnet"  # the tiny_model fixture of tests/conftest.py registers it
 RSNA = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
 CONTRACT = {"per_class", "micro_auroc", "macro_auroc", "f1_macro", "f1_micro", "f1_weighted", "accuracy",
             "confusion_matrix", "ece", "ece_calibrated", "temperature", "ci95", "split"}
 
-if TINY not in list_models():
-    register_model(TINY)(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
-        "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
-        drop_rate=drop_rate))
+pytestmark = pytest.mark.usefixtures("tiny_model")  # registered for this module only (tests/conftest.py)
 
 
 
@@ -90,8 +85,8 @@ def test_missing_thresholds_are_fitted_on_validation_and_stored(cache: Path, tmp
     paths = evaluate(ckpt, cache, tmp_path / "eval", split="test", device="cpu", report=False, n_bootstrap=50)
     stored = read_checkpoint_config(ckpt)
     metrics = json.loads(paths["metrics"].read_text())
-    assert set(stored["thresholds"]) == {"non-stroke", "stroke"} and stored["temperature"] > 0
-    assert metrics["temperature"] == pytest.approx(stored["temperature"])
+    assert set(stored.thresholds) == {"non-stroke", "stroke"} and stored.temperature > 0
+    assert metrics["temperature"] == pytest.approx(stored.temperature)
     assert metrics["checkpoint"]["thresholds_source"] == "validation"
 
     everything = list(csv.DictReader(paths["predictions"].open()))

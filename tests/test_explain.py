@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,8 +27,7 @@ from headct.explain import (
     score_maps,
     to_original,
 )
-from headct.models import build_model
-from headct.models.registry import ModelSpec
+from headct.models import ModelSpec, build_model
 
 SIDE = 32
 
@@ -256,8 +254,8 @@ def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None
     centres = [(6 + 4 * i, 26 - 4 * i) for i in range(5)]
     hu, masks = _blob_slices(centres)
     bits = np.where(masks, LABEL_BITS["intraparenchymal"], 0).astype(np.uint8)
-    config = {"labels": ["intraparenchymal", "subdural"]}
-    result = score_cache(BlobModel(), config, ToyCache(hu, bits), tmp_path, ExplainConfig(limit=4, tolerance=1))
+    labels = ["intraparenchymal", "subdural"]
+    result = score_cache(BlobModel(), labels, ToyCache(hu, bits), tmp_path, ExplainConfig(limit=4, tolerance=1))
     scores = result["per_class"]["intraparenchymal"]
     assert scores["n_slices"] == 4  # limit: 4 of the 5 lesion slices
     assert scores["pointing_game"] == 1.0
@@ -306,7 +304,7 @@ def test_all_zero_map_is_counted_empty_and_a_miss() -> None:
 
 def test_spec_without_target_layers_is_refused() -> None:
     model = BlobModel()
-    model.spec = SimpleNamespace(name="bare", target_layers=[], level="slice")
+    model.spec = ModelSpec(name="bare", target_layers=[], level="slice")
     with pytest.raises(ValueError, match="no Grad-CAM target layers"):
         gradcam_maps(model, torch.zeros(1, 1, 8, 8), 0)
 

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from headct.checkpoint import save_checkpoint
+from headct.checkpoint import save_checkpoint, weights_digest
 from headct.cli import main
-from headct.export import ONNX_FILE, export_onnx, onnx_for_checkpoint, read_metadata, weights_digest
+from headct.export import ONNX_FILE, export_onnx, onnx_for_checkpoint, read_metadata
 from headct.io.volume import Volume
 from headct.models import build_model
 from headct.predict import Predictor

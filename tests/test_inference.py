@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import torch
 from torch import nn
 
-from headct.inference import neighbour_index, probabilities, series_logits
+from headct.data.datasets import neighbour_index
+from headct.inference import series_logits
+from headct.models import ModelSpec
 
 
 def test_neighbour_index_clamps_at_the_ends() -> None:
@@ -22,7 +22,7 @@ class _MeanPerSlice(nn.Module):
 
     def __init__(self, context: int) -> None:
         super().__init__()
-        self.spec = SimpleNamespace(context=context, level="slice")
+        self.spec = ModelSpec(context=context, level="slice")
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def test_slice_model_sees_its_neighbours_in_scan_order_across_batches() -> None:
 class _SeriesModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.spec = SimpleNamespace(context=0, level="series")
+        self.spec = ModelSpec(context=0, level="series")
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward_series(self, x: torch.Tensor, mask: torch.Tensor | None):
@@ -53,10 +53,3 @@ def test_series_model_gets_the_whole_series() -> None:
     out = series_logits(_SeriesModel(), pixels)
     assert out.slice_logits.flatten().tolist() == [3, 9, 5]
     assert out.series_logits.tolist() == [9]
-
-
-def test_probabilities_apply_temperature() -> None:
-    logits = torch.tensor([[2.0, 0.0]])
-    torch.testing.assert_close(probabilities(logits, "multilabel", 2.0), torch.sigmoid(torch.tensor([[1.0, 0.0]])))
-    soft = probabilities(logits, "multiclass")
-    torch.testing.assert_close(soft.sum(-1), torch.tensor([1.0]))

@@ -1,4 +1,4 @@
-"""Metrics: agreement with scikit-learn, hand-computed ECE and log loss, threshold sweep, bootstrap."""
+"""Metrics: agreement with scikit-learn, hand-computed ECE and log loss, bootstrap."""
 
 from __future__ import annotations
 
@@ -6,20 +6,16 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sklearn.metrics import f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
 from headct.metrics import (
     auroc,
-    bootstrap_ci,
     bootstrap_metric_cis,
     classification_metrics,
     expected_calibration_error,
     reliability_bins,
     resample_indices,
     rsna_log_loss,
-    sweep_thresholds,
 )
 
 LABELS3 = ["a", "b", "c"]
@@ -180,52 +176,6 @@ def test_rsna_log_loss_clips_certain_mistakes() -> None:
     assert value == pytest.approx(-np.log(1e-15) / 3, rel=1e-6)
 
 
-# --- thresholds --------------------------------------------------------------------
-
-def test_sweep_picks_the_known_best_threshold() -> None:
-    # class 0: positives at .6,.7,.8 and a negative at .65 and .2/.3
-    # best F1: everything >= .6 (tp 3, fp 1, F1 6/7) vs >= .7 (tp 2, fp 0, F1 .8)
-    p0 = np.array([0.2, 0.3, 0.6, 0.65, 0.7, 0.8])
-    y0 = np.array([0, 0, 1, 0, 1, 1])
-    # class 1: clean separation between .4 and .55 -> middle of the gap .475
-    p1 = np.array([0.1, 0.2, 0.4, 0.55, 0.9, 0.95])
-    y1 = np.array([0, 0, 0, 1, 1, 1])
-    t = sweep_thresholds(np.stack([y0, y1], 1), np.stack([p0, p1], 1))
-    assert t[0] == pytest.approx((0.3 + 0.6) / 2)
-    assert t[1] == pytest.approx((0.4 + 0.55) / 2)
-    d = np.stack([p0, p1], 1) >= t
-    assert f1_score(y0, d[:, 0]) == pytest.approx(6 / 7)
-    assert f1_score(y1, d[:, 1]) == 1.0
-
-
-def test_sweep_maximises_f1_against_a_fine_grid() -> None:
-    y, prob = _multilabel_set(300, seed=3)
-    t = sweep_thresholds(y, prob)
-    for c in range(3):
-        best_grid = max(f1_score(y[:, c], prob[:, c] >= g, zero_division=0)
-                        for g in np.linspace(0, 1, 501))
-        assert f1_score(y[:, c], prob[:, c] >= t[c]) >= best_grid - 1e-12
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 20)), min_size=2, max_size=40))
-def test_sweep_threshold_is_never_beaten_by_any_cut(pairs) -> None:
-    y = np.array([int(b) for b, _ in pairs])
-    p = np.array([v / 20 for _, v in pairs])  # coarse values: many ties
-    if y.sum() == 0:
-        return
-    t = sweep_thresholds(y[:, None], p[:, None])[0]
-    best = max(f1_score(y, p >= cut, zero_division=0) for cut in np.r_[np.unique(p), 1.01])
-    assert f1_score(y, p >= t, zero_division=0) == pytest.approx(best)
-    if t > 0:  # the threshold sits between values, not on one (except a cut below a 0.0)
-        assert not np.isclose(p, t).any()
-
-
-def test_sweep_without_positives_falls_back() -> None:
-    t = sweep_thresholds(np.zeros((4, 1), int), np.array([[0.1], [0.2], [0.3], [0.4]]))
-    assert t.tolist() == [0.5]
-
-
 # --- bootstrap ---------------------------------------------------------------------
 
 def test_fast_auroc_equals_sklearn_with_ties() -> None:
@@ -244,16 +194,17 @@ def test_group_resampling_keeps_groups_whole() -> None:
         assert sum(counts.values()) == len(idx)
 
 
-def test_bootstrap_ci_brackets_the_estimate_and_is_reproducible() -> None:
+def test_bootstrap_intervals_bracket_the_estimate_and_are_reproducible() -> None:
     y, prob = _multilabel_set(300)
-    fn = lambda yy, pp: auroc(yy[:, 1], pp[:, 1])  # noqa: E731
-    low, high = bootstrap_ci(y, prob, fn, n=300, seed=0)
+    ci = bootstrap_metric_cis(y, prob, labels=LABELS3, kind="multilabel", n=300, seed=0)
+    low, high = ci["per_class"]["b"]["auroc"]
     point = roc_auc_score(y[:, 1], prob[:, 1])
     assert low < point < high and high - low < 0.2
-    assert bootstrap_ci(y, prob, fn, n=300, seed=0) == (low, high)
-    # grouping by pairs of rows widens nothing absurdly but changes the draws
+    assert bootstrap_metric_cis(y, prob, labels=LABELS3, kind="multilabel", n=300, seed=0) == ci
+    # resampling groups of ten rows changes the draws but still brackets the estimate
     groups = np.arange(300) // 10
-    g_low, g_high = bootstrap_ci(y, prob, fn, n=300, seed=0, groups=groups)
+    grouped = bootstrap_metric_cis(y, prob, labels=LABELS3, kind="multilabel", n=300, seed=0, groups=groups)
+    g_low, g_high = grouped["per_class"]["b"]["auroc"]
     assert g_low < point < g_high and (g_low, g_high) != (low, high)
 
 

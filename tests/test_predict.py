@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 import headct
-from headct.checkpoint import save_checkpoint
+from headct.checkpoint import INTENDED_USE_UNKNOWN, Provenance, save_checkpoint
 from headct.cli import main
 from headct.data.resample import resample_slices
 from headct.errors import InputError
@@ -49,7 +50,9 @@ def test_prediction_follows_the_contract(predictor: Predictor, tmp_path: Path, w
                            "series", "gaps"}
     assert result["study"] == study_uid
     assert result["model"] == {"name": "mobilenetv2", "version": headct.__version__, "labels": LABELS,
-                               "thresholds": THRESHOLDS}
+                               "thresholds": THRESHOLDS, "provenance": dataclasses.asdict(Provenance()),
+                               "intended_use": INTENDED_USE_UNKNOWN}
+    assert not any("synthetic" in w for w in result["warnings"])  # nothing says this model saw the phantom
     assert [s["index"] for s in result["slices"]] == [0, 1, 2, 3]
     assert [s["uid"] for s in result["slices"]] == uids  # scan order, not file-name order
 

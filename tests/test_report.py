@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headct.calibrate import apply_temperature
+from headct.decide import probabilities
 from headct.metrics import bootstrap_metric_cis, classification_metrics
 from headct.report import (
     GradcamTile,
@@ -67,7 +67,7 @@ class _Collector(HTMLParser):
 
 def test_plots_write_png_files(tmp_path: Path, multiclass_set) -> None:
     y, logits = multiclass_set
-    prob = apply_temperature(logits, 1.0, "multiclass")
+    prob = probabilities(logits, "multiclass", 1.0)
     cm = classification_metrics(y, prob, labels=LABELS, kind="multiclass")["confusion_matrix"]
     ml_y = (np.random.default_rng(1).random((50, 2)) < 0.4).astype(int)
     ml_p = np.clip(ml_y * 0.4 + np.random.default_rng(2).random((50, 2)) * 0.6, 0, 1)
@@ -75,7 +75,7 @@ def test_plots_write_png_files(tmp_path: Path, multiclass_set) -> None:
     written = [
         plot_roc(y, prob, LABELS, "multiclass", tmp_path / "roc.png"),
         plot_precision_recall(y, prob, LABELS, "multiclass", tmp_path / "pr.png"),
-        plot_reliability(y, prob, apply_temperature(logits, 3.0, "multiclass"), "multiclass",
+        plot_reliability(y, prob, probabilities(logits, "multiclass", 3.0), "multiclass",
                          tmp_path / "rel.png"),
         plot_confusion(cm, LABELS, tmp_path / "cm.png"),
         plot_confusion(ml_cm, ["a", "b"], tmp_path / "cm_ml.png"),
@@ -121,7 +121,7 @@ def test_split_sentence_says_how_and_sizes() -> None:
 
 def test_report_is_self_contained_with_table_values(tmp_path: Path, multiclass_set) -> None:
     y, logits = multiclass_set
-    prob = apply_temperature(logits, 2.5, "multiclass")
+    prob = probabilities(logits, "multiclass", 2.5)
     slice_block = classification_metrics(y, prob, labels=LABELS, kind="multiclass")
     slice_block["ci95"] = bootstrap_metric_cis(y, prob, labels=LABELS, kind="multiclass", n=100)
     study_block = classification_metrics(y[:40], prob[:40], labels=LABELS, kind="multiclass")

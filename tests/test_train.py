@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +16,16 @@ import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from headct.cli import build_parser
+from headct.models import build_model
 from headct.training.augment import AIR_HU, AugmentConfig, augment_batch
 from headct.training.config import TrainConfig, resolve_config, save_config
 from headct.training.state import epoch_seed, load_train_state, save_train_state, seed_epoch
+
+TINY = "tiny-test-effnet"  # the tiny_model fixture of tests/conftest.py registers it
+pytestmark = pytest.mark.usefixtures("tiny_model")  # registered for this module only (tests/conftest.py)
 
 # --- config ------------------------------------------------------------------------
 
@@ -123,7 +130,7 @@ def test_epoch_seeds_depend_only_on_seed_epoch_rank() -> None:
 
 
 def test_loader_workers_default_to_none_on_the_cpu_and_some_with_a_gpu(monkeypatch) -> None:
-    from headct.train import loader_workers
+    from headct.data.datasets import loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert TrainConfig().workers is None
@@ -148,27 +155,36 @@ def test_train_state_round_trip_restores_rng(tmp_path: Path) -> None:
 
 # --- training on a tiny cache -------------------------------------------------------------
 
-TINY = "tiny-test-effnet"
-LAUNCHER = """
-import sys
-from headct.models.backbones import SliceClassifier
-from headct.models.registry import list_models, register_model
 
-if "{name}" not in list_models():
-    register_model("{name}")(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
-        "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
-        drop_rate=drop_rate))
+
+# The DDP ranks run in their own processes: the launcher registers the same model there and reports,
+# per rank, which samples its sampler gave it and a digest of its weights after training.
+LAUNCHER = """
+import hashlib
+import sys
+
+import headct.train
+from headct.models.backbones import SliceClassifier
+from headct.models.registry import register_model
+
+register_model("{name}")(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
+    "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
+    drop_rate=drop_rate))
+fit = headct.train.Trainer.fit
+
+
+def reporting_fit(self, **kwargs):
+    samples = sorted(int(i) for i in self.train_loader.sampler)
+    best = fit(self, **kwargs)
+    weights = b"".join(t.detach().cpu().numpy().tobytes() for t in self.model.state_dict().values())
+    print(f"rank {{self.info.rank}} samples {{samples}} weights {{hashlib.sha256(weights).hexdigest()}}", flush=True)
+    return best
+
+
+headct.train.Trainer.fit = reporting_fit
 from headct.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def _register_tiny() -> None:
-    exec(LAUNCHER.format(name=TINY).split("from headct.cli")[0], {})
-
-
-_register_tiny()
-
 
 
 def _config(cache: Path, out: Path, **kw) -> TrainConfig:
@@ -197,9 +213,9 @@ def test_a_few_steps_lower_the_loss(cache: Path, trained: Path) -> None:
     assert len(rows) == 4 and losses[-1] < 0.8 * losses[0]
     assert {"epoch", "train_loss", "val_loss", "val_macro_auroc", "lr", "images_per_s"} <= set(rows[0])
     config = read_checkpoint_config(best)
-    assert config["labels"][-1] == "any" and config["label_kind"] == "multilabel"
-    assert set(config["thresholds"]) == set(config["labels"]) and config["temperature"] > 0
-    training = config["training"]
+    assert config.labels[-1] == "any" and config.label_kind == "multilabel"
+    assert set(config.thresholds) == set(config.labels) and config.temperature > 0
+    training = config.training
     assert training["split"]["how"] == "study" and training["slices"]["train"] > 0
     assert str(cache) not in str(training)  # the cache is named by a hash, not its path
     assert (trained / "config.yaml").is_file() and (trained / "last").is_dir()
@@ -215,14 +231,15 @@ def test_two_stage_series_model_trains_only_the_rnn_on_frozen_embeddings(cache: 
     best = train(config)
     encoder_2d, _ = load_checkpoint(trained / "best")
     seq, seq_config = load_checkpoint(best)
-    assert seq_config["model"]["level"] == "series" and seq_config["model"]["kwargs"]["encoder"] == TINY
+    assert seq_config.model.level == "series" and seq_config.model.kwargs["encoder"] == TINY
     frozen = {k: v for k, v in encoder_2d.state_dict().items() if not k.startswith("head.")}
     for name, value in frozen.items():  # the encoder is the trained 2-D model's, untouched
         assert torch.equal(seq.encoder.state_dict()[name], value), name
+    from headct.checkpoint import encoder_arguments
     from headct.models import build_model
 
     torch.manual_seed(config.seed)  # what the trainer built before the first step
-    initial = build_model("study-seq", 6, encoder_checkpoint=str(trained / "best"), hidden=8, layers=1)
+    initial = build_model("study-seq", 6, **encoder_arguments(trained / "best"), hidden=8, layers=1)
     assert torch.equal(initial.encoder.state_dict()["encoder.conv_stem.weight"],
                        seq.encoder.state_dict()["encoder.conv_stem.weight"])
     assert not torch.equal(initial.rnn.weight_hh_l0, seq.rnn.weight_hh_l0)  # the RNN did train
@@ -276,9 +293,22 @@ def test_two_gloo_processes_train_with_ddp(cache: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("best checkpoint:") == 1  # only rank 0 reports
     state = load_train_state(run)
-    # Two ranks x 4 samples per step x 3 steps: every step saw both shards.
     assert state["history"][0]["images_per_s"] > 0 and state["epoch"] == 0
     assert (run / "best" / "config.json").is_file()
+    reports = dict(re.findall(r"rank (\d) (samples .*)", done.stdout))
+    assert sorted(reports) == ["0", "1"]
+    (samples0, weights0), (samples1, weights1) = (re.match(r"samples (\[.*\]) weights (\w+)", reports[r]).groups()
+                                                  for r in ("0", "1"))
+    assert samples0 != samples1  # each rank trained on its own shard of the training split ...
+    assert weights0 == weights1  # ... and DDP's all-reduce kept their weights identical
+    initial = hashlib.sha256(b"".join(t.numpy().tobytes() for t in _tiny_initial_state().values())).hexdigest()
+    assert weights0 != initial  # and they did train
+
+
+def _tiny_initial_state() -> dict[str, torch.Tensor]:
+    """The tiny model's weights as the trainer builds them before its first step (seeded, HU cache, 6 labels)."""
+    torch.manual_seed(TrainConfig().seed)
+    return build_model(TINY, 6, input_kind="hu").state_dict()
 
 
 def csv_rows(path: Path):
@@ -287,3 +317,28 @@ def csv_rows(path: Path):
     with open(path, newline="") as f:
         yield from csv.DictReader(f)
 
+
+
+def test_the_optimizer_step_scales_by_accumulation_and_takes_an_adamw_step() -> None:
+    from headct.training.step import OptimizerStep, make_optimizer, task_loss
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = make_optimizer(model, lr=0.1, weight_decay=0.5)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]  # none on the bias
+    step = OptimizerStep(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), clip_grad=1e-3, accum=2)
+    x, y = torch.randn(4, 3), torch.tensor([[1.0, 0.0]] * 4)
+    weights = torch.tensor([1.0, 3.0])
+    loss = task_loss(model(x), y, "multilabel", weights, 0.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y, reduction="none")
+    torch.testing.assert_close(loss, (bce[:, 0] + 3 * bce[:, 1]).mean() / 4)
+    before = model.weight.detach().clone()
+    expected = torch.autograd.grad(loss / 2, model.weight, retain_graph=True)[0]  # the loss over accum = 2
+    step.backward(loss)
+    grad = model.weight.grad.clone()
+    torch.testing.assert_close(grad, expected)
+    step.step()
+    assert model.weight.grad is None  # cleared after the step
+    # AdamW's first step: decay by lr * wd, then lr against the gradient's sign (clipping keeps the sign)
+    torch.testing.assert_close(model.weight.detach(), before * (1 - 0.1 * 0.5) - 0.1 * grad.sign(), atol=1e-4,
+                               rtol=0)

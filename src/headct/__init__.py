@@ -13,20 +13,13 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from headct.predict import Predictor
 
-__all__ = ["__version__", "load", "models"]
+__all__ = ["__version__", "load"]
 
 
 def load(checkpoint_dir: str, **kwargs: Any) -> Predictor:
     """Load a checkpoint directory into a ready :class:`headct.predict.Predictor`."""
+    # Deferred: the package root is imported before every module of every stage (``import headct.io``
+    # runs this file first), so importing the last stage here would load torch and all of headct.
     from headct.predict import Predictor
 
     return Predictor.from_checkpoint(checkpoint_dir, **kwargs)
-
-
-def __getattr__(name: str) -> Any:
-    # `headct.models` without importing torch at `import headct` time.
-    if name == "models":
-        import importlib
-
-        return importlib.import_module("headct.models")
-    raise AttributeError(f"module 'headct' has no attribute {name!r}")

@@ -3,8 +3,8 @@
 In the manner of timm's ``benchmark.py``: a synthetic batch of raw input (HU or
 grey, already on the device) goes through the model's fast inference path
 (:func:`headct.inference.prepare_for_inference`: bf16 autocast, channels_last,
-``torch.compile``, CUDA graphs) or through a training step (forward, backward,
-AdamW). Warm-up iterations are not timed; each timed iteration is bracketed by
+``torch.compile``, CUDA graphs) or through the trainer's own training step
+(:mod:`headct.training.step`: forward, task loss, backward, clipping, AdamW). Warm-up iterations are not timed; each timed iteration is bracketed by
 CUDA events (or ``time.perf_counter`` on the CPU) and the median is reported.
 With ``data`` set, training is also timed on batches from a prepared cache
 through the training input pipeline, and the ratio cache/synthetic says how
@@ -35,11 +35,17 @@ import torch
 from torch import nn
 
 from headct import __version__, atomic
-from headct.inference import autocast_context, default_amp, prepare_for_inference, to_channels_last
+from headct.data.cache import Cache
+from headct.data.datasets import SliceDataset, loader_workers
+from headct.inference import autocast_context, prepare_for_inference, resolve_amp, to_channels_last
+from headct.models import build_model
+from headct.tasks import get_task
+from headct.training.augment import AugmentConfig, augment_batch
+from headct.training.config import TrainConfig
+from headct.training.step import OptimizerStep, make_optimizer, task_loss
 
 log = logging.getLogger(__name__)
 
-AMP_CHOICES = ("bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -59,7 +65,7 @@ class BenchConfig:
     train: bool = False
     data: str | None = None          # a prepared cache: also time training from it (train mode)
     task: str = "rsna"               # task for training from the cache
-    workers: int | None = None       # loader workers for the cache; None: from the CPU count
+    workers: int | None = None       # loader workers for the cache; None: headct.data.datasets.loader_workers
     warmup: int = 10
     iters: int = 50
     latency: bool = True             # also time batch 1
@@ -74,16 +80,14 @@ def run_bench(config: BenchConfig, model: nn.Module | None = None) -> dict[str, 
     it must carry a ``spec`` like the registered models do.
     """
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = _resolve_amp(config.amp, device)
+    amp = resolve_amp(config.amp, device)
     if model is None:
-        from headct.models import build_model
-
         num_classes, kwargs = config.num_classes, dict(config.model_kwargs)
         if config.train and config.data:  # built as training would build it for this cache and task
             num_classes, kind = _cache_task(config)
             kwargs = {"input_kind": kind, **kwargs}
         model = build_model(config.model, num_classes, **kwargs)
-    model_name = getattr(model.spec, "name", "") or config.model
+    model_name = model.spec.name or config.model
     result: dict[str, Any] = {
         "model": model_name,
         "mode": "train" if config.train else "inference",
@@ -157,7 +161,13 @@ def bench_training(model: nn.Module, config: BenchConfig, device: torch.device, 
 
 
 class TrainStep:
-    """One optimisation step: autocast forward, BCE loss, backward (scaled for fp16), AdamW."""
+    """The Trainer's own step on one batch: autocast forward, the task loss, ``OptimizerStep``.
+
+    From :mod:`headct.training.step`: AdamW with the trainer's parameter groups
+    and weight decay, multi-label BCE (equal weights; the benchmark's targets are
+    random 0/1), backward scaled for fp16, gradient clipping at the trainer's
+    default, one optimizer step per batch (no accumulation).
+    """
 
     def __init__(self, model: nn.Module, device: torch.device, amp: str | None, *,
                  channels_last: bool = False, compile_mode: str | None = None, lr: float = 1e-4) -> None:
@@ -169,20 +179,19 @@ class TrainStep:
         if compile_mode and not self.compile_mode:
             log.info("torch.compile skipped on %s (CUDA only)", device.type)
         self.forward = torch.compile(self.model, mode=self.compile_mode) if self.compile_mode else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=device.type == "cuda")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-        self.loss = nn.BCEWithLogitsLoss()
+        defaults = TrainConfig()
+        optimizer = make_optimizer(self.model, lr, defaults.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.optimizer_step = OptimizerStep(self.model, optimizer, scaler, clip_grad=defaults.clip_grad)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.amp):
             logits = self.forward(x)
-        loss = self.loss(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = task_loss(logits.float(), y, "multilabel", torch.ones(y.shape[-1], device=y.device), 0.0)
+        self.optimizer_step.backward(loss)
+        self.optimizer_step.step()
         return loss.detach()
 
     def random_targets(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,10 +209,10 @@ def bench_training_from_cache(model: nn.Module, config: BenchConfig, device: tor
     (memory-mapped cache → loader workers → pinned memory → device → augmentations
     on the device), so the ratio to the synthetic figure is what the input path costs.
     """
-    if getattr(model.spec, "level", "slice") != "slice":
+    if model.spec.level != "slice":
         raise ValueError("training from the cache is measured for slice-level models")
     step = TrainStep(model, device, amp, channels_last=config.channels_last, compile_mode=config.compile, lr=config.lr)
-    workers = default_workers() if config.workers is None else config.workers
+    workers = loader_workers(config.workers, device)
     batches = cache_batches(config.data, model.spec, config.task, config.batch_size, device, workers=workers)
 
     def train_on_next() -> None:
@@ -227,10 +236,6 @@ def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch
     """
     from torch.utils.data import DataLoader
 
-    from headct.data.cache import Cache
-    from headct.data.datasets import SliceDataset
-    from headct.tasks import get_task
-    from headct.training.augment import AugmentConfig, augment_batch
 
     cache = Cache(cache_dir)
     task = get_task(task_name, cache.labels)
@@ -243,7 +248,7 @@ def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch
         prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(seed),
     )
     augment, generator = AugmentConfig(), torch.Generator().manual_seed(seed)
-    input_kind = getattr(spec, "input_kind", "hu")
+    input_kind = spec.input_kind
     while True:
         for x, y, _ in loader:
             x = augment_batch(x.to(device, non_blocking=True).float(), augment, generator, input_kind)
@@ -251,11 +256,6 @@ def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch
             if task.kind == "multiclass":
                 y = torch.nn.functional.one_hot(y.long(), task.num_outputs)
             yield x, y.float()
-
-
-def default_workers() -> int:
-    """Loader workers: all CPUs but two (the main process and the pin-memory thread), at least 1, at most 16."""
-    return max(1, min(16, (os.cpu_count() or 1) - 2))
 
 
 # --- measurement ------------------------------------------------------------------
@@ -293,9 +293,9 @@ def synthetic_input(spec: Any, config: BenchConfig, batch_size: int, device: tor
     HU models get int16-range HU cast to float (what ``series_logits`` hands a
     model); 8-bit models get 0..255 grey.
     """
-    depth = config.series_slices if getattr(spec, "level", "slice") == "series" else 2 * spec.context + 1
+    depth = config.series_slices if spec.level == "series" else 2 * spec.context + 1
     shape = (batch_size, depth, config.img_size, config.img_size)
-    low, high = (-1024, 1500) if getattr(spec, "input_kind", "hu") == "hu" else (0, 256)
+    low, high = (-1024, 1500) if spec.input_kind == "hu" else (0, 256)
     generator = torch.Generator().manual_seed(0)
     return torch.randint(low, high, shape, generator=generator, dtype=torch.int16).to(device).float()
 
@@ -388,30 +388,20 @@ def summary_line(result: dict[str, Any]) -> str:
 
 # --- helpers ----------------------------------------------------------------------
 
-def _resolve_amp(amp: str | None, device: torch.device) -> str | None:
-    if amp is None:
-        return default_amp(device)
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
-    return None if amp == "fp32" else amp
-
-
 def _cache_task(config: BenchConfig) -> tuple[int, str]:
-    from headct.data.cache import Cache
-    from headct.tasks import get_task
 
     cache = Cache(config.data)
     return get_task(config.task, cache.labels).num_outputs, cache.kind
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if getattr(model.spec, "level", "slice") == "series":
+    if model.spec.level == "series":
         return model.forward_series(x, None)[1]
     return model(x)
 
 
 def _slices_per_sample(spec: Any, config: BenchConfig) -> int:
-    return config.series_slices if getattr(spec, "level", "slice") == "series" else 2 * spec.context + 1
+    return config.series_slices if spec.level == "series" else 2 * spec.context + 1
 
 
 def _throughput(times_ms: list[float], batch_size: int, slices: int) -> dict[str, Any]:
@@ -432,8 +422,8 @@ def _throughput(times_ms: list[float], batch_size: int, slices: int) -> dict[str
 def _input_description(model: nn.Module, config: BenchConfig) -> dict[str, Any]:
     spec = model.spec
     return {
-        "kind": getattr(spec, "input_kind", "hu"),
-        "level": getattr(spec, "level", "slice"),
+        "kind": spec.input_kind,
+        "level": spec.level,
         "slices_per_sample": _slices_per_sample(spec, config),
         "size": config.img_size,
     }

@@ -270,6 +270,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
+    """``headct models`` takes no options (the global ``-v`` still applies)."""
     del p  # no options: the table is the whole answer
 
 

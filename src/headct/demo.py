@@ -21,6 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from headct.data.prepare import PrepareConfig, prepare
+from headct.data.splits import SplitConfig
+from headct.evaluate import evaluate
+from headct.phantom.dataset import PhantomConfig, write_phantom
+from headct.train import train
+from headct.training.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -67,12 +74,6 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def run_demo(out: Path, settings: DemoSettings) -> dict[str, Any]:
     """phantom → prepare → train → evaluate under ``out``; returns paths and the headline figures."""
-    from headct.data.prepare import PrepareConfig, prepare
-    from headct.data.splits import SplitConfig
-    from headct.evaluate import evaluate
-    from headct.phantom.dataset import PhantomConfig, write_phantom
-    from headct.train import train
-    from headct.training.config import TrainConfig
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

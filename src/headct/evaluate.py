@@ -38,53 +38,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from scipy import ndimage
 from torch import nn
-from tqdm.auto import tqdm
 
-from headct import atomic
-from headct.calibrate import apply_temperature, fit_temperature
+from headct import atomic, report
+from headct.checkpoint import (
+    CheckpointConfig,
+    load_checkpoint,
+    read_checkpoint_config,
+    update_checkpoint_config,
+)
 from headct.data.cache import Cache
-from headct.inference import series_logits
+from headct.decide import (
+    aggregate_probabilities,
+    aggregate_truth,
+    decisions,
+    fit_calibration,
+    fit_thresholds,
+    one_hot,
+    probabilities,
+)
+from headct.distributed import (
+    DistInfo,
+    close_distributed,
+    init_distributed,
+)
+from headct.explain import LABEL_BITS, ExplainConfig, cache_maps, score_cache
+from headct.inference import SplitPredictions, predict_split
 from headct.metrics import (
     bootstrap_metric_cis,
     classification_metrics,
     expected_calibration_error,
     rsna_log_loss,
-    sweep_thresholds,
 )
 from headct.tasks import Task, get_task
-from headct.training.distributed import (
-    DistInfo,
-    close_distributed,
-    init_distributed,
-    merge_in_order,
-    rank_share,
-)
 
 log = logging.getLogger(__name__)
 
 N_BOOTSTRAP = 1000
-
-
-@dataclass
-class SplitPredictions:
-    """Logits and truth for the usable slices of one split, in cache order.
-
-    ``targets`` are float 0/1 ``[N, n]`` (multi-label) or int class indices
-    ``[N]`` (multi-class). ``series_logits`` (series-level models) has one row
-    per entry of ``series_keys``.
-    """
-
-    rows: np.ndarray           # int [N]
-    uids: np.ndarray           # str [N]
-    studies: np.ndarray        # str [N]
-    series: np.ndarray         # str [N] (shard keys)
-    logits: np.ndarray         # float32 [N, n]
-    targets: np.ndarray
-    series_keys: np.ndarray    # str [M]
-    series_studies: np.ndarray  # str [M]
-    series_logits: np.ndarray | None = None  # float32 [M, n]
 
 
 @dataclass
@@ -126,8 +117,6 @@ def evaluate(
     Under ``torchrun`` every process predicts every world_size-th series and rank 0
     merges them, computes and writes everything (the others return ``{}``).
     """
-    from headct.checkpoint import load_checkpoint
-
     checkpoint = Path(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,84 +138,15 @@ def evaluate(
     result = evaluation_results(pred, task, thresholds, temperature, n_bootstrap=n_bootstrap)
     result["metrics"].update(
         split=split_summary(cache, split),
-        checkpoint={"model": config.get("model", {}).get("name"), "thresholds_source": source},
+        checkpoint={"model": config.model.name, "thresholds_source": source},
     )
     paths = {
         "predictions": write_predictions_csv(out / "predictions.csv", result["tables"], task, thresholds),
         "metrics": write_json(out / "metrics.json", result["metrics"]),
     }
     if report:
-        paths.update(_write_report(out, result, task, checkpoint, cache, model, split, device))
+        paths.update(_write_report(out, result, task, checkpoint, cache, model, split))
     return paths
-
-
-# --- predicting a split ------------------------------------------------------------
-
-def predict_split(
-    model: nn.Module,
-    cache: Cache,
-    task: Task,
-    split: str,
-    *,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    amp: str | None = None,
-    max_series: int | None = None,
-    progress: bool = True,
-    dist: DistInfo | None = None,
-) -> SplitPredictions:
-    """Logits for every usable slice of ``split``, series by series (whole series per forward path).
-
-    With ``dist`` (torchrun), this process runs every world_size-th series and
-    the parts are merged back into series order on every process.
-    """
-    dist = dist or DistInfo()
-    targets_all, keep_all = task.targets(cache.label_matrix)
-    split_rows = cache.rows(split)
-    shards = list(dict.fromkeys(cache.index["shard"][split_rows].tolist()))
-    if max_series is not None:
-        shards = shards[:max_series]
-    parts = []
-    model.eval()
-    share = rank_share(shards, dist)
-    for position, shard in tqdm(share, desc=f"predict {split}", unit="series", disable=not progress, leave=False):
-        series_rows = cache.series_rows(shard)
-        keep = keep_all[series_rows]
-        if not keep.any():
-            continue
-        out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
-                            device=device, amp=amp)
-        series = out.series_logits.numpy() if out.series_logits is not None else None
-        parts.append((position, (shard, series_rows[keep], out.slice_logits.numpy()[keep], series)))
-    parts = merge_in_order(parts, dist)
-    series_keys = [shard for shard, _, _, _ in parts]
-    rows = [kept for _, kept, _, _ in parts]
-    logits = [part_logits for _, _, part_logits, _ in parts]
-    series_out = [series for _, _, _, series in parts if series is not None]
-    n = task.num_outputs
-    rows_arr = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    index = cache.index
-    study_of_shard = {str(s): str(st) for s, st in zip(index["shard"][split_rows], index["study"][split_rows],
-                                                      strict=True)}
-    return SplitPredictions(
-        rows=rows_arr,
-        uids=index["uid"][rows_arr],
-        studies=index["study"][rows_arr],
-        series=index["shard"][rows_arr],
-        logits=np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, n), np.float32),
-        targets=targets_all[rows_arr],
-        series_keys=np.asarray(series_keys, dtype=str),
-        series_studies=np.asarray([study_of_shard[s] for s in series_keys], dtype=str),
-        series_logits=np.stack(series_out).astype(np.float32) if series_out else None,
-    )
-
-
-def fit_calibration(pred: SplitPredictions, task: Task) -> tuple[dict[str, float], float]:
-    """Temperature (NLL on validation logits), then F1-best thresholds on the calibrated probabilities."""
-    temperature = fit_temperature(pred.logits, pred.targets, task.kind)
-    prob = apply_temperature(pred.logits, temperature, task.kind)
-    swept = sweep_thresholds(_one_hot(pred.targets, task), prob)
-    return {label: float(t) for label, t in zip(task.labels, swept, strict=True)}, float(temperature)
 
 
 # --- metrics -------------------------------------------------------------------------
@@ -240,8 +160,8 @@ def evaluation_results(
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> dict[str, Any]:
     """Metrics for slices and studies, and the tables behind them (for the CSV and the plots)."""
-    raw = apply_temperature(pred.logits, 1.0, task.kind)
-    prob = apply_temperature(pred.logits, temperature, task.kind)
+    raw = probabilities(pred.logits, task.kind)
+    prob = probabilities(pred.logits, task.kind, temperature)
     slice_block = level_metrics(pred.targets, raw, prob, task, thresholds, temperature,
                                 groups=pred.studies, n_bootstrap=n_bootstrap)
     studies = study_table(pred, task, temperature)
@@ -288,31 +208,24 @@ def level_metrics(
 
 def study_table(pred: SplitPredictions, task: Task, temperature: float) -> StudyTable:
     """One row per study: aggregated slice probabilities (or the series model's own) and truth."""
-    slice_prob = apply_temperature(pred.logits, temperature, task.kind)
+    slice_prob = probabilities(pred.logits, task.kind, temperature)
     studies = list(dict.fromkeys(pred.studies.tolist()))
     probs, targets = [], []
     for study in studies:
         members = pred.studies == study
-        targets.append(_aggregate_truth(pred.targets[members], task))
+        targets.append(aggregate_truth(pred.targets[members], task.kind, task.num_outputs))
         if pred.series_logits is not None:
-            series_prob = apply_temperature(pred.series_logits[pred.series_studies == study], temperature,
-                                            task.kind)
-            probs.append(aggregate_probabilities(series_prob, task))
+            series_prob = probabilities(pred.series_logits[pred.series_studies == study], task.kind,
+                                        temperature)
+            probs.append(aggregate_probabilities(series_prob, task.kind))
         else:
-            probs.append(aggregate_probabilities(slice_prob[members], task))
+            probs.append(aggregate_probabilities(slice_prob[members], task.kind))
     n = task.num_outputs
     return StudyTable(
         studies=np.asarray(studies, dtype=str),
         prob=np.stack(probs) if probs else np.zeros((0, n)),
         targets=np.stack(targets) if targets else np.zeros((0, n) if task.kind == "multilabel" else 0),
     )
-
-
-def aggregate_probabilities(prob: np.ndarray, task: Task) -> np.ndarray:
-    """``[k, n]`` slice (or series) probabilities of one study → ``[n]`` (rules in the module doc)."""
-    if task.kind == "multilabel":
-        return prob.max(axis=0)
-    return prob[int(prob[:, 0].argmin())]
 
 
 def split_summary(cache: Cache, split: str) -> dict[str, Any]:
@@ -338,24 +251,18 @@ def write_predictions_csv(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    slice_y, slice_d = _one_hot(pred.targets, task), decisions(slice_prob, task, thresholds)
+    slice_y = one_hot(pred.targets, task.kind, task.num_outputs)
+    slice_d = decisions(slice_prob, task.kind, labels, thresholds)
     for i in range(len(pred.rows)):
         writer.writerow(["slice", pred.studies[i], pred.uids[i], int(pred.rows[i]),
                          *_fmt(slice_prob[i]), *slice_y[i].tolist(), *slice_d[i].tolist()])
-    study_y, study_d = _one_hot(studies.targets, task), decisions(studies.prob, task, thresholds)
+    study_y = one_hot(studies.targets, task.kind, task.num_outputs)
+    study_d = decisions(studies.prob, task.kind, labels, thresholds)
     for i, study in enumerate(studies.studies):
         writer.writerow(["study", study, study, -1, *_fmt(studies.prob[i]), *study_y[i].tolist(),
                          *study_d[i].tolist()])
     atomic.write_text(path, buffer.getvalue())
     return path
-
-
-def decisions(prob: np.ndarray, task: Task, thresholds: dict[str, float] | None) -> np.ndarray:
-    """0/1 ``[N, n]``: ``prob >= threshold`` (multi-label) or the one-hot arg-max (multi-class)."""
-    if task.kind == "multiclass":
-        return np.eye(task.num_outputs, dtype=int)[prob.argmax(axis=1)] if len(prob) else np.zeros((0, task.num_outputs), int)
-    t = np.array([(thresholds or {}).get(label, 0.5) for label in task.labels])
-    return (prob >= t).astype(int)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -365,54 +272,38 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def _task_for(config: dict[str, Any], cache: Cache) -> Task:
-    task = get_task(config["task"], cache.labels)
-    if list(task.labels) != list(config.get("labels", task.labels)):
-        raise ValueError(f"checkpoint labels {config.get('labels')} differ from task {task.name!r} "
+def _task_for(config: CheckpointConfig, cache: Cache) -> Task:
+    if config.task is None:
+        raise ValueError("the checkpoint names no task; evaluate needs one")
+    task = get_task(config.task, cache.labels)
+    if config.labels is not None and list(task.labels) != config.labels:
+        raise ValueError(f"checkpoint labels {config.labels} differ from task {task.name!r} "
                          f"on this cache ({list(task.labels)})")
     return task
 
 
 def _frozen_or_fitted(
-    model: nn.Module, config: dict[str, Any], checkpoint: Path, cache: Cache, task: Task, *,
+    model: nn.Module, config: CheckpointConfig, checkpoint: Path, cache: Cache, task: Task, *,
     batch_size: int, device: str, dist: DistInfo | None = None,
 ) -> tuple[dict[str, float], float, str]:
     """The checkpoint's thresholds and temperature, or both fitted on validation now (and stored)."""
-    thresholds = config.get("thresholds") or {}
-    temperature = config.get("temperature")
+    thresholds = config.thresholds or {}
+    temperature = config.temperature
     if thresholds and temperature is not None:
         return {k: float(v) for k, v in thresholds.items()}, float(temperature), "checkpoint"
-    from headct.checkpoint import update_checkpoint_config
-
     log.info("checkpoint has no %s: fitting on the validation split",
              "thresholds" if not thresholds else "temperature")
     val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device, dist=dist)
     if len(val.rows) == 0:
         raise ValueError(f"{cache.path}: no validation slices to fit thresholds/temperature on")
-    fitted_thresholds, fitted_temperature = fit_calibration(val, task)
     if temperature is None:
-        temperature = fitted_temperature
+        fitted_thresholds, temperature = fit_calibration(val.logits, val.targets, task.labels, task.kind)
     else:  # keep the stored temperature; sweep thresholds on its scale
-        prob = apply_temperature(val.logits, float(temperature), task.kind)
-        fitted_thresholds = dict(zip(task.labels, map(float, sweep_thresholds(_one_hot(val.targets, task), prob)),
-                                     strict=True))
+        fitted_thresholds = fit_thresholds(val.logits, val.targets, task.labels, task.kind, float(temperature))
     thresholds = thresholds or fitted_thresholds
     if dist is None or dist.is_main:
         update_checkpoint_config(checkpoint, thresholds=thresholds, temperature=float(temperature))
     return {k: float(v) for k, v in thresholds.items()}, float(temperature), "validation"
-
-
-def _aggregate_truth(targets: np.ndarray, task: Task) -> np.ndarray:
-    if task.kind == "multilabel":
-        return targets.max(axis=0)
-    counts = np.bincount(targets.astype(int), minlength=task.num_outputs)
-    return np.int64(1 + counts[1:].argmax()) if counts[1:].sum() > 0 else np.int64(0)
-
-
-def _one_hot(targets: np.ndarray, task: Task) -> np.ndarray:
-    if task.kind == "multiclass":
-        return np.eye(task.num_outputs, dtype=int)[np.asarray(targets, dtype=int)]
-    return np.asarray(targets).astype(int)
 
 
 def _fmt(values: Sequence[float]) -> list[str]:
@@ -429,14 +320,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-
 def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Path, cache: Cache,
-                  model: nn.Module, split: str, device: str) -> dict[str, Path]:
+                  model: nn.Module, split: str) -> dict[str, Path]:
     """Plots per level, training curves when the run has them, the model card, the missed studies,
     a Grad-CAM grid (and localisation scores when the cache has masks), then ``report.html``."""
-    from headct import report
-    from headct.checkpoint import read_checkpoint_config
-
     plots_dir = out / "plots"
     plots: dict[str, Path] = {}
     pred, slice_prob = result["tables"]["slice"]
@@ -464,31 +351,26 @@ def _write_report(out: Path, result: dict[str, Any], task: Task, checkpoint: Pat
     config = read_checkpoint_config(checkpoint)
     gradcam, localisation = _gradcam(out, model, config, cache, split, pred, slice_prob, task,
                                      result["thresholds"])
-    missed = report.worst_missed(studies.studies.tolist(), _one_hot(studies.targets, task), studies.prob, labels,
+    missed = report.worst_missed(studies.studies.tolist(), one_hot(studies.targets, task.kind, task.num_outputs), studies.prob, labels,
                                  task.kind, result["thresholds"])
     title = f"headct evaluation: {result['metrics'].get('checkpoint', {}).get('model')} on {task.name} ({split})"
     page = report.write_report(out, result["metrics"], plots, title=title,
-                               card=report.model_card(config, result["metrics"]), gradcam=gradcam,
+                               card=report.model_card(config.to_dict(), result["metrics"]), gradcam=gradcam,
                                localisation=localisation, missed=missed)
     return {"report": page}
 
 
-def _gradcam(out: Path, model: nn.Module, config: dict[str, Any], cache: Cache, split: str,
+def _gradcam(out: Path, model: nn.Module, config: CheckpointConfig, cache: Cache, split: str,
              pred: SplitPredictions, slice_prob: np.ndarray, task: Task, thresholds: dict[str, float],
              ) -> tuple[Path | None, dict[str, Any] | None]:
     """The report's Grad-CAM grid, and the localisation scores when the cache has lesion masks."""
-    from scipy import ndimage
-
-    from headct import report
-    from headct.explain import LABEL_BITS, ExplainConfig, cache_maps, score_cache
-
     model = model.float().cpu()  # Grad-CAM needs gradients: plain fp32 eager
     localisation = None
     if cache.has_masks:
-        localisation = score_cache(model, config, cache, None, ExplainConfig(split=split, limit=8))
+        localisation = score_cache(model, config.labels or [], cache, None, ExplainConfig(split=split, limit=8))
         write_json(out / "gradcam" / "localisation.json", localisation)
-    truth = _one_hot(pred.targets, task)
-    called = decisions(slice_prob, task, thresholds)
+    truth = one_hot(pred.targets, task.kind, task.num_outputs)
+    called = decisions(slice_prob, task.kind, task.labels, thresholds)
     tiles = []
     for c, label in enumerate(task.labels):
         if task.kind == "multiclass" and c == 0:  # "nothing found" has no place to point at

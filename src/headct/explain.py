@@ -36,8 +36,12 @@ from torch import nn
 from tqdm import tqdm
 
 from headct import atomic
-from headct.inference import autocast_context, neighbour_index
-from headct.phantom.lesions import HEMORRHAGE_BITS, LESION_BITS
+from headct.checkpoint import CheckpointConfig, load_checkpoint
+from headct.data.cache import Cache
+from headct.data.datasets import neighbour_index
+from headct.decide import probabilities
+from headct.inference import autocast_context, series_logits
+from headct.labels import HEMORRHAGE_BITS, LESION_BITS
 from headct.windows import apply_windows
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ LABEL_BITS: dict[str, int] = {**LESION_BITS, "any": HEMORRHAGE_BITS, "hemorrhagi
 
 def target_layer_names(model: nn.Module) -> list[str]:
     """The model's default Grad-CAM layers (module paths), from ``model.spec``."""
-    names = list(getattr(model.spec, "target_layers", []) or [])
+    names = list(model.spec.target_layers)
     if not names:
         raise ValueError(f"model {model.spec.name!r} names no Grad-CAM target layers in its spec")
     return names
@@ -74,10 +78,10 @@ def gradcam_maps(
     the forward pass under autocast.
     """
     layer_names = list(layers) if layers else target_layer_names(model)
-    series_level = getattr(model.spec, "level", "slice") == "series"
+    series_level = model.spec.level == "series"
     network: nn.Module = _SeriesAsSlices(model) if series_level else model
     target_modules = [model.get_submodule(name) for name in layer_names]
-    nhwc = getattr(model.spec, "target_layout", "nchw") == "nhwc"
+    nhwc = model.spec.target_layout == "nhwc"
     device = next(model.parameters()).device
     was_training = model.training
     if series_level:  # one series is one forward pass: its slices are the batch
@@ -85,7 +89,7 @@ def gradcam_maps(
     maps = []
     try:
         with torch.enable_grad(), PlacedGradCAM(model=network, target_layers=target_modules,
-                                                grid=getattr(model.spec, "target_grid", "centred"),
+                                                grid=model.spec.target_grid,
                                                 reshape_transform=_to_float_nchw if nhwc else _to_float) as cam:
             for start in range(0, x.shape[0], batch_size):
                 chunk = x[start:start + batch_size].to(device).float()
@@ -280,17 +284,17 @@ class ExplainConfig:
     """Target layers (module paths) instead of the model's defaults."""
 
 
-def score_cache(model: nn.Module, config: dict[str, Any], cache: Any, out: Path | None,
+def score_cache(model: nn.Module, labels: Sequence[str], cache: Cache, out: Path | None,
                 settings: ExplainConfig | None = None) -> dict[str, Any]:
     """Map, score and (when ``out`` is given) draw the lesion slices of one cache split.
 
-    For every output label that a lesion type shows (``LABEL_BITS``), up to
+    ``labels`` are the model's output names, in output order. For every output label that a lesion type shows (``LABEL_BITS``), up to
     ``settings.limit`` slices whose mask holds that type are explained for that
     label. With several target layers, each layer alone is scored as well.
     Returns the ``localisation.json`` content.
     """
     settings = settings or ExplainConfig()
-    labels = list(config["labels"])
+    labels = list(labels)
     layer_names = list(settings.layers) if settings.layers else target_layer_names(model)
     variants = {"combined": layer_names}
     if len(layer_names) > 1:
@@ -342,9 +346,6 @@ def pooled_score(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def explain_command(args: argparse.Namespace) -> int:
     """``headct explain CKPT --data CACHE --out DIR [--score] [--limit N]``."""
-    from headct.checkpoint import load_checkpoint
-    from headct.data.cache import Cache
-
     model, config = load_checkpoint(args.checkpoint)
     model.eval()
     cache = Cache(args.data)
@@ -353,7 +354,7 @@ def explain_command(args: argparse.Namespace) -> int:
     settings = ExplainConfig(split=args.split, limit=args.limit, tolerance=getattr(args, "tolerance", None),
                              layers=getattr(args, "layer", None))
     if args.score:
-        result = score_cache(model, config, cache, out, settings)
+        result = score_cache(model, config.labels or [], cache, out, settings)
         result["checkpoint"] = str(args.checkpoint)
         atomic.write_bytes(out / "localisation.json", json.dumps(result, indent=2).encode())
         print(format_table(result))
@@ -364,26 +365,24 @@ def explain_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def draw_split(model: nn.Module, config: dict[str, Any], cache: Any, folder: Path,
+def draw_split(model: nn.Module, config: CheckpointConfig, cache: Cache, folder: Path,
                settings: ExplainConfig) -> int:
     """Overlays of the predicted class for the first ``settings.limit`` slices of a split (no masks needed)."""
-    from headct.inference import probabilities, series_logits
-
     rows = cache.rows(settings.split)[: settings.limit]
     wanted = set(rows.tolist())
-    labels = list(config["labels"])
+    labels = list(config.labels or [])
     drawn = 0
     for shard in tqdm(dict.fromkeys(str(cache.index["shard"][r]) for r in rows), desc="explaining", unit="series"):
         series = np.asarray(cache.series_slices(shard))
         series_rows = cache.series_rows(shard)
         positions = [i for i, r in enumerate(series_rows) if int(r) in wanted]
         logits = series_logits(model, series).slice_logits
-        probs = probabilities(logits, config.get("label_kind", "multilabel"), config.get("temperature", 1.0))
+        probs = probabilities(logits, config.label_kind, config.applied_temperature)
         by_class: dict[int, list[int]] = {}
         for position in positions:
             by_class.setdefault(int(probs[position].argmax()), []).append(position)
         for class_index, chosen in by_class.items():
-            cams = _maps_for(model, series, chosen, class_index, settings.layers, settings.batch_size)
+            cams = series_maps(model, series, chosen, class_index, settings.layers, settings.batch_size)
             for position, cam in zip(chosen, cams, strict=True):
                 name = f"{_row_name(cache, int(series_rows[position]))}_{labels[class_index]}.png"
                 write_png(folder / name, overlay(series[position], cam, cache.kind))
@@ -441,17 +440,17 @@ def _to_float_nchw(t: torch.Tensor) -> torch.Tensor:
     return t.float().permute(0, 3, 1, 2)  # Swin stages are [B, H, W, C]
 
 
-def _maps_for(model: nn.Module, series: np.ndarray, positions: Sequence[int], class_index: int,
+def series_maps(model: nn.Module, series: np.ndarray, positions: Sequence[int], class_index: int,
               layers: Sequence[str] | None, batch_size: int) -> np.ndarray:
-    """Maps for some slices of one series (series-level models see the whole series)."""
-    if getattr(model.spec, "level", "slice") == "series":
+    """Grad-CAM maps ``[len(positions), H, W]`` for some slices of one series (series-level models see it whole)."""
+    if model.spec.level == "series":
         cams = gradcam_maps(model, torch.from_numpy(np.asarray(series)).float(), class_index, layers=layers)
         return cams[list(positions)]
     stacks = series_stacks(series, model.spec.context, positions)
     return gradcam_maps(model, stacks, class_index, layers=layers, batch_size=batch_size)
 
 
-def cache_maps(model: nn.Module, cache: Any, rows: Sequence[int], class_index: int,
+def cache_maps(model: nn.Module, cache: Cache, rows: Sequence[int], class_index: int,
                 layers: Sequence[str], batch_size: int) -> np.ndarray:
     """Maps for cache rows, series by series, returned in the order of ``rows``."""
     by_shard: dict[str, list[int]] = {}
@@ -460,12 +459,12 @@ def cache_maps(model: nn.Module, cache: Any, rows: Sequence[int], class_index: i
     maps: dict[int, np.ndarray] = {}
     for shard, shard_rows in by_shard.items():
         positions = [int(cache.index["offset"][r]) for r in shard_rows]
-        cams = _maps_for(model, np.asarray(cache.series_slices(shard)), positions, class_index, layers, batch_size)
+        cams = series_maps(model, np.asarray(cache.series_slices(shard)), positions, class_index, layers, batch_size)
         maps.update(zip(shard_rows, cams, strict=True))
     return np.stack([maps[int(r)] for r in rows])
 
 
-def _lesion_rows(cache: Any, rows: np.ndarray, bits: int, limit: int) -> list[int]:
+def _lesion_rows(cache: Cache, rows: np.ndarray, bits: int, limit: int) -> list[int]:
     """Up to ``limit`` rows whose mask has any of ``bits``, spread evenly over the candidates."""
     candidates = [int(r) for r in rows if (mask := cache.mask(int(r))) is not None and np.any(np.asarray(mask) & bits)]
     if len(candidates) <= limit:
@@ -474,11 +473,11 @@ def _lesion_rows(cache: Any, rows: np.ndarray, bits: int, limit: int) -> list[in
     return [candidates[i] for i in pick]
 
 
-def _row_name(cache: Any, row: int) -> str:
+def _row_name(cache: Cache, row: int) -> str:
     return f"{cache.index['study'][row]}_{int(cache.index['slice_index'][row]):03d}"
 
 
-def _draw_gallery(folder: Path, cache: Any, rows: Sequence[int], cams: np.ndarray, masks: np.ndarray, label: str) -> None:
+def _draw_gallery(folder: Path, cache: Cache, rows: Sequence[int], cams: np.ndarray, masks: np.ndarray, label: str) -> None:
     """One overlay PNG per slice (lesion outline in white) and a montage ``gallery_<label>.png``."""
     tiles = []
     for row, cam, mask in zip(rows, cams, masks, strict=False):

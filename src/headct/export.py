@@ -17,20 +17,17 @@ whatever the runtime.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from headct import atomic
+from headct.checkpoint import CheckpointConfig, load_checkpoint, weights_digest
 from headct.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -59,34 +56,27 @@ def export_onnx(model: nn.Module, path: str | Path, *, size: int, weights_sha256
     ``weights_sha256`` is stored in the metadata so a stale export is noticed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = model.spec
     wrapper, example, inputs, outputs, dims = _export_form(model.float().eval().cpu(), spec, size)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        used = _run_exporter(wrapper, example, tmp, inputs, outputs, dims, exporter)
-        _add_metadata(tmp, {
-            "headct_spec": json.dumps(spec.to_dict()),
-            "headct_exporter": used,
-            "headct_size": str(size),
-            "headct_weights_sha256": weights_sha256 or "",
-        })
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.data").unlink(missing_ok=True)
+    with atomic.writing(path) as tmp:
+        try:
+            used = _run_exporter(wrapper, example, tmp, inputs, outputs, dims, exporter)
+            _add_metadata(tmp, {
+                "headct_spec": json.dumps(spec.to_dict()),
+                "headct_exporter": used,
+                "headct_size": str(size),
+                "headct_weights_sha256": weights_sha256 or "",
+            })
+        finally:
+            Path(f"{tmp}.data").unlink(missing_ok=True)  # the exporter's external data, if it wrote any
     log.info("exported %s to %s with the %s exporter", spec.name, path, used)
     return ExportResult(path, used, inputs, outputs)
 
 
 def export_checkpoint(checkpoint_dir: str | Path, onnx_path: str | Path, exporter: str = "auto") -> ExportResult:
     """Load a checkpoint and export it; the checkpoint's input size fixes H and W."""
-    from headct.checkpoint import load_checkpoint
-
     model, config = load_checkpoint(checkpoint_dir)
-    size = config["input"].get("size")
+    size = config.input.size
     if not size:
         raise ValueError(f"{checkpoint_dir}: config has no input size; cannot fix the ONNX input shape")
     return export_onnx(model, onnx_path, size=int(size), weights_sha256=weights_digest(checkpoint_dir),
@@ -108,18 +98,6 @@ def onnx_for_checkpoint(checkpoint_dir: str | Path) -> Path:
     return path
 
 
-def weights_digest(checkpoint_dir: str | Path) -> str | None:
-    """SHA-256 of the checkpoint's ``model.safetensors`` (None when there is none)."""
-    weights = Path(checkpoint_dir) / "model.safetensors"
-    if not weights.is_file():
-        return None
-    sha = hashlib.sha256()
-    with weights.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file as a dict (graph not loaded)."""
     import onnx
@@ -136,7 +114,7 @@ class OnnxModel(nn.Module):
     zero-size parameter tells callers its device (CPU).
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any], *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, config: CheckpointConfig, *, threads: int | None = None) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -145,7 +123,7 @@ class OnnxModel(nn.Module):
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.spec = spec_from_config(config)
+        self.spec = config.spec()
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,17 +135,6 @@ class OnnxModel(nn.Module):
             raise ValueError("the ONNX series model takes whole series (no padding mask)")
         slice_logits, series_logits = self.session.run(["slice_logits", "series_logits"], {"x": _numpy(x)})
         return torch.from_numpy(slice_logits), torch.from_numpy(series_logits)
-
-
-def spec_from_config(config: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec a checkpoint config describes (enough to feed the model, not to build it)."""
-    model, inputs = config["model"], config["input"]
-    return ModelSpec(
-        name=model["name"], kwargs=model.get("kwargs", {}), num_classes=int(config["num_classes"]),
-        input_kind=inputs.get("kind", "hu"), windows=inputs.get("windows"), context=int(inputs.get("context", 0)),
-        level=model.get("level", "slice"), mean=inputs.get("mean") or [], std=inputs.get("std") or [],
-        target_layers=model.get("target_layers", []), target_layout=model.get("target_layout", "nchw"),
-    )
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -184,36 +151,14 @@ def export_command(args: argparse.Namespace) -> int:
 # --- helpers -------------------------------------------------------------------
 
 class _SeriesOutputs(nn.Module):
-    """A series-level model as a two-output graph: ``x [B, S, H, W] → (slice_logits, series_logits)``.
-
-    Whole series only (no padding mask): ``StudySequence.forward_series`` checks
-    its mask and picks packed or plain RNN input from the data, which
-    ``torch.export`` cannot trace with a dynamic slice count (and TorchScript
-    tracing bakes in the example's count). Without a mask that path is this
-    one: encode every slice with its neighbours, RNN, heads, pool over slices.
-    The export test checks it against ``forward_series``.
-    """
+    """A series-level model as a two-output graph: its own ``forward_whole_series``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        batch, slices = x.shape[0], x.shape[1]
-        stacks = x[:, _neighbour_index(slices, m.context, x.device)]  # [B, S, K, H, W]
-        features = m.encoder.encode(stacks.flatten(0, 1)).reshape(batch, slices, -1)
-        outputs, _ = m.rnn(features)
-        if m.attention is None:
-            pooled = outputs.amax(dim=1)
-        else:
-            pooled = (torch.softmax(m.attention(outputs), dim=1) * outputs).sum(dim=1)
-        return m.slice_head(outputs), m.series_head(pooled)
-
-
-def _neighbour_index(slices: int, context: int, device: torch.device) -> torch.Tensor:
-    offsets = torch.arange(-context, context + 1, device=device)
-    return (torch.arange(slices, device=device)[:, None] + offsets[None, :]).clamp(0, slices - 1)
+        return self.model.forward_whole_series(x)
 
 
 def _export_form(model: nn.Module, spec: ModelSpec, size: int) -> tuple[nn.Module, torch.Tensor, list[str], list[str], dict[str, dict[int, str]]]:

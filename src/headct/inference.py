@@ -1,10 +1,11 @@
-"""Run a model over whole series: the one forward path shared by evaluate, predict and serve.
+"""Run a model over whole series: the one forward path shared by train, evaluate, predict and serve.
 
 A series is ``[S, H, W]`` raw values (int16 HU or uint8) already at the model's
 input size. Slice-level models see each slice with its ``context`` neighbours
 on each side (the end slice repeats at the edges); series-level models see the
 whole series at once. Neighbour stacks are gathered on the device, so only the
-series itself crosses from host to device.
+series itself crosses from host to device. :func:`predict_split` runs it over
+every series of one split of a cache (evaluation, and calibration after training).
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from headct.data.cache import Cache
+from headct.data.datasets import neighbour_index
+from headct.distributed import DistInfo, merge_in_order, rank_share
+from headct.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +34,6 @@ class SeriesOutput:
 
     slice_logits: torch.Tensor
     series_logits: torch.Tensor | None = None
-
-
-def neighbour_index(num_slices: int, context: int) -> torch.Tensor:
-    """``[S, 2*context+1]`` slice indices centred on each slice, clamped at the ends."""
-    offsets = torch.arange(-context, context + 1)
-    centres = torch.arange(num_slices)[:, None]
-    return (centres + offsets[None, :]).clamp_(0, num_slices - 1)
 
 
 def autocast_context(
@@ -76,12 +76,106 @@ def _neighbour_batches(series: torch.Tensor, context: int, batch_size: int) -> I
         yield series[index[start : start + batch_size]].float()  # [b, K, H, W]
 
 
-def default_amp(device: str | torch.device) -> str | None:
-    """The fast path's mixed precision for ``device``: "bf16" on a GPU that has it, else None (fp32)."""
+# --- a split of a cache -------------------------------------------------------------
+
+@dataclass
+class SplitPredictions:
+    """Logits and truth for the usable slices of one split, in cache order.
+
+    ``targets`` are float 0/1 ``[N, n]`` (multi-label) or int class indices
+    ``[N]`` (multi-class). ``series_logits`` (series-level models) has one row
+    per entry of ``series_keys``.
+    """
+
+    rows: np.ndarray           # int [N]
+    uids: np.ndarray           # str [N]
+    studies: np.ndarray        # str [N]
+    series: np.ndarray         # str [N] (shard keys)
+    logits: np.ndarray         # float32 [N, n]
+    targets: np.ndarray
+    series_keys: np.ndarray    # str [M]
+    series_studies: np.ndarray  # str [M]
+    series_logits: np.ndarray | None = None  # float32 [M, n]
+
+
+
+
+def predict_split(
+    model: nn.Module,
+    cache: Cache,
+    task: Task,
+    split: str,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    amp: str | None = None,
+    max_series: int | None = None,
+    progress: bool = True,
+    dist: DistInfo | None = None,
+) -> SplitPredictions:
+    """Logits for every usable slice of ``split``, series by series (whole series per forward path).
+
+    With ``dist`` (torchrun), this process runs every world_size-th series and
+    the parts are merged back into series order on every process.
+    """
+    dist = dist or DistInfo()
+    targets_all, keep_all = task.targets(cache.label_matrix)
+    split_rows = cache.rows(split)
+    shards = list(dict.fromkeys(cache.index["shard"][split_rows].tolist()))
+    if max_series is not None:
+        shards = shards[:max_series]
+    parts = []
+    model.eval()
+    share = rank_share(shards, dist)
+    for position, shard in tqdm(share, desc=f"predict {split}", unit="series", disable=not progress, leave=False):
+        series_rows = cache.series_rows(shard)
+        keep = keep_all[series_rows]
+        if not keep.any():
+            continue
+        out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
+                            device=device, amp=amp)
+        series = out.series_logits.numpy() if out.series_logits is not None else None
+        parts.append((position, (shard, series_rows[keep], out.slice_logits.numpy()[keep], series)))
+    parts = merge_in_order(parts, dist)
+    series_keys = [shard for shard, _, _, _ in parts]
+    rows = [kept for _, kept, _, _ in parts]
+    logits = [part_logits for _, _, part_logits, _ in parts]
+    series_out = [series for _, _, _, series in parts if series is not None]
+    n = task.num_outputs
+    rows_arr = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    index = cache.index
+    study_of_shard = {str(s): str(st) for s, st in zip(index["shard"][split_rows], index["study"][split_rows],
+                                                      strict=True)}
+    return SplitPredictions(
+        rows=rows_arr,
+        uids=index["uid"][rows_arr],
+        studies=index["study"][rows_arr],
+        series=index["shard"][rows_arr],
+        logits=np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, n), np.float32),
+        targets=targets_all[rows_arr],
+        series_keys=np.asarray(series_keys, dtype=str),
+        series_studies=np.asarray([study_of_shard[s] for s in series_keys], dtype=str),
+        series_logits=np.stack(series_out).astype(np.float32) if series_out else None,
+    )
+
+
+def resolve_amp(amp: str | None, device: str | torch.device) -> str | None:
+    """The mixed precision to run: "bf16", "fp16" or None (fp32). The one rule train, bench and predict use.
+
+    "auto" (or None): bf16 on a CUDA device that has it, else fp32; "off"/"fp32": fp32;
+    "bf16"/"fp16" as asked (fp16 off CUDA is slow or unsupported: logged).
+    """
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return None
+    if amp in (None, "auto"):
+        cuda = device.type == "cuda" and torch.cuda.is_available()
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else None
+    if amp in ("off", "fp32"):
+        return None
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be one of auto, bf16, fp16, fp32, off; got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        log.warning("fp16 autocast on %s is slow or unsupported; consider bf16 or off", device.type)
+    return amp
 
 
 def prepare_for_inference(
@@ -104,8 +198,7 @@ def prepare_for_inference(
     ``forward`` and ``forward_series``, so ``series_logits`` takes it as is.
     """
     device = torch.device(device)
-    if amp == "auto":
-        amp = default_amp(device)
+    amp = resolve_amp(amp, device)
     model = model.to(device).eval()
     if channels_last:
         to_channels_last(model)
@@ -182,12 +275,6 @@ class InferenceModel(nn.Module):
     def _run_graphable(self, x: torch.Tensor) -> torch.Tensor:
         # Autocast's weight-cast cache must be off inside a CUDA graph capture.
         return self._run(x, cache_enabled=False)
-
-
-def probabilities(logits: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
-    """Sigmoid (multilabel) or softmax (multiclass) of temperature-scaled logits."""
-    scaled = logits.float() / float(temperature)
-    return torch.sigmoid(scaled) if kind == "multilabel" else torch.softmax(scaled, dim=-1)
 
 
 class _GraphedForward:

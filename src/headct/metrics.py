@@ -2,14 +2,13 @@
 
 ``headct evaluate`` (and ``headct train`` for its validation score) call, in order:
 
-1. :func:`sweep_thresholds` on the *validation* predictions: one F1-maximising
-   threshold per class, frozen for test (the EfficientNet seed's recipe);
-2. :func:`classification_metrics` on the test predictions with those thresholds:
+1. :func:`classification_metrics` on the test predictions with the thresholds
+   frozen on validation (``headct.decide.sweep_thresholds``):
    per-class AUROC / F1 / precision / sensitivity / specificity, micro and macro
    summaries, accuracy, confusion matrices and ECE;
-3. :func:`bootstrap_metric_cis` for the ``ci95`` block (resampled by study when
+2. :func:`bootstrap_metric_cis` for the ``ci95`` block (resampled by study when
    slices of one study are present);
-4. :func:`rsna_log_loss` for the RSNA task.
+3. :func:`rsna_log_loss` for the RSNA task.
 
 Shapes and conventions shared by every function here:
 
@@ -30,8 +29,7 @@ most of the run time over thousands of resamples.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,37 +45,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-log = logging.getLogger(__name__)
+from headct.decide import as_columns, check_kind
 
-KINDS = ("multilabel", "multiclass")
 ECE_BINS = 15
 RSNA_ANY = "any"
 RSNA_ANY_WEIGHT = 2.0
 LOG_LOSS_EPS = 1e-15
 
 ThresholdsLike = Mapping[str, float] | Sequence[float] | np.ndarray | float | None
-
-
-# --- thresholds ----------------------------------------------------------------
-
-def sweep_thresholds(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """Per-class threshold that maximises F1 on validation predictions.
-
-    ``y_true`` and ``prob`` are [N, C] (multi-class callers pass one-hot truth).
-    The candidates are the distinct predicted probabilities: between two
-    neighbouring distinct values every threshold gives the same decisions, so
-    each candidate stands for an interval ``(next lower value, value]``. The
-    returned threshold is the *middle* of the best interval, the point that is
-    furthest from flipping any validation decision; when several intervals
-    reach the same best F1 the widest one wins (then the higher one). Apply as
-    ``prob >= threshold``. A class with no positive example gets 0.5 (F1 is
-    undefined there) and a warning.
-    """
-    y = _as_2d(np.asarray(y_true), "y_true")
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
-    if y.shape != p.shape:
-        raise ValueError(f"y_true {y.shape} and prob {p.shape} differ in shape")
-    return np.array([_best_f1_threshold(y[:, c], p[:, c], c) for c in range(p.shape[1])])
 
 
 # --- the metrics block ---------------------------------------------------------
@@ -108,9 +83,9 @@ def classification_metrics(
     a ``binary`` block adds the figures for ``prob[:, 1] >= t`` (t from
     ``thresholds`` for the second label, default 0.5).
     """
-    _check_kind(kind)
+    check_kind(kind)
     labels = list(labels)
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
     if p.shape[1] != len(labels):
         raise ValueError(f"prob has {p.shape[1]} columns but {len(labels)} labels were given")
     if kind == "multilabel":
@@ -129,8 +104,8 @@ def expected_calibration_error(
     compared with the fraction of positives. Bins are weighted by their count.
     Bin ``i`` holds values in ``(i/n, (i+1)/n]``; 0 falls in the first bin.
     """
-    _check_kind(kind)
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    check_kind(kind)
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
     if kind == "multiclass":
         y = _class_indices(y_true, p.shape)
         confidence = p.max(axis=1)
@@ -149,8 +124,8 @@ def reliability_bins(
     Returns ``edges`` [n_bins+1], ``confidence`` and ``accuracy`` [n_bins]
     (NaN for empty bins) and ``count`` [n_bins].
     """
-    _check_kind(kind)
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    check_kind(kind)
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
     if kind == "multiclass":
         y = _class_indices(y_true, p.shape)
         confidence, outcome = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
@@ -168,7 +143,7 @@ def rsna_log_loss(y_true: np.ndarray, prob: np.ndarray, labels: Sequence[str]) -
     Probabilities are clipped to [1e-15, 1 - 1e-15].
     """
     labels = list(labels)
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
     y = _binary_matrix(y_true, p.shape).astype(np.float64)
     if p.shape[1] != len(labels):
         raise ValueError(f"prob has {p.shape[1]} columns but {len(labels)} labels were given")
@@ -208,31 +183,6 @@ def resample_indices(
         yield np.concatenate([members[g] for g in picked])
 
 
-def bootstrap_ci(
-    y_true: np.ndarray,
-    prob: np.ndarray,
-    metric_fn: Callable[[np.ndarray, np.ndarray], float | None],
-    n: int = 1000,
-    seed: int = 0,
-    groups: Sequence[Any] | np.ndarray | None = None,
-    alpha: float = 0.05,
-) -> tuple[float | None, float | None]:
-    """Percentile bootstrap interval (95 % by default) of ``metric_fn(y, prob)``.
-
-    Resamples rows (or whole ``groups``). Resamples where the metric is
-    undefined (``None`` or NaN, e.g. AUROC with one class drawn) are dropped;
-    if fewer than half remain the interval is ``(None, None)``.
-    """
-    y = np.asarray(y_true)
-    p = np.asarray(prob)
-    values = []
-    for idx in resample_indices(len(y), n, seed, groups):
-        value = metric_fn(y[idx], p[idx])
-        if value is not None and np.isfinite(value):
-            values.append(float(value))
-    return _percentile_interval(values, n, alpha)
-
-
 def bootstrap_metric_cis(
     y_true: np.ndarray,
     prob: np.ndarray,
@@ -253,9 +203,9 @@ def bootstrap_metric_cis(
     metric is computed on the same resamples; decisions as in
     :func:`classification_metrics`.
     """
-    _check_kind(kind)
+    check_kind(kind)
     labels = list(labels)
-    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
     if kind == "multilabel":
         y = _binary_matrix(y_true, p.shape).astype(bool)
         decided = p >= _threshold_vector(thresholds, labels, default=0.5)
@@ -294,28 +244,6 @@ def auroc(y_true: np.ndarray, score: np.ndarray) -> float | None:
         return None
     ranks = rankdata(np.asarray(score, dtype=np.float64).ravel())
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-# --- helpers: threshold sweep ----------------------------------------------------
-
-def _best_f1_threshold(y: np.ndarray, p: np.ndarray, column: int) -> float:
-    y = y.astype(bool)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        log.warning("class %d has no positive example; threshold left at 0.5", column)
-        return 0.5
-    order = np.argsort(-p, kind="mergesort")
-    p_sorted, y_sorted = p[order], y[order]
-    last_of_value = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
-    values = p_sorted[last_of_value]                       # distinct, descending
-    tp = np.cumsum(y_sorted)[last_of_value]
-    fp = last_of_value + 1 - tp
-    f1 = 2.0 * tp / (tp + fp + n_pos)
-    lower = np.r_[values[1:], min(0.0, values[-1])]        # next lower distinct value
-    width = values - lower
-    best = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0.0, atol=1e-12))
-    pick = best[np.argmax(width[best])]                    # widest; first = highest on ties
-    return float((values[pick] + lower[pick]) / 2.0)
 
 
 # --- helpers: metric blocks ----------------------------------------------------
@@ -478,21 +406,8 @@ def _ece(confidence: np.ndarray, outcome: np.ndarray, n_bins: int) -> float:
 
 # --- helpers: inputs -----------------------------------------------------------
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-
-
-def _as_2d(a: np.ndarray, name: str) -> np.ndarray:
-    if a.ndim == 1:
-        return a[:, None]
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be [N, C], got shape {a.shape}")
-    return a
-
-
 def _binary_matrix(y_true: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    y = _as_2d(np.asarray(y_true), "y_true")
+    y = as_columns(np.asarray(y_true), "y_true")
     if y.shape != shape:
         raise ValueError(f"y_true {y.shape} and prob {shape} differ in shape")
     if not np.isin(y, (0, 1)).all():

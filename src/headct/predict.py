@@ -9,9 +9,9 @@ probabilities, positive}] in scan order, ``study_probabilities``,
 Volumes are resampled to the checkpoint's input size with the cache's own
 function (``headct.data.resample.resample_slices``), run through the shared
 forward path (``headct.inference.series_logits``), scaled by the checkpoint's
-temperature and decided with its frozen thresholds. Study probabilities and
-decisions follow ``headct evaluate`` (``aggregate_probabilities``, ``decisions``),
-so a study scores the same in an evaluation and in deployment.
+temperature and decided with its frozen thresholds. Probabilities, study
+aggregation and decisions come from ``headct.decide`` (a ``DecisionRule``), as in
+``headct evaluate``, so a study scores the same in an evaluation and in deployment.
 
 The runtime is torch or onnxruntime (``runtime="onnx"``: the ``model.onnx``
 beside the checkpoint's config, exported into the checkpoint on first use).
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -48,23 +50,37 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from headct import __version__, atomic
-from headct.errors import InputError
-from headct.inference import probabilities, series_logits
-from headct.io.privacy import short_hash
-from headct.io.series import SelectionRules, load_rules, select_series
-from headct.io.volume import Volume
-from headct.training.distributed import (
+from headct import atomic
+from headct.checkpoint import (
+    SYNTHETIC_WARNING,
+    CheckpointConfig,
+    load_checkpoint,
+    parse_config_json,
+    read_checkpoint_config,
+)
+from headct.data.resample import resample_slices
+from headct.data.stroke import split_group
+from headct.decide import DEFAULT_THRESHOLD, DecisionRule
+from headct.distributed import (
     close_distributed,
     gather_objects,
     init_distributed,
     merge_in_order,
     rank_share,
 )
+from headct.errors import InputError
+from headct.explain import overlay, series_maps, to_original, write_png
+from headct.export import OnnxModel, onnx_for_checkpoint
+from headct.inference import prepare_for_inference, series_logits
+from headct.io import read_dicom, read_image, read_nifti
+from headct.io.discovery import entry_fault, list_entries
+from headct.io.png import IMAGE_SUFFIXES
+from headct.io.privacy import short_hash
+from headct.io.series import SelectionRules, load_rules, select_series
+from headct.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NEGATIVE_CLASSES = ("non-stroke",)
 """Multi-class labels that mean "nothing found": never drawn as overlays."""
@@ -88,7 +104,7 @@ class StudyInput:
 class Predictor:
     """A loaded checkpoint, ready to predict studies (thread-safe)."""
 
-    def __init__(self, model: nn.Module, config: dict[str, Any], *, runtime: str = "torch",
+    def __init__(self, model: nn.Module, config: CheckpointConfig, *, runtime: str = "torch",
                  device: str | torch.device = "cpu", batch_size: int = 32,
                  checkpoint_dir: str | Path | None = None, cam_model: nn.Module | None = None) -> None:
         self.model = model
@@ -105,11 +121,7 @@ class Predictor:
                         device: str | torch.device | None = None, batch_size: int = 32,
                         threads: int | None = None) -> Predictor:
         """Load a checkpoint directory for the torch or the onnx runtime (CPU for onnx)."""
-        from headct.checkpoint import load_checkpoint, read_checkpoint_config
-
         if runtime == "torch":
-            from headct.inference import prepare_for_inference
-
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model, config = load_checkpoint(checkpoint_dir, map_location=device)
             # fp32 as evaluated; channels_last halves CPU latency of the depthwise convs
@@ -117,14 +129,12 @@ class Predictor:
             return cls(fast, config, runtime="torch", device=device, batch_size=batch_size,
                        checkpoint_dir=checkpoint_dir, cam_model=model)
         if runtime == "onnx":
-            from headct.export import OnnxModel, onnx_for_checkpoint
-
             path = Path(checkpoint_dir)
             if path.suffix == ".onnx":  # an exported file with its config beside it (`headct export`)
                 beside = path.with_suffix(".config.json")
                 if not beside.is_file():
                     raise InputError(path, f"no {beside.name} beside it (`headct export` writes one)")
-                config = json.loads(beside.read_text())
+                config = parse_config_json(beside.read_bytes(), str(beside))
                 return cls(OnnxModel(path, config, threads=threads), config, runtime="onnx", batch_size=batch_size)
             config = read_checkpoint_config(path)
             model = OnnxModel(onnx_for_checkpoint(path), config, threads=threads)
@@ -135,50 +145,59 @@ class Predictor:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.config["labels"])
+        if not self.config.labels:
+            raise InputError(self.checkpoint_dir, "the checkpoint config names no labels")
+        return list(self.config.labels)
 
     @property
     def label_kind(self) -> str:
-        return str(self.config.get("label_kind") or "multilabel")
+        return str(self.config.label_kind)
 
     @property
     def thresholds(self) -> dict[str, float]:
-        frozen = self.config.get("thresholds") or {}
-        return {label: float(frozen.get(label, 0.5)) for label in self.labels}
+        frozen = self.config.thresholds or {}
+        return {label: float(frozen.get(label, DEFAULT_THRESHOLD)) for label in self.labels}
 
     @property
     def temperature(self) -> float:
-        return float(self.config.get("temperature") or 1.0)
+        return self.config.applied_temperature
+
+    @functools.cached_property
+    def rule(self) -> DecisionRule:
+        """The checkpoint's labels, label kind, temperature and thresholds (``headct.decide``)."""
+        return DecisionRule(tuple(self.labels), self.label_kind, self.temperature, self.thresholds)
 
     @property
     def input_size(self) -> int:
-        size = self.config["input"].get("size")
+        size = self.config.input.size
         if not size:
             raise InputError(self.checkpoint_dir, "the checkpoint config has no input size")
         return int(size)
 
     def model_card(self) -> dict[str, Any]:
-        """The ``model`` block of every prediction: name, version, labels, thresholds."""
+        """The ``model`` block of every prediction: name, version, labels, thresholds, provenance, intended use."""
         return {
-            "name": self.config["model"]["name"],
-            "version": str(self.config.get("headct_version") or __version__),
+            "name": self.config.model.name,
+            "version": self.config.headct_version,
             "labels": self.labels,
             "thresholds": self.thresholds,
+            "provenance": dataclasses.asdict(self.config.provenance),
+            "intended_use": self.config.intended_use,
         }
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers: the model card plus its input and calibration."""
-        info = self.config["input"]
+        info = self.config.input
         return {
             **self.model_card(),
-            "task": self.config.get("task"),
+            "task": self.config.task,
             "label_kind": self.label_kind,
             "temperature": self.temperature,
-            "input_kind": info.get("kind"),
-            "windows": info.get("windows"),
-            "size": info.get("size"),
-            "context": info.get("context"),
-            "level": self.config["model"].get("level", "slice"),
+            "input_kind": info.kind,
+            "windows": info.windows,
+            "size": info.size,
+            "context": info.context,
+            "level": self.config.model.level,
             "runtime": self.runtime,
         }
 
@@ -232,6 +251,8 @@ class Predictor:
         warnings = list(study.warnings) + [w for v in study.volumes for w in v.warnings]
         if len(study.volumes) > 1:
             warnings.append(f"study has {len(study.volumes)} series; slices are listed series by series")
+        if self.config.synthetic:
+            warnings.append(SYNTHETIC_WARNING)
         return {
             "study": study.key,
             "model": self.model_card(),
@@ -248,16 +269,13 @@ class Predictor:
         pixels = self.model_input(volume, source)
         with self._lock:
             out = series_logits(self.model, pixels, batch_size=self.batch_size, device=self.device)
-        probs = probabilities(out.slice_logits, self.label_kind, self.temperature).numpy()
-        series = (probabilities(out.series_logits[None], self.label_kind, self.temperature).numpy()
-                  if out.series_logits is not None else None)
+        probs = self.rule.probabilities(out.slice_logits)
+        series = self.rule.probabilities(out.series_logits[None]) if out.series_logits is not None else None
         return probs, series
 
     def model_input(self, volume: Volume, source: str = "") -> np.ndarray:
         """The volume resampled to the model's input size, after checking its kind fits the model."""
-        from headct.data.resample import resample_slices
-
-        expected = self.config["input"].get("kind", "hu")
+        expected = self.config.input.kind
         if volume.kind != expected:
             what = {"hu": "Hounsfield units (DICOM or NIfTI CT)", "uint8": "8-bit windowed images (PNG)"}
             raise InputError(source or None, f"this is {what.get(volume.kind, volume.kind)}, but the model reads "
@@ -266,8 +284,6 @@ class Predictor:
 
     def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:
         """Grad-CAM overlays (PNG) of every positive slice and label, at the slice's own resolution."""
-        from headct.explain import _maps_for, overlay, to_original, write_png
-
         model = self._torch_model()
         written: list[Path] = []
         by_series = {}
@@ -283,7 +299,7 @@ class Predictor:
             prefix = f"s{number}_" if len(study.volumes) > 1 else ""
             for label, positions in wanted.items():
                 with self._lock:
-                    cams = _maps_for(model, pixels, positions, self.labels.index(label), None, self.batch_size)
+                    cams = series_maps(model, pixels, positions, self.labels.index(label), None, self.batch_size)
                 for position, cam in zip(positions, cams, strict=True):
                     original = to_original(cam, volume.pixels.shape[1:])
                     path = folder / f"{prefix}{position:03d}_{label}.png"
@@ -303,39 +319,20 @@ class Predictor:
         return {label: round(float(v), DECIMALS) for label, v in zip(self.labels, p, strict=True)}
 
     def _positive(self, prob: np.ndarray) -> list[list[str]]:
-        from headct.evaluate import decisions
-
-        chosen = decisions(prob, _TaskView(self.labels, self.label_kind), self.thresholds)
-        return [[label for label, d in zip(self.labels, row, strict=True) if d] for row in chosen]
+        return self.rule.positive(prob)
 
     def _aggregate(self, prob: np.ndarray) -> np.ndarray:
-        from headct.evaluate import aggregate_probabilities
-
-        return aggregate_probabilities(prob, _TaskView(self.labels, self.label_kind))
+        return self.rule.aggregate(prob)
 
     def _torch_model(self) -> nn.Module:
         """The torch model (Grad-CAM needs gradients; an onnx Predictor loads it on first use)."""
         if self._cam_model is None and self.runtime == "torch":
             self._cam_model = getattr(self.model, "model", self.model)  # unwrap prepare_for_inference
         if self._cam_model is None:
-            from headct.checkpoint import load_checkpoint
-
             if self.checkpoint_dir is None:
                 raise ValueError("overlays need the torch model; this predictor has no checkpoint directory")
             self._cam_model, _ = load_checkpoint(self.checkpoint_dir)
         return self._cam_model
-
-
-@dataclass(frozen=True)
-class _TaskView:
-    """The two fields of ``headct.tasks.Task`` that aggregation and decisions read."""
-
-    labels: list[str]
-    kind: str
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.labels)
 
 
 # --- reading studies ---------------------------------------------------------
@@ -347,8 +344,6 @@ def study_sources(path: Path) -> list[Path]:
     folder of NIfTI files gives one source per file; any other folder is one
     source (DICOM, which may still hold several studies, or PNG slices).
     """
-    from headct.io.discovery import entry_fault, list_entries
-
     if not path.is_dir():
         fault = entry_fault(path)  # a named pipe is refused here, never opened
         if fault is not None:
@@ -377,8 +372,6 @@ def read_studies(source: Path, series_rules: SelectionRules | None = None) -> li
 
 def _read_source(source: Path) -> list[StudyInput]:
     """The studies in one source, every series kept (before series selection)."""
-    from headct.io import read_dicom, read_image, read_nifti
-    from headct.io.discovery import list_entries
 
     if _is_image(source):
         return [StudyInput(_path_key(source), [read_image(source)], [], str(source))]
@@ -470,7 +463,6 @@ def _study_key(volume: Volume, source: str) -> str:
 
 def _image_groups(files: list[Path]) -> dict[str, list[Path]]:
     """Image files by study, each in slice-number order (the cache's PNG grouping)."""
-    from headct.data.stroke import split_group
 
     groups: dict[str, list[tuple[int, Path]]] = {}
     for file in files:

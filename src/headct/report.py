@@ -23,8 +23,6 @@ import html
 import io
 import logging
 import math
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from headct import __version__
+from headct import __version__, atomic
 from headct.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 
 log = logging.getLogger(__name__)
@@ -486,7 +484,8 @@ def write_report(
         parts.extend(_figure_html(Path(p), caption, wide=_is_wide(Path(p))) for caption, p in plots.items())
         parts.append("</div>")
     page = _PAGE.format(title=_esc(title), css=_CSS, body="\n".join(parts))
-    return _write_atomic(out_dir / "report.html", page.encode("utf-8"))
+    atomic.write_text(out_dir / "report.html", page)
+    return out_dir / "report.html"
 
 
 def _missed_section(missed: Sequence[Mapping[str, Any]]) -> str:
@@ -702,18 +701,5 @@ def _read_numeric_csv(path: Path) -> dict[str, np.ndarray]:
 def _save(fig: Figure, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    return _write_atomic(Path(path), buffer.getvalue())
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write through a temp file in the same folder (normal umask permissions) and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    atomic.write_bytes(path, buffer.getvalue())
+    return Path(path)

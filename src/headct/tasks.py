@@ -21,14 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RSNA_LABELS: tuple[str, ...] = (
-    "epidural",
-    "intraparenchymal",
-    "intraventricular",
-    "subarachnoid",
-    "subdural",
-    "any",
-)
+from headct.labels import RSNA_LABELS
+
 STROKE_LABELS: tuple[str, ...] = ("non-stroke", "hemorrhagic", "ischemic")
 TASK_NAMES: tuple[str, ...] = ("rsna", "presence", "subtype", "3class")
 

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -45,14 +45,37 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from headct import atomic
+from headct.checkpoint import (
+    Provenance,
+    encoder_arguments,
+    intended_use_for,
+    load_checkpoint,
+    save_checkpoint,
+    update_checkpoint_config,
+)
+from headct.data.cache import Cache
+from headct.data.datasets import SeriesDataset, SliceDataset, collate_series, loader_workers
+from headct.decide import fit_calibration, probabilities
+from headct.distributed import (
+    DistInfo,
+    barrier,
+    close_distributed,
+    gather_objects,
+    init_distributed,
+    sum_scalar,
+)
 from headct.errors import ConfigError
+from headct.inference import autocast_context, predict_split, resolve_amp
+from headct.metrics import classification_metrics
+from headct.models import build_model, builder_parameters
 from headct.models.registry import check_model_name
+from headct.tasks import get_task
 from headct.training.augment import AugmentConfig, augment_batch
 from headct.training.config import (
     TrainConfig,
@@ -61,14 +84,6 @@ from headct.training.config import (
     resolve_config,
     save_config,
 )
-from headct.training.distributed import (
-    DistInfo,
-    barrier,
-    close_distributed,
-    gather_objects,
-    init_distributed,
-    sum_scalar,
-)
 from headct.training.series import (
     EmbeddingDataset,
     SeriesForward,
@@ -76,6 +91,7 @@ from headct.training.series import (
     training_mode,
 )
 from headct.training.state import STATE_FILE, load_train_state, save_train_state, seed_epoch
+from headct.training.step import OptimizerStep, make_optimizer, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +138,6 @@ class Trainer:
     """One training run: data, model, optimisation state, and the epoch loop."""
 
     def __init__(self, config: TrainConfig, info: DistInfo) -> None:
-        from headct.data.cache import Cache
-        from headct.tasks import get_task
 
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.out)
@@ -145,11 +159,13 @@ class Trainer:
         self.train_data, self.val_data, self.collate = self._datasets()
         self.train_loader, self.val_loader = self._loaders()
         self.steps_per_epoch = max(1, math.ceil(self._batches_per_epoch() / config.grad_accum))
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(
             config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch),
             config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.stepper = OptimizerStep(self.model, self.optimizer, self.scaler, scheduler=self.scheduler,
+                                     clip_grad=config.clip_grad, accum=config.grad_accum)
         self.net = self._wrap()
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
@@ -209,23 +225,13 @@ class Trainer:
             sync = self.net.no_sync() if (self.info.enabled and not last_micro) else nullcontext()
             with sync:
                 loss, n = self._loss(batch, generator)
-                self.scaler.scale(loss / accum).backward()
+                self.stepper.backward(loss)
             if last_micro:
-                self._step()
+                self.stepper.step()
             total, count, seen = total + loss.detach().float(), count + 1, seen + n
             if not bar.disable and (count % PROGRESS_EVERY == 0 or count == limit):
                 bar.set_postfix(loss=f"{float(total) / count:.4f}")  # reading the loss waits for the device
         return sum_scalar(float(total), self.info) / max(sum_scalar(count, self.info), 1.0), seen
-
-    def _step(self) -> None:
-        if self.config.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                     self.config.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
 
     def _loss(self, batch: Any, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Loss of one batch (augmented when a generator is given), and how many slices it held."""
@@ -251,20 +257,14 @@ class Trainer:
         return loss, int(mask.sum())
 
     def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy."""
-        if self.task.kind == "multiclass":
-            if targets.dim() == logits.dim():  # one-hot (series datasets) → class indices
-                targets = targets.argmax(-1)
-            return F.cross_entropy(logits, targets.long(), label_smoothing=self.smoothing)
-        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
-        return (bce * self.loss_weights).sum(-1).mean() / self.loss_weights.sum()
+        """The task's loss (``headct.training.step.task_loss``) with this run's weights and smoothing."""
+        return task_loss(logits, targets, self.task.kind, self.loss_weights, self.smoothing)
 
     # -- validation --
 
     @torch.no_grad()
     def _validate(self) -> dict[str, Any]:
         """Loss and metrics on the validation split (sharded over ranks, gathered, de-duplicated)."""
-        from headct.metrics import classification_metrics
 
         self.net.eval()
         logits, targets, rows, loss_sum, batches = [], [], [], 0.0, 0
@@ -280,7 +280,7 @@ class Trainer:
         _, first = np.unique(rows, return_index=True)  # the DistributedSampler pads with repeats
         logits, targets = logits[first], targets[first]
         val_loss = sum_scalar(loss_sum, self.info) / max(sum_scalar(batches, self.info), 1.0)
-        prob = _probabilities(logits, self.task.kind)
+        prob = probabilities(logits, self.task.kind)
         metrics = classification_metrics(targets, prob, labels=list(self.task.labels), kind=self.task.kind)
         keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece")
         return {"val_loss": val_loss, "metrics": {k: metrics.get(k) for k in keep if k in metrics},
@@ -316,7 +316,6 @@ class Trainer:
         self.history.append(row)
         if self.info.is_main:
             fields = self._checkpoint_fields(epoch)
-            from headct.checkpoint import save_checkpoint
 
             save_checkpoint(self.model, self.run_dir / "last", **fields)
             if improved:
@@ -347,9 +346,11 @@ class Trainer:
         log.info("resuming %s after epoch %d", self.run_dir, self.start_epoch - 1)
 
     def _checkpoint_fields(self, epoch: int) -> dict[str, Any]:
+        provenance = cache_provenance(self.cache)
         return {
             "size": self.cache.size, "task": self.task.name, "labels": list(self.task.labels),
             "label_kind": self.task.kind, "training": self.training_summary(epoch),
+            "provenance": provenance, "intended_use": intended_use_for(provenance),
         }
 
     def training_summary(self, epoch: int) -> dict[str, Any]:
@@ -372,26 +373,26 @@ class Trainer:
 
     def _calibrate(self, best: Path) -> None:
         """Fit the temperature and sweep thresholds on validation with the best weights; store both."""
-        from headct.checkpoint import load_checkpoint, update_checkpoint_config
-        from headct.evaluate import fit_calibration, predict_split
-
         model, stored = load_checkpoint(best, map_location=self.device)
         val = predict_split(model, self.cache, self.task, "val", batch_size=self.config.batch_size,
                             device=self.device, amp=self.amp, progress=self.config.progress)
-        training = dict(stored.get("training") or {}, epochs_run=len(self.history))
+        training = dict(stored.training, epochs_run=len(self.history))
         if len(val.rows) == 0:
             log.warning("no validation slices: thresholds 0.5 and temperature 1 are kept")
             update_checkpoint_config(best, training=training)
             return
-        thresholds, temperature = fit_calibration(val, self.task)
-        update_checkpoint_config(best, thresholds=thresholds, temperature=temperature, training=training)
+        thresholds, temperature = fit_calibration(val.logits, val.targets, self.task.labels, self.task.kind)
+        calibration = (f"temperature and F1-best thresholds fitted on the validation split "
+                       f"({len(val.rows)} slices, {len(set(val.studies.tolist()))} studies)")
+        provenance = dataclasses.replace(stored.provenance, calibration=calibration)
+        update_checkpoint_config(best, thresholds=thresholds, temperature=temperature, training=training,
+                                 provenance=provenance)
         log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
                  {k: round(v, 3) for k, v in thresholds.items()})
 
     # -- set-up helpers --
 
     def _datasets(self) -> tuple[Dataset, Dataset, Any]:
-        from headct.data.datasets import SeriesDataset, SliceDataset, collate_series
 
         if self.mode == "slice":
             return (SliceDataset(self.cache, "train", self.task, context=self.spec.context),
@@ -438,23 +439,17 @@ class Trainer:
         return DistributedDataParallel(net, device_ids=ids)
 
     def _autocast(self):
-        if self.amp is None:
-            return nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast_context(self.device, self.amp)
 
 
 # --- pieces the trainer uses ---------------------------------------------------------------
 
-def resolve_amp(amp: str, device: torch.device) -> str | None:
-    """``auto``: bf16 on a CUDA device that supports it, else off. ``off`` → None."""
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    if amp == "off":
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        log.warning("fp16 autocast on %s is slow or unsupported; consider --amp bf16 or off", device.type)
-    return amp
+def cache_provenance(cache: Cache) -> Provenance:
+    """Where a cache's data came from, from its meta.json (``synthetic`` unknown in caches without it)."""
+    meta = cache.meta
+    summary, split = meta.get("summary") or {}, meta.get("split") or {}
+    return Provenance(source_format=meta.get("source_format"), synthetic=meta.get("synthetic"),
+                      n_studies=summary.get("studies"), n_slices=summary.get("slices"), split_how=split.get("how"))
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -494,51 +489,19 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic.write_text(path, buffer.getvalue())
 
 
 def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
-    """Build the model for the cache's input kind (given to the encoder of series-level models)."""
-    from headct.models import build_model
-
+    """Build the model for the cache's input kind: its own argument, or its encoder's (study-seq)."""
     kwargs = dict(config.model_kwargs)
-    if config.encoder_checkpoint:
-        kwargs["encoder_checkpoint"] = config.encoder_checkpoint
-    try:
-        return build_model(config.model, num_classes, **{"input_kind": input_kind, **kwargs})
-    except ValueError as err:
-        if "input_kind" not in str(err):
-            raise
-    if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
-        kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
+    if config.encoder_checkpoint:  # the trained encoder fixes its own input kind
+        kwargs.update(encoder_arguments(config.encoder_checkpoint))
+    elif "input_kind" in builder_parameters(config.model):
+        kwargs = {"input_kind": input_kind, **kwargs}
+    else:
+        kwargs["encoder_kwargs"] = {"input_kind": input_kind, **(kwargs.get("encoder_kwargs") or {})}
     return build_model(config.model, num_classes, **kwargs)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm weights (1-D parameters), as usual for AdamW."""
-    decay, plain = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else plain).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-def _probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
-    t = torch.from_numpy(logits).double()
-    return (torch.sigmoid(t) if kind == "multilabel" else torch.softmax(t, dim=-1)).numpy()
-
-
-def loader_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
-    """DataLoader workers: as requested, else 0 on the CPU (the model needs the cores) and, with a GPU,
-    this process's share of the cores less one, at most 8 (reads are memory-mapped: a few keep up)."""
-    if requested is not None:
-        return max(int(requested), 0)
-    if device.type == "cpu":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores // max(world_size, 1) - 1))
 
 
 def _take(loader: DataLoader, limit: int) -> Iterator[Any]:

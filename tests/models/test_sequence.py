@@ -7,7 +7,7 @@ import safetensors.torch
 import timm
 import torch
 
-from headct.checkpoint import save_checkpoint
+from headct.checkpoint import encoder_arguments, save_checkpoint
 from headct.models import build_model
 
 SIZE = 32
@@ -68,15 +68,28 @@ def test_encoder_checkpoint_loads_a_trained_2d_model_and_is_not_needed_to_rebuil
     torch.manual_seed(0)
     slice_model = build_model("effnet-2d", 6, drop_rate=0.1).eval()
     save_checkpoint(slice_model, tmp_path / "slice")
-    model = build_model("study-seq", 6, encoder_checkpoint=str(tmp_path / "slice"), hidden=16).eval()
+    model = build_model("study-seq", 6, **encoder_arguments(tmp_path / "slice"), hidden=16).eval()
     assert model.spec.kwargs["encoder"] == "effnet-2d"
     assert model.spec.kwargs["encoder_kwargs"]["drop_rate"] == 0.1
-    assert "encoder_checkpoint" not in model.spec.kwargs
+    assert "encoder_state" not in model.spec.kwargs
     x = _series(2, 7)[None]
     with torch.no_grad():
         assert torch.allclose(model.encode_slices(x)[0], slice_model.encode(x[0][:, None]), atol=1e-5)
     rebuilt = build_model("study-seq", 6, **model.spec.kwargs)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"pooling": "attention", "encoder": "effnet-2.5d", "layers": 1}],
+                         ids=["max", "attention-2.5d"])
+def test_the_exportable_whole_series_forward_equals_the_masked_one(kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model("study-seq", 3, hidden=16, **kwargs).eval()
+    batch = torch.stack([_series(4, 1), _series(4, 2)])
+    with torch.no_grad():
+        whole = model.forward_whole_series(batch)
+        packed = model.forward_series(batch, torch.ones(2, 4, dtype=torch.bool))  # the packed-RNN path
+    assert whole[0].shape == (2, 4, 3) and whole[1].shape == (2, 3)
+    assert torch.allclose(whole[0], packed[0], atol=1e-5) and torch.allclose(whole[1], packed[1], atol=1e-5)
 
 
 def test_masks_with_holes_or_empty_rows_are_refused() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from headct import atomic
+from headct.atomic import write_text as atomic_write_text  # the name the cache builders import
 from headct.errors import InputError
 
 FORMAT_VERSION = 1
@@ -41,7 +42,6 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "row", "study", "patient", "series", "slice_index", "uid", "shard", "offset", "split", "fold",
 )
 _INT_COLUMNS = ("row", "slice_index", "offset", "fold")
-_TMP_MARK = ".tmp-"
 
 
 # --- writing ---------------------------------------------------------------
@@ -98,26 +98,16 @@ def remove_stale_temporaries(cache_dir: Path) -> int:
     removed = 0
     for folder in (Path(cache_dir), *(Path(cache_dir) / name for name in ("shards", "masks", "work"))):
         if folder.is_dir():
-            for path in folder.glob(f"*{_TMP_MARK}*"):
+            for path in folder.glob(f"*{atomic.TEMP_MARK}*"):
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    """``np.save`` through :func:`headct.atomic.writing` (a handle: np.save would add ".npy" to a path)."""
+    with atomic.writing(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- reading ---------------------------------------------------------------

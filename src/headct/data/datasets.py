@@ -17,6 +17,7 @@ opens beyond the first touch of a shard.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +28,31 @@ from headct.data.cache import Cache
 from headct.tasks import Task
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+def loader_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
+    """DataLoader workers: as requested, else 0 on the CPU (the model needs the cores) and, with a GPU,
+    this process's share of the cores less one, at most 8 (reads are memory-mapped: a few keep up).
+
+    The one rule for training and the benchmarks' input pipeline.
+    """
+    if requested is not None:
+        return max(int(requested), 0)
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(world_size, 1) - 1))
+
+
+def neighbour_index(num_slices: int, context: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[S, 2*context+1]`` slice indices centred on each slice, clamped at the ends (the end slice repeats).
+
+    The one definition of a 2.5-D neighbour stack: the datasets, the models, the
+    forward path and Grad-CAM all gather slices with it.
+    """
+    offsets = torch.arange(-context, context + 1, device=device)
+    centres = torch.arange(num_slices, device=device)[:, None]
+    return (centres + offsets[None, :]).clamp_(0, num_slices - 1)
 
 
 class SliceDataset(Dataset):
@@ -58,8 +84,7 @@ class SliceDataset(Dataset):
         offset = int(self._offset[row])
         series = self.cache.series_slices(shard)
         if self.context:
-            last = self._length[shard] - 1
-            positions = np.clip(np.arange(offset - self.context, offset + self.context + 1), 0, last)
+            positions = neighbour_index(self._length[shard], self.context)[offset].numpy()
             x = torch.from_numpy(np.ascontiguousarray(series[positions]))
         else:
             x = torch.from_numpy(np.array(series[offset:offset + 1]))

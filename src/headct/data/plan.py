@@ -18,7 +18,6 @@ from typing import Any
 from headct.io.discovery import file_fingerprint
 from headct.io.privacy import short_hash
 
-READERS = ("dicom", "image", "nifti", "staged")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 

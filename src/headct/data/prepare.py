@@ -59,6 +59,7 @@ from headct.data.tabular import TableColumns
 from headct.errors import InputError
 from headct.io.discovery import find_dicom_files
 from headct.io.privacy import short_hash
+from headct.labels import PHANTOM_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "format_version": FORMAT_VERSION, "headct_version": __version__, "source_format": plan.source_format,
         "kind": plan.kind, "size": config.size, "labels": plan.label_names, "split": split_meta,
         "summary": summary, "has_masks": any(r.get("has_mask") for r in records),
+        "synthetic": _is_phantom(Path(config.input)),
     })
     if skipped:
         log.warning("%d files skipped: %s", len(skipped),
@@ -159,6 +161,12 @@ def prepare_command(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(result))
     return 0 if result.slices else 1
+
+
+def _is_phantom(source: Path) -> bool:
+    """True when ``source`` (a folder, or a file in one) is a data set written by ``headct phantom``."""
+    folder = source if source.is_dir() else source.parent
+    return (folder / PHANTOM_MARKER).is_file()
 
 
 def format_summary(result: PrepareResult) -> str:

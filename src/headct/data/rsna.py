@@ -36,7 +36,7 @@ from headct.data.plan import (
 )
 from headct.errors import InputError
 from headct.io.discovery import find_dicom_files
-from headct.tasks import RSNA_LABELS
+from headct.labels import RSNA_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
 from headct.errors import InputError
+from headct.io.png import IMAGE_SUFFIXES  # what headct.io.read_image reads
 from headct.tasks import STROKE_LABELS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})  # what headct.io.read_image reads
 DEFAULT_CLASS_MAP: dict[str, str] = {
     "non-stroke": "non-stroke", "nonstroke": "non-stroke", "normal": "non-stroke",
     "inme yok": "non-stroke", "inmeyok": "non-stroke", "inme_yok": "non-stroke",

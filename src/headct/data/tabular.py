@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headct.data.plan import Plan, SeriesJob, SliceSource, report_examples, series_key
-from headct.data.stroke import IMAGE_SUFFIXES
 from headct.errors import InputError
+from headct.io.png import IMAGE_SUFFIXES
 from headct.io.privacy import patient_key
 
 log = logging.getLogger(__name__)

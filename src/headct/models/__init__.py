@@ -8,6 +8,12 @@ this package registers the architectures in ``strokenext``, ``efficientnet``,
 """
 
 from headct.models import baselines, efficientnet, sequence, strokenext  # noqa: F401  (registration)
-from headct.models.registry import ModelSpec, build_model, list_models, register_model
+from headct.models.registry import (
+    ModelSpec,
+    build_model,
+    builder_parameters,
+    list_models,
+    register_model,
+)
 
-__all__ = ["ModelSpec", "build_model", "list_models", "register_model"]
+__all__ = ["ModelSpec", "build_model", "builder_parameters", "list_models", "register_model"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from headct.errors import ConfigError
 
 # Arguments that say where initial weights come from, not what the model is:
 # they are not recorded in the spec, so a checkpoint rebuilds without them.
-TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_checkpoint"})
+TRANSIENT_KWARGS = frozenset({"pretrained", "encoder_state"})
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _READS: dict[str, str] = {}  # what a model reads, when not one slice ± its ``context`` argument
@@ -75,9 +76,30 @@ def register_model(name: str, *, reads: str | None = None) -> Callable[[Callable
     return decorate
 
 
+@contextmanager
+def registered_model(name: str, builder: Callable[..., nn.Module]) -> Iterator[None]:
+    """Register ``builder`` under ``name`` for the duration of a ``with`` block, then remove it.
+
+    For models that should not outlive their use (a test's tiny model, an experiment),
+    so the global registry is left as it was found.
+    """
+    register_model(name)(builder)
+    try:
+        yield
+    finally:
+        _BUILDERS.pop(name, None)
+
+
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_BUILDERS)
+
+
+def builder_parameters(name: str) -> frozenset[str]:
+    """The keyword arguments the builder of ``name`` takes (e.g. whether it reads ``input_kind`` itself)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return frozenset(inspect.signature(_BUILDERS[name]).parameters) - {"num_classes"}
 
 
 def check_model_name(name: str) -> None:

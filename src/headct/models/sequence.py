@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from headct.data.datasets import neighbour_index
 from headct.models.registry import ModelSpec, build_model, register_model
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -37,7 +38,7 @@ def study_seq(
     *,
     encoder: str = "effnet-2d",
     encoder_kwargs: dict[str, Any] | None = None,
-    encoder_checkpoint: str | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
     pretrained: bool | str = False,
     rnn: str = "gru",
     hidden: int = 256,
@@ -47,23 +48,19 @@ def study_seq(
 ) -> nn.Module:
     """2-D encoder per slice → bidirectional RNN over the series → slice and series logits.
 
-    ``encoder_checkpoint`` (a headct checkpoint of a slice-level model) sets the
-    encoder and its weights; the spec then records that encoder's name and
-    arguments, so the saved study model rebuilds without the file.
+    ``encoder_state`` (the weights of a trained slice-level model of the same
+    ``encoder`` and ``encoder_kwargs``; ``headct.checkpoint.encoder_arguments``
+    reads them from a checkpoint) starts the encoder from those weights; it is
+    not recorded, so the saved study model rebuilds without them.
     """
-    extra: dict[str, Any] = {}
-    if encoder_checkpoint is not None:
-        from headct.checkpoint import load_checkpoint  # the checkpoint module imports this package
-
-        trained, config = load_checkpoint(encoder_checkpoint)
-        encoder, encoder_kwargs = config["model"]["name"], config["model"]["kwargs"]
-        slice_encoder = build_model(encoder, num_classes=0, **encoder_kwargs)
-        state = {k: v for k, v in trained.state_dict().items() if not k.startswith("head.")}
+    kwargs = dict(encoder_kwargs or {})
+    pretrained = kwargs.pop("pretrained", pretrained)  # where weights come from: not recorded
+    if encoder_state is not None:
+        slice_encoder = build_model(encoder, num_classes=0, **kwargs)
+        state = {k: v for k, v in encoder_state.items() if not k.startswith("head.")}
         slice_encoder.load_state_dict(state, strict=True)
-        extra = {"encoder": encoder, "encoder_kwargs": encoder_kwargs}
+        extra = {"encoder": encoder, "encoder_kwargs": kwargs}
     else:
-        kwargs = dict(encoder_kwargs or {})
-        pretrained = kwargs.pop("pretrained", pretrained)  # where weights come from: not recorded
         slice_encoder = build_model(encoder, num_classes=0, pretrained=pretrained, **kwargs)
         extra = {"encoder_kwargs": kwargs or None}
     model = StudySequence(slice_encoder, num_classes, rnn=rnn, hidden=hidden, layers=layers, rnn_dropout=rnn_dropout, pooling=pooling)
@@ -118,15 +115,25 @@ class StudySequence(nn.Module):
         """``(slice_logits [B, S, n], series_logits [B, n])``; padded slices are never encoded."""
         return self.forward_embeddings(self.encode_slices(x, mask), mask)
 
+    def forward_whole_series(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_series`` for whole series (no padding mask), in the form ``torch.export`` traces.
+
+        ``forward_series`` checks its mask and picks packed or plain RNN input from
+        the data, which cannot be traced with a dynamic slice count (and TorchScript
+        tracing bakes in the example's count). Without a mask it is this: encode
+        every slice with its neighbours, plain RNN, heads, pool over all slices.
+        The model's exportable form (``headct.export`` exports it as is).
+        """
+        outputs, _ = self.rnn(self._encode_whole(x))
+        return self.slice_head(outputs), self.series_head(self._pool_all(outputs))
+
     def encode_slices(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Slice embeddings ``[B, S, d]`` (zeros at padded slices, which are never encoded)."""
         if x.dim() != 4:
             raise ValueError(f"study-seq expects raw series [B, S, H, W], got shape {tuple(x.shape)}")
-        batch, slices = x.shape[:2]
         if mask is None:  # no data-dependent indexing: traceable for ONNX and shape-only (meta) runs
-            lengths = torch.full((batch,), slices, device=x.device)
-            stacks = _neighbour_stacks(x, lengths, self.context)  # [B, S, K, H, W]
-            return self.encoder.encode(stacks.flatten(0, 1)).view(batch, slices, -1)
+            return self._encode_whole(x)
+        batch, slices = x.shape[:2]
         mask = _check_mask(mask, batch, slices, x.device)
         stacks = _neighbour_stacks(x, mask.sum(1), self.context)
         features = self.encoder.encode(stacks[mask])  # only the real slices: [N, d]
@@ -140,13 +147,25 @@ class StudySequence(nn.Module):
         """RNN and heads on slice embeddings ``[B, S, d]``: ``(slice_logits, series_logits)``."""
         if mask is None:
             outputs, _ = self.rnn(embeddings)
-            mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
-        else:  # packed, so the backward direction starts at each series' own last slice
-            batch, slices = embeddings.shape[:2]
-            mask = _check_mask(mask, batch, slices, embeddings.device)
-            packed = pack_padded_sequence(embeddings, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
-            outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=slices)
+            return self.slice_head(outputs), self.series_head(self._pool_all(outputs))
+        # packed, so the backward direction starts at each series' own last slice
+        batch, slices = embeddings.shape[:2]
+        mask = _check_mask(mask, batch, slices, embeddings.device)
+        packed = pack_padded_sequence(embeddings, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+        outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=slices)
         return self.slice_head(outputs), self.series_head(self._pool(outputs, mask))
+
+    def _encode_whole(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[B, S, d]`` of every slice of whole series, each with its neighbours."""
+        batch, slices = x.shape[0], x.shape[1]
+        stacks = x[:, neighbour_index(slices, self.context, x.device)]  # [B, S, K, H, W]
+        return self.encoder.encode(stacks.flatten(0, 1)).reshape(batch, slices, -1)
+
+    def _pool_all(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The series vector from RNN outputs ``[B, S, w]`` over all slices (no padding)."""
+        if self.attention is None:
+            return outputs.amax(dim=1)
+        return (torch.softmax(self.attention(outputs), dim=1) * outputs).sum(dim=1)
 
     def _pool(self, outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         keep = mask.unsqueeze(-1)
@@ -175,9 +194,7 @@ def _neighbour_stacks(x: torch.Tensor, lengths: torch.Tensor, context: int) -> t
     """``[B, S, 2*context+1, H, W]``: each slice with its neighbours, clamped to the real slices."""
     if context == 0:
         return x.unsqueeze(2)
-    slices = x.shape[1]
-    offsets = torch.arange(-context, context + 1, device=x.device)
-    index = torch.arange(slices, device=x.device)[:, None] + offsets[None, :]  # [S, K]
-    index = torch.minimum(index.clamp(min=0)[None], (lengths - 1)[:, None, None])  # [B, S, K]
+    index = neighbour_index(x.shape[1], context, x.device)  # [S, K]
+    index = torch.minimum(index[None], (lengths - 1)[:, None, None])  # [B, S, K]: within each series
     rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
     return x[rows, index]

@@ -6,13 +6,13 @@ TEKNOFEST (PNG class folders) layout with masks beside it; ``render_preview``
 draws a montage. ``headct phantom`` is :func:`phantom_command`.
 """
 
+from headct.labels import HEMORRHAGE_TYPES, LESION_BITS, RSNA_LABELS
 from headct.phantom.anatomy import TISSUE_GROUPS, TISSUES
 from headct.phantom.command import phantom_command
 from headct.phantom.dataset import PHANTOM_VERSION, PhantomConfig, plan_studies, write_phantom
 from headct.phantom.generator import PhantomStudy, default_slices, generate_study
-from headct.phantom.lesions import HEMORRHAGE_TYPES, LESION_BITS
 from headct.phantom.preview import render_preview
-from headct.phantom.writers import RESCALES, RSNA_LABELS
+from headct.phantom.writers import RESCALES
 
 __all__ = [
     "HEMORRHAGE_TYPES",

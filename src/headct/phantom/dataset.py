@@ -19,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from headct import __version__
+from headct.atomic import write_text
 from headct.io.privacy import short_hash
+from headct.labels import HEMORRHAGE_TYPES, LESION_BITS, PHANTOM_MARKER
 from headct.phantom.generator import PhantomStudy, default_slices, generate_study
-from headct.phantom.lesions import HEMORRHAGE_TYPES, LESION_BITS
 from headct.phantom.writers import (
     RESCALES,
     RSNA_LABELS,
@@ -31,7 +32,6 @@ from headct.phantom.writers import (
     write_masks,
     write_png,
     write_rsna_labels,
-    write_text,
 )
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def write_phantom(config: PhantomConfig) -> dict:
             "studies_with": {name: sum(1 for r in records if any(les["type"] == name for les in r["lesions"])) for name in LESION_BITS},
         },
     }
-    write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / PHANTOM_MARKER, json.dumps(summary, indent=1) + "\n")
     log.info("phantom: %d studies, %d slices in %.1f s", len(records), total_slices, time.perf_counter() - started)
     return summary
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from headct.labels import LESION_BITS
 from headct.phantom.anatomy import (
     BRAIN,
     TISSUE_GROUPS,
@@ -24,7 +25,7 @@ from headct.phantom.anatomy import (
     render_anatomy,
     sample_anatomy,
 )
-from headct.phantom.lesions import LESION_BITS, Lesion, SliceCanvas, noise_factor, sample_lesion
+from headct.phantom.lesions import Lesion, SliceCanvas, noise_factor, sample_lesion
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
 """HU range the phantom keeps (what 12-bit CT with intercept -1024 can store)."""

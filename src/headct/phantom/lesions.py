@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from headct.labels import HEMORRHAGE_BITS, LESION_BITS
 from headct.phantom.anatomy import (
     CISTERN,
     DEEP,
@@ -29,21 +30,6 @@ from headct.phantom.anatomy import (
     SliceGrid,
     blob_section_mask,
 )
-
-LESION_BITS: dict[str, int] = {
-    "epidural": 1,
-    "intraparenchymal": 2,
-    "intraventricular": 4,
-    "subarachnoid": 8,
-    "subdural": 16,
-    "ischemic": 32,
-}
-"""Bit of each lesion type in the uint8 masks (docs/internals.md)."""
-
-HEMORRHAGE_TYPES: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
-"""The five RSNA subtypes, in the RSNA label order."""
-
-HEMORRHAGE_BITS = sum(LESION_BITS[name] for name in HEMORRHAGE_TYPES)
 
 _PARENCHYMA_LUT = np.zeros(256, dtype=bool)
 _PARENCHYMA_LUT[list(PARENCHYMA)] = True

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from headct.labels import LESION_BITS
 from headct.phantom.generator import generate_study
-from headct.phantom.lesions import LESION_BITS
 from headct.phantom.writers import brain_window_png, write_png
 from headct.windows import apply_windows
 

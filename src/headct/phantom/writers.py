@@ -1,8 +1,8 @@
 """File formats the phantom writes: CT DICOM slices, brain-window PNGs, masks, RSNA labels.
 
 Every writer is deterministic (fixed dates, UIDs from the seed, zip entries
-with a fixed timestamp) and atomic (temp file in the same folder, then
-``os.replace``), so the same seed gives the same bytes and an interrupted run
+with a fixed timestamp) and atomic (``headct.atomic``: temp file in the same
+folder, then a rename), so the same seed gives the same bytes and an interrupted run
 never leaves a half-written file that loads.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from headct import atomic
+from headct.labels import RSNA_LABELS
 from headct.windows import apply_windows
-
-RSNA_LABELS: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
-"""RSNA label names in the order of the competition's CSV."""
 
 
 @dataclass(frozen=True)
@@ -196,25 +194,10 @@ def write_rsna_labels(path: Path, rows: Sequence[tuple[str, dict[str, int]]]) ->
     _atomic(path, write)
 
 
-def write_text(path: Path, text: str) -> None:
-    """A text file, atomically."""
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    _atomic(path, write)
-
-
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """Run ``write(tmp)`` inside :func:`headct.atomic.writing` (the writers here need a path)."""
+    with atomic.writing(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _ds(value: float) -> str:

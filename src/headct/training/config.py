@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from headct import atomic
 from headct.errors import ConfigError
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -132,25 +132,12 @@ def check_complete(config: TrainConfig) -> None:
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
     """Read a ``config.yaml`` written by :func:`save_config`."""
     return resolve_config(path)
-
-
-def parse_value(name: str, text: Any) -> Any:
-    """Parse one value for field ``name`` (a string from the command line, or YAML data)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if name not in fields:
-        raise ConfigError(f"unknown training option {name!r}")
-    return _coerce(fields[name], text, "flags")
 
 
 # --- helpers -------------------------------------------------------------------

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from headct.training.distributed import DistInfo
+from headct.data.datasets import collate_series
+from headct.distributed import DistInfo
 
 
 def training_mode(level: str, encoder_checkpoint: str | None) -> str:
@@ -58,8 +59,6 @@ class EmbeddingDataset(Dataset):
 
 def collate_embeddings(batch: list[tuple]) -> tuple[torch.Tensor, ...]:
     """``collate_series`` for ``[S, d]`` embeddings: the same outputs, padded at the end."""
-    from headct.data.datasets import collate_series
-
     # Pad through collate_series by viewing each [S, d] as [S, 1, d].
     x, y_slices, y_series, rows, mask = collate_series([(e[:, None, :], *rest) for e, *rest in batch])
     return x[:, :, 0, :], y_slices, y_series, rows, mask

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from headct import atomic
 
 STATE_FILE = "train_state.pt"
 STATE_VERSION = 1
@@ -43,14 +44,8 @@ def save_train_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / STATE_FILE
     payload = dict(state, version=STATE_VERSION, rng=rng_states())
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".train_state.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic.writing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
