@@ -89,3 +89,40 @@ def _write_ct_series(folder: Path, slices: int = 4, size: int = 40, seed: int = 
         ds.PixelData = hu[i].tobytes()
         ds.save_as(folder / f"IM{slices - 1 - i:03d}.dcm", enforce_file_format=True)
     return study_uid, uids, hu
+
+
+# --- DICOM results and the DICOM node (tests/test_dicom_out.py, tests/test_listen.py) ---------------
+
+RSNA_LABELS = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+DICOM_THRESHOLDS = {label: (0.0 if label in ("intraparenchymal", "any") else 1.0) for label in RSNA_LABELS}
+"""Frozen thresholds that make the (untrained) tiny model's findings known in advance: ICH and
+intraparenchymal present on every slice, the other subtypes absent."""
+
+
+@pytest.fixture(scope="session")
+def dicom_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RSNA checkpoint (mobilenetv2, 64 px) whose study findings are fixed by DICOM_THRESHOLDS."""
+    import torch
+
+    from headct.checkpoint import save_checkpoint
+    from headct.models.registry import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dicom-ckpt") / "model"
+    save_checkpoint(build_model("mobilenetv2", len(RSNA_LABELS)), path, size=64, task=",".join(RSNA_LABELS),
+                    labels=RSNA_LABELS, label_kind="multilabel", thresholds=DICOM_THRESHOLDS, temperature=1.0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bleed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One phantom study (rsna layout, 64 px, 6 slices) with an intracranial bleed: its DICOM folder."""
+    import json
+
+    from headct.phantom import PhantomConfig, write_phantom
+
+    root = tmp_path_factory.mktemp("bleed")
+    info = write_phantom(PhantomConfig(out=root, studies=4, size=64, slices=6, seed=3))
+    bleeding = [s for s in info["studies"] if s.get("lesions")]
+    assert bleeding, json.dumps(info["studies"])[:300]
+    return root / "dicom" / bleeding[0]["study_uid"]

@@ -148,6 +148,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--out", required=True)
     p.add_argument("--overlays", action="store_true")
+    p.add_argument("--dicom-out", help="also write a DICOM SR and Grad-CAM secondary captures per study here")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--device", default=None)
 

@@ -238,31 +238,43 @@ class Predictor:
                                              f"{what.get(expected, expected)}; use a model trained on that input")
         return resample_slices(volume.pixels, self.input_size)
 
-    def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:
-        """Grad-CAM overlays (PNG) of every positive slice and label, at the slice's own resolution."""
-        from headct.explain import _maps_for, overlay, to_original, write_png
+    def overlay_images(self, study: StudyInput, result: dict[str, Any]) -> Iterator[tuple[Volume, int, str, np.ndarray]]:
+        """Grad-CAM overlays (RGB) of every positive slice and label: ``(volume, position, label, rgb)``.
+
+        Each overlay is at the slice's own resolution; the PNG writer and the DICOM
+        secondary captures (``headct.dicom_out``) both draw from here.
+        """
+        from headct.explain import _maps_for, overlay, to_original
 
         model = self._torch_model()
-        written: list[Path] = []
-        by_series = {}
+        by_series: dict[str | None, dict[str, list[int]]] = {}
         for entry in result["slices"]:
             for label in entry["positive"]:
                 if label not in NEGATIVE_CLASSES:
                     by_series.setdefault(entry["series"], {}).setdefault(label, []).append(entry["index"])
-        for number, volume in enumerate(study.volumes):
+        for volume in study.volumes:
             wanted = by_series.get(volume.series_uid, {})
             if not wanted:
                 continue
             pixels = self.model_input(volume, study.source)
-            prefix = f"s{number}_" if len(study.volumes) > 1 else ""
             for label, positions in wanted.items():
                 with self._lock:
                     cams = _maps_for(model, pixels, positions, self.labels.index(label), None, self.batch_size)
                 for position, cam in zip(positions, cams, strict=True):
                     original = to_original(cam, volume.pixels.shape[1:])
-                    path = folder / f"{prefix}{position:03d}_{label}.png"
-                    write_png(path, overlay(volume.pixels[position], original, volume.kind))
-                    written.append(path)
+                    yield volume, position, label, overlay(volume.pixels[position], original, volume.kind)
+
+    def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:
+        """Grad-CAM overlays (PNG) of every positive slice and label, at the slice's own resolution."""
+        from headct.explain import write_png
+
+        numbers = {id(volume): number for number, volume in enumerate(study.volumes)}
+        written: list[Path] = []
+        for volume, position, label, rgb in self.overlay_images(study, result):
+            prefix = f"s{numbers[id(volume)]}_" if len(study.volumes) > 1 else ""
+            path = folder / f"{prefix}{position:03d}_{label}.png"
+            write_png(path, rgb)
+            written.append(path)
         return written
 
     # --- helpers ----------------------------------------------------------------
@@ -449,10 +461,22 @@ def predict_command(args: argparse.Namespace) -> int:
         write_json(out / f"{result['study']}.json", result)
         if args.overlays:
             predictor.write_overlays(study, result, out / "overlays" / result["study"])
+        if getattr(args, "dicom_out", None):
+            _write_dicom_out(predictor, study, result, Path(args.dicom_out))
         results.append(result)
     write_csv(out / "predictions.csv", results, predictor.labels)
     print(f"{len(results)} studies predicted, {skipped} skipped: {out}/<study>.json and {out / 'predictions.csv'}")
     return 0 if results or not skipped else 1
+
+
+def _write_dicom_out(predictor: Predictor, study: StudyInput, result: dict[str, Any], out: Path) -> None:
+    """``--dicom-out``: the study's SR and Grad-CAM captures (``headct.dicom_out``); a fault is one line."""
+    from headct.dicom_out import write_study_dicom
+
+    try:
+        write_study_dicom(predictor, study, result, out)
+    except InputError as err:
+        log.error("no DICOM results for study %s: %s", short_hash(result["study"]), err.fault)
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
