@@ -126,3 +126,131 @@ def bleed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bleeding = [s for s in info["studies"] if s.get("lesions")]
     assert bleeding, json.dumps(info["studies"])[:300]
     return root / "dicom" / bleeding[0]["study_uid"]
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Gives free loopback TCP ports (see :func:`_free_port`)."""
+    return _free_port
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 (released before use: a server started right after binds it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OrthancServer:
+    """A running Orthanc on loopback: its ports, AE title and a few REST helpers (requests)."""
+
+    def __init__(self, http_port: int, dicom_port: int, ae_title: str = "ORTHANC") -> None:
+        self.http_port, self.dicom_port, self.ae_title = http_port, dicom_port, ae_title
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+
+    def get(self, path: str, **kw: object) -> object:
+        import requests
+
+        answer = requests.get(self.url + path, timeout=30, **kw)
+        answer.raise_for_status()
+        return answer.json() if "json" in answer.headers.get("content-type", "") else answer.content
+
+    def post(self, path: str, data: object) -> object:
+        import requests
+
+        answer = requests.post(self.url + path, data=data, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def put(self, path: str, data: object) -> None:
+        import requests
+
+        requests.put(self.url + path, data=data, timeout=30).raise_for_status()
+
+    def clear(self) -> None:
+        """Delete every stored patient (each test starts from an empty PACS)."""
+        import requests
+
+        for patient in self.get("/patients"):
+            requests.delete(f"{self.url}/patients/{patient}", timeout=30).raise_for_status()
+
+    def datasets(self, modality: str | None = None) -> list:
+        """Every stored instance, read back through /instances/{id}/file, optionally of one modality."""
+        import io
+
+        import pydicom
+
+        found = []
+        for instance in self.get("/instances"):
+            ds = pydicom.dcmread(io.BytesIO(self.get(f"/instances/{instance}/file")))
+            if modality is None or ds.Modality == modality:
+                found.append(ds)
+        return found
+
+
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory: pytest.TempPathFactory):
+    """Debian's Orthanc (+ DICOMweb plugin) on free loopback ports, temporary config and storage."""
+    import json
+    import shutil
+    import subprocess
+    import time
+
+    import requests
+
+    if not Path(ORTHANC).is_file():
+        pytest.skip("Orthanc is not installed (Debian packages orthanc, orthanc-dicomweb; .ci/run installs them)")
+    plugin = next((str(p) for d in ORTHANC_PLUGIN_DIRS for p in sorted(Path(d).glob("libOrthancDicomWeb.so*"))),
+                  None)
+    if plugin is None:
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("orthanc")
+    server = OrthancServer(_free_port(), _free_port())
+    config = {
+        "Name": "headct-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+        "HttpPort": server.http_port, "DicomPort": server.dicom_port, "DicomAet": server.ae_title,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "DicomServerEnabled": True, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+        "DicomCheckModalityHost": False, "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "SaveJobs": False, "StableAge": 1, "DicomModalities": {}, "HttpsVerifyPeers": False,
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "wb")  # noqa: SIM115 - open while the server runs
+    process = subprocess.Popen([shutil.which("Orthanc") or ORTHANC, str(root / "orthanc.json")],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):  # up to 30 s
+            if process.poll() is not None:
+                pytest.fail(f"Orthanc exited with {process.returncode}: "
+                            f"{(root / 'orthanc.log').read_text(errors='replace')[-2000:]}")
+            try:
+                if requests.get(server.url + "/system", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("Orthanc did not answer on /system within 30 s")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture
+def orthanc(orthanc_server: OrthancServer) -> OrthancServer:
+    """The session's Orthanc, emptied for this test."""
+    orthanc_server.clear()
+    return orthanc_server

@@ -174,6 +174,24 @@ def _run_serve(args: argparse.Namespace) -> int:
     return serve_command(args)
 
 
+def _add_listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--ae-title", default="HEADCT")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--spool", required=True, help="folder for received instances (survives restarts)")
+    p.add_argument("--quiet-seconds", type=float, default=10.0, help="a study is complete after this long quiet")
+    p.add_argument("--send-to", help="C-STORE results to AET@HOST:PORT")
+    p.add_argument("--stow", help="STOW-RS results to this DICOMweb URL")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from headct.listen import listen_command
+
+    return listen_command(args)
+
+
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE")
@@ -247,6 +265,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "explain": ("Grad-CAM maps, scored against lesion masks", _add_explain, _run_explain),
     "predict": ("predict studies with a checkpoint", _add_predict, _run_predict),
     "serve": ("HTTP prediction service", _add_serve, _run_serve),
+    "listen": ("DICOM node: CT studies in by C-STORE, SR and captures out", _add_listen, _run_listen),
     "export": ("export a checkpoint to ONNX", _add_export, _run_export),
     "bench": ("throughput, latency and memory of a model", _add_bench, _run_bench),
     "demo": ("phantom → prepare → train → evaluate → report, on this machine", _add_demo, _run_demo),

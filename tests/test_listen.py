@@ -1,0 +1,203 @@
+"""The DICOM node: C-ECHO, C-STORE in (spooled before acknowledged), results out to a real Orthanc."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+import headct
+from headct.dicom_out import MAX_OVERLAYS_PER_LABEL, read_report
+from headct.listen import DATASET_DOES_NOT_MATCH, SOP_CLASS_NOT_SUPPORTED, Destination, Node
+from headct.predict import Predictor
+
+PRESENT = {"intraparenchymal", "any"}  # as the dicom_checkpoint fixture's thresholds fix them
+
+
+@pytest.fixture(scope="module")
+def predictor(dicom_checkpoint: Path) -> Predictor:
+    return Predictor.from_checkpoint(dicom_checkpoint, device="cpu")
+
+
+@pytest.fixture
+def start_node(predictor: Predictor, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Starts in-process nodes on a free loopback port (quiet period 1 s unless told); stops them."""
+    nodes: list[Node] = []
+
+    def start(**kwargs: object) -> Node:
+        options = {"spool": tmp_path / "spool", "quiet_seconds": 1.0, **kwargs}
+        node = Node(predictor, options.pop("spool"), ae_title="HEADCT", host="127.0.0.1", port=0,
+                    **options).start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def study_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.dcm"))
+
+
+def store(items: Sequence[Path | pydicom.Dataset], port: int) -> list[int]:
+    """C-STORE the files or datasets to the node in one association; their status codes."""
+    ae = AE(ae_title="SCANNER")
+    for sop_class in (CTImageStorage, MRImageStorage):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HEADCT")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(item).Status) for item in items]
+    finally:
+        assoc.release()
+
+
+def echo(port: int) -> bool:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HEADCT")
+    if not assoc.is_established:
+        return False
+    try:
+        return int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str) -> object:
+    """Poll ``condition`` every 0.2 s until truthy; fail naming ``what`` after ``seconds``."""
+    for _ in range(int(seconds / 0.2)):
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+def test_echo_refusals_and_bad_instances(start_node: Callable[..., Node], bleed_study: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    node = start_node(quiet_seconds=3600)
+    assert echo(node.port)
+    first, second = (pydicom.dcmread(f) for f in study_files(bleed_study)[:2])
+    mr = pydicom.dcmread(study_files(bleed_study)[2])
+    mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    del second.PixelData
+    with caplog.at_level(logging.INFO, logger="headct"):
+        statuses = store([mr, second, first], node.port)
+    assert statuses == [SOP_CLASS_NOT_SUPPORTED, DATASET_DOES_NOT_MATCH, 0]
+    spooled = list((node.spool.root / "incoming").rglob("*.dcm"))
+    # acknowledged = on disk: the good instance is spooled (before the answer), the refused ones are not
+    assert [p.name for p in spooled] == [f"{first.SOPInstanceUID}.dcm"]
+    assert pydicom.dcmread(spooled[0]).SOPInstanceUID == first.SOPInstanceUID
+    assert f"bad instance {second.SOPInstanceUID} skipped: it has no pixel data" in caplog.text
+    assert first.PatientID not in caplog.text and "PHANTOM" not in caplog.text
+
+
+def test_study_in_results_out_to_orthanc_by_c_store(start_node: Callable[..., Node], orthanc: object,
+                                                    bleed_study: Path, predictor: Predictor) -> None:
+    node = start_node(send_to=Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port))
+    assert store(study_files(bleed_study), node.port) == [0] * len(study_files(bleed_study))
+    wait_for(lambda: node.delivered, 300, "the results to be delivered")
+    (sr,) = orthanc.datasets("SR")
+    report = read_report(sr)
+    source = pydicom.dcmread(study_files(bleed_study)[0], stop_before_pixels=True)
+    assert report["study"] == source.StudyInstanceUID and report["series"] == [source.SeriesInstanceUID]
+    expected = predictor.predict(bleed_study)["study_probabilities"]
+    for label, finding in report["findings"].items():
+        assert finding["present"] == (label in PRESENT)
+        assert finding["probability"] == pytest.approx(expected[label])
+    captures = orthanc.datasets("OT")
+    assert len(captures) == len(PRESENT) * MAX_OVERLAYS_PER_LABEL
+    assert {c.StudyInstanceUID for c in captures} == {source.StudyInstanceUID}
+    assert wait_for(node.idle, 10, "the node to be idle")
+    assert not any((node.spool.root / "processing").iterdir())  # delivered studies leave the spool
+
+
+def test_orthanc_pushes_a_study_and_gets_results_by_stow(start_node: Callable[..., Node], orthanc: object,
+                                                         bleed_study: Path) -> None:
+    node = start_node(stow=orthanc.dicomweb)
+    for path in study_files(bleed_study):
+        orthanc.post("/instances", path.read_bytes())
+    (study_id,) = orthanc.get("/studies")
+    orthanc.put("/modalities/headct", json.dumps({"AET": "HEADCT", "Host": "127.0.0.1", "Port": node.port}))
+    orthanc.post("/modalities/headct/store", json.dumps({"Resources": [study_id], "Synchronous": True}))
+    wait_for(lambda: node.delivered, 300, "the pushed study's results")
+    (sr,) = wait_for(lambda: orthanc.datasets("SR"), 30, "the SR in Orthanc")
+    source = pydicom.dcmread(study_files(bleed_study)[0], stop_before_pixels=True)
+    report = read_report(sr)
+    assert report["study"] == source.StudyInstanceUID
+    assert {label for label, f in report["findings"].items() if f["present"]} == PRESENT
+    assert len(orthanc.get("/studies")) == 1  # the results joined the source study
+
+
+@contextmanager
+def listen_process(checkpoint: Path, spool: Path, port: int, send_to: str) -> Iterator[subprocess.Popen]:
+    """``headct listen`` as a subprocess, ready (answers C-ECHO) on ``port``; terminated on exit."""
+    src = str(Path(headct.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "headct.cli", "listen", "--model", str(checkpoint), "--ae-title", "HEADCT",
+               "--host", "127.0.0.1", "--port", str(port), "--spool", str(spool), "--quiet-seconds", "4",
+               "--send-to", send_to]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: process.poll() is not None or echo(port), 120, "headct listen to answer C-ECHO")
+        assert process.poll() is None, f"headct listen exited with {process.returncode}"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def test_killed_while_receiving_then_restarted_gives_the_same_results(dicom_checkpoint: Path, orthanc: object,
+                                                                      bleed_study: Path, tmp_path: Path,
+                                                                      free_port: Callable[[], int]) -> None:
+    files = study_files(bleed_study)
+    destination = f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}"
+    with listen_process(dicom_checkpoint, tmp_path / "uninterrupted", free_port(), destination) as process:
+        assert store(files, _port_of(process)) == [0] * len(files)
+        (reference,) = wait_for(lambda: orthanc.datasets("SR"), 300, "the uninterrupted run's SR")
+    reference_captures = sorted(c.SOPInstanceUID for c in orthanc.datasets("OT"))
+    orthanc.clear()
+
+    port, spool = free_port(), tmp_path / "interrupted"
+    with listen_process(dicom_checkpoint, spool, port, destination) as process:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="HEADCT")
+        received = [int(assoc.send_c_store(f).Status) for f in files[:3]]
+        process.kill()  # SIGKILL with the association still open: mid-study
+        process.wait(timeout=30)
+        assoc.abort()
+    assert received == [0, 0, 0]
+    assert len(list((spool / "incoming").rglob("*.dcm"))) == 3  # what was acknowledged survived the kill
+    with listen_process(dicom_checkpoint, spool, port, destination):
+        assert store(files[3:], port) == [0] * (len(files) - 3)
+        (resumed,) = wait_for(lambda: orthanc.datasets("SR"), 300, "the resumed run's SR")
+        time.sleep(6)  # longer than the quiet period: a partial study would have been reported by now
+        assert len(orthanc.datasets("SR")) == 1
+    assert resumed.SOPInstanceUID == reference.SOPInstanceUID  # same instances, same model → same UIDs
+    assert read_report(resumed) == read_report(reference)
+    assert sorted(c.SOPInstanceUID for c in orthanc.datasets("OT")) == reference_captures
+    assert not list((spool / "incoming").rglob("*.dcm"))
+
+
+def _port_of(process: subprocess.Popen) -> int:
+    return int(process.args[process.args.index("--port") + 1])
