@@ -125,3 +125,25 @@ def test_legend_band_sits_below_the_image() -> None:
     assert drawn.shape[1] == 384 and drawn.shape[0] > 384
     assert (drawn[:384] == 7).all()  # the image itself, scaled 6x, untouched
     assert drawn[384:].any()
+
+
+def test_serve_answers_the_dicom_results_as_a_zip(dicom_checkpoint: Path, bleed_study: Path,
+                                                  predicted: dict) -> None:
+    import io
+    import zipfile
+
+    from fastapi.testclient import TestClient
+
+    from headct.serve import create_app
+
+    client = TestClient(create_app(Predictor.from_checkpoint(dicom_checkpoint, device="cpu")))
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(bleed_study.iterdir())]
+    answer = client.post("/v1/predict/dicom", files=files)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        datasets = [pydicom.dcmread(io.BytesIO(archive.read(name))) for name in archive.namelist()]
+    (sr,) = [d for d in datasets if d.Modality == "SR"]
+    assert dicom_out.read_report(sr) == dicom_out.read_report(predicted["sr"][0])
+    assert len(datasets) == len(predicted["files"])
+    bad = client.post("/v1/predict/dicom", files=[("files", ("x.dcm", b"not dicom at all", "application/dicom"))])
+    assert bad.status_code in (415, 422) and "upload" in bad.text

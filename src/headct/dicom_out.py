@@ -314,17 +314,40 @@ def top_positive(result: dict[str, Any], per_label: int | None) -> dict[str, Any
     return {**result, "slices": slices}
 
 
+def results_zip(predictor: Any, source: str | Path) -> bytes:
+    """One study's DICOM results (SR + captures) as a zip, ``<SOPInstanceUID>.dcm`` each (``headct serve``)."""
+    import io
+    import zipfile
+
+    from headct.predict import read_studies
+
+    studies = read_studies(Path(source))
+    if len(studies) != 1:
+        raise InputError(source, f"holds {len(studies)} studies; DICOM results are made one study at a time")
+    result = predictor.predict_study(studies[0])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for ds in study_datasets(predictor, studies[0], result):
+            archive.writestr(f"{ds.SOPInstanceUID}.dcm", encode(ds))
+    return buffer.getvalue()
+
+
 def write_datasets(folder: str | Path, datasets: Sequence[Dataset]) -> list[Path]:
     """Each dataset as ``<folder>/<SOPInstanceUID>.dcm`` (DICOM file format, written atomically)."""
     folder = Path(folder)
     paths = []
     for ds in datasets:
         path = folder / f"{ds.SOPInstanceUID}.dcm"
-        buffer = DicomBytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        atomic.write_bytes(path, buffer.getvalue())
+        atomic.write_bytes(path, encode(ds))
         paths.append(path)
     return paths
+
+
+def encode(ds: Dataset) -> bytes:
+    """The dataset as a DICOM file (preamble, file meta, dataset) in memory."""
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return bytes(buffer.getvalue())
 
 
 def write_study_dicom(predictor: Any, study: Any, result: dict[str, Any], out: str | Path) -> list[Path]:
