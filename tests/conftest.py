@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -195,23 +196,29 @@ class OrthancServer:
         return found
 
 
-@pytest.fixture(scope="session")
-def orthanc_server(tmp_path_factory: pytest.TempPathFactory):
-    """Debian's Orthanc (+ DICOMweb plugin) on free loopback ports, temporary config and storage."""
+def orthanc_plugin() -> str | None:
+    """Path of Orthanc's DICOMweb plugin, or None when Orthanc or the plugin is not installed."""
+    if not Path(ORTHANC).is_file():
+        return None
+    return next((str(p) for d in ORTHANC_PLUGIN_DIRS for p in sorted(Path(d).glob("libOrthancDicomWeb.so*"))),
+                None)
+
+
+@contextmanager
+def orthanc_running(root: Path) -> Iterator[OrthancServer]:
+    """Debian's Orthanc (+ DICOMweb) on free loopback ports, config and storage under ``root``; stopped on exit.
+
+    Also used by benchmarks/listen_latency.py.
+    """
     import json
-    import shutil
     import subprocess
     import time
 
     import requests
 
-    if not Path(ORTHANC).is_file():
-        pytest.skip("Orthanc is not installed (Debian packages orthanc, orthanc-dicomweb; .ci/run installs them)")
-    plugin = next((str(p) for d in ORTHANC_PLUGIN_DIRS for p in sorted(Path(d).glob("libOrthancDicomWeb.so*"))),
-                  None)
+    plugin = orthanc_plugin()
     if plugin is None:
-        pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
-    root = tmp_path_factory.mktemp("orthanc")
+        raise FileNotFoundError("Orthanc with its DICOMweb plugin (Debian orthanc, orthanc-dicomweb)")
     server = OrthancServer(_free_port(), _free_port())
     config = {
         "Name": "headct-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
@@ -219,17 +226,16 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory):
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
         "DicomServerEnabled": True, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
         "DicomCheckModalityHost": False, "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "SaveJobs": False, "StableAge": 1, "DicomModalities": {}, "HttpsVerifyPeers": False,
+        "SaveJobs": False, "StableAge": 1, "DicomModalities": {},
     }
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "wb")  # noqa: SIM115 - open while the server runs
-    process = subprocess.Popen([shutil.which("Orthanc") or ORTHANC, str(root / "orthanc.json")],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):  # up to 30 s
             if process.poll() is not None:
-                pytest.fail(f"Orthanc exited with {process.returncode}: "
-                            f"{(root / 'orthanc.log').read_text(errors='replace')[-2000:]}")
+                tail = (root / "orthanc.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Orthanc exited with {process.returncode}: {tail}")
             try:
                 if requests.get(server.url + "/system", timeout=1).ok:
                     break
@@ -237,7 +243,7 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory):
                 pass
             time.sleep(0.1)
         else:
-            pytest.fail("Orthanc did not answer on /system within 30 s")
+            raise RuntimeError("Orthanc did not answer on /system within 30 s")
         yield server
     finally:
         process.terminate()
@@ -247,6 +253,16 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory):
             process.kill()
             process.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """The session's Orthanc (see :func:`orthanc_running`); skipped only where Orthanc is not installed."""
+    if orthanc_plugin() is None:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (Debian packages orthanc, "
+                    "orthanc-dicomweb; .ci/run installs them)")
+    with orthanc_running(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
 
 
 @pytest.fixture
