@@ -106,6 +106,22 @@ def test_echo_refusals_and_bad_instances(start_node: Callable[..., Node], bleed_
     assert first.PatientID not in caplog.text and "PHANTOM" not in caplog.text
 
 
+def test_a_bad_instance_is_logged_by_uid_and_the_study_goes_on(start_node: Callable[..., Node], bleed_study: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    node = start_node()  # no destination: the results are made and dropped
+    files = study_files(bleed_study)
+    broken = pydicom.dcmread(files[0])
+    broken.PixelData = broken.PixelData[:100]  # passes the checks at C-STORE; reading it fails
+    with caplog.at_level(logging.INFO, logger="headct"):
+        assert store([broken, *files[1:]], node.port) == [0] * len(files)
+        wait_for(lambda: node.delivered, 300, "the study's results")
+    lines = [r.getMessage() for r in caplog.records if r.name == "headct.listen"]
+    assert any(line.startswith(f"bad instance {broken.SOPInstanceUID} ") and "skipped: pixel data is 100 bytes"
+               in line for line in lines), lines
+    assert any("SR and" in line for line in lines)
+    assert "PHANTOM" not in caplog.text and broken.StudyInstanceUID not in "\n".join(lines)
+
+
 def test_study_in_results_out_to_orthanc_by_c_store(start_node: Callable[..., Node], orthanc: object,
                                                     bleed_study: Path, predictor: Predictor) -> None:
     node = start_node(send_to=Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port))

@@ -296,7 +296,7 @@ class Node:
         try:
             studies = read_studies(folder)
             for warning in (w for s in studies for w in s.warnings):
-                log.warning("study %s: %s", key, warning)
+                _log_reading_warning(key, warning)
             outputs = []
             for study in studies:
                 result = self.predictor.predict_study(study)
@@ -319,6 +319,15 @@ class Node:
             self.delivered.append({"study": key, "sop_uids": [str(ds.SOPInstanceUID) for ds in datasets],
                                    "at": time.monotonic()})
         self.spool.finish(folder)
+
+
+def _log_reading_warning(key: str, warning: str) -> None:
+    """A reading warning; a skipped file (``<series>/<sop>.dcm: fault``) is named by its SOP Instance UID."""
+    where, _, fault = warning.partition(": ")
+    if fault and where.endswith(".dcm"):
+        log.error("bad instance %s of study %s skipped: %s", Path(where).stem, key, fault)
+    else:
+        log.warning("study %s: %s", key, warning)
 
 
 def _instance_fault(ds: Dataset, sop_uid: str, study_uid: str, series_uid: str) -> str | None:
