@@ -147,3 +147,25 @@ def test_serve_answers_the_dicom_results_as_a_zip(dicom_checkpoint: Path, bleed_
     assert len(datasets) == len(predicted["files"])
     bad = client.post("/v1/predict/dicom", files=[("files", ("x.dcm", b"not dicom at all", "application/dicom"))])
     assert bad.status_code in (415, 422) and "upload" in bad.text
+
+
+def test_stroke_classes_provenance_and_codes(predicted: dict, bleed_study: Path) -> None:
+    slices = [{**s, "probabilities": {"non-stroke": 0.2, "stroke": 0.8}, "positive": ["stroke"]}
+              for s in predicted["result"]["slices"]]
+    result = {"study": predicted["result"]["study"], "slices": slices,
+              "model": {"name": "strokenext-t", "version": "9.9", "labels": ["non-stroke", "stroke"],
+                        "thresholds": {"non-stroke": 0.5, "stroke": 0.5}},
+              "study_probabilities": {"non-stroke": 0.25, "stroke": 0.75}, "study_positive": ["stroke"]}
+    config = {"temperature": 1.5, "provenance": {"data": "teknofest-2021", "commit": "abc123"}}
+    headers = dicom_out.source_headers(bleed_study, [s["uid"] for s in slices])
+    sr = dicom_out.build_report(result, config, headers)
+    report = dicom_out.read_report(sr)
+    assert {k: (v["present"], v["probability"]) for k, v in report["findings"].items()} == {
+        "non-stroke": (False, 0.25), "stroke": (True, 0.75)}
+    assert 'provenance={"commit": "abc123", "data": "teknofest-2021"}' in report["parameters"]
+    assert "temperature=1.5" in report["parameters"]
+    group = sr.ContentSequence[-1].ContentSequence[-1]  # the last measurement group: "stroke"
+    codes_used = {(c.ConceptCodeSequence[0].CodeValue, c.ConceptCodeSequence[0].CodingSchemeDesignator)
+                  for c in group.ContentSequence if c.ValueType == "CODE"}
+    assert ("230690007", "SCT") in codes_used  # SNOMED CT "Cerebrovascular accident" as the finding type
+    assert sr.SOPInstanceUID != predicted["sr"][0].SOPInstanceUID  # another model, another report

@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -56,6 +56,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from headct import __version__, atomic
 from headct.errors import InputError
 from headct.io.privacy import short_hash
+
+if TYPE_CHECKING:
+    from headct.predict import Predictor, StudyInput
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +285,7 @@ def with_legend(rgb: np.ndarray, lines: Sequence[str], min_width: int = 384) -> 
 
 # --- one study -------------------------------------------------------------------
 
-def study_datasets(predictor: Any, study: Any, result: dict[str, Any],
+def study_datasets(predictor: Predictor, study: StudyInput, result: dict[str, Any],
                    max_overlays: int | None = MAX_OVERLAYS_PER_LABEL) -> list[Dataset]:
     """The SR and the Grad-CAM secondary captures of one predicted study (``Predictor``, ``StudyInput``).
 
@@ -314,7 +317,7 @@ def top_positive(result: dict[str, Any], per_label: int | None) -> dict[str, Any
     return {**result, "slices": slices}
 
 
-def results_zip(predictor: Any, source: str | Path) -> bytes:
+def results_zip(predictor: Predictor, source: str | Path) -> bytes:
     """One study's DICOM results (SR + captures) as a zip, ``<SOPInstanceUID>.dcm`` each (``headct serve``)."""
     import io
     import zipfile
@@ -350,7 +353,7 @@ def encode(ds: Dataset) -> bytes:
     return bytes(buffer.getvalue())
 
 
-def write_study_dicom(predictor: Any, study: Any, result: dict[str, Any], out: str | Path) -> list[Path]:
+def write_study_dicom(predictor: Predictor, study: StudyInput, result: dict[str, Any], out: str | Path) -> list[Path]:
     """``headct predict --dicom-out OUT``: the study's SR and captures under ``OUT/<study>/``."""
     datasets = study_datasets(predictor, study, result)
     paths = write_datasets(Path(out) / short_hash(result["study"]), datasets)

@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -49,6 +49,9 @@ from pynetdicom.sop_class import Verification
 
 from headct.errors import InputError
 from headct.io.privacy import short_hash
+
+if TYPE_CHECKING:
+    from headct.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +196,7 @@ def send_stow(datasets: Sequence[Dataset], url: str) -> None:
 class Node:
     """The Storage SCP, its spool, and the worker thread that predicts complete studies."""
 
-    def __init__(self, predictor: Any, spool: str | Path, *, ae_title: str = "HEADCT", host: str = "0.0.0.0",
+    def __init__(self, predictor: Predictor, spool: str | Path, *, ae_title: str = "HEADCT", host: str = "0.0.0.0",
                  port: int = 11112, quiet_seconds: float = 10.0, send_to: Destination | None = None,
                  stow: str | None = None) -> None:
         self.predictor = predictor
