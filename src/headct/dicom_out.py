@@ -177,6 +177,10 @@ def build_report(result: dict[str, Any], config: dict[str, Any], headers: dict[s
         sop_instance_uid=_uid(result, card, "sr"), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = f"headct findings ({RESEARCH_NOTICE})"[:64]
+    scheme = Dataset()  # the private scheme declared, as PS3.3 C.12.1.1.2 asks of local coding schemes
+    scheme.CodingSchemeDesignator, scheme.CodingSchemeName = PRIVATE_SCHEME, "headct labels and parameters"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [scheme]
     sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return sr
 
