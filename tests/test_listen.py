@@ -122,6 +122,33 @@ def test_a_bad_instance_is_logged_by_uid_and_the_study_goes_on(start_node: Calla
     assert "PHANTOM" not in caplog.text and broken.StudyInstanceUID not in "\n".join(lines)
 
 
+def test_results_are_sent_again_when_the_destination_comes_back(start_node: Callable[..., Node], bleed_study: Path,
+                                                                free_port: Callable[[], int],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    port = free_port()  # nothing listens there yet
+    node = start_node(send_to=Destination("PACS", "127.0.0.1", port), retry_seconds=0.5)
+    with caplog.at_level(logging.INFO, logger="headct"):
+        assert store(study_files(bleed_study), node.port) == [0] * len(study_files(bleed_study))
+        wait_for(lambda: "results not delivered" in caplog.text, 300, "a failed delivery")
+    assert len(list((node.spool.root / "processing").iterdir())) == 1  # kept for another attempt
+    received: list[str] = []
+    pacs = AE(ae_title="PACS")
+    for context in AllStoragePresentationContexts:
+        pacs.add_supported_context(context.abstract_syntax)
+    handlers = [(evt.EVT_C_STORE, lambda event: received.append(str(event.request.AffectedSOPClassUID)) or 0)]
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        wait_for(lambda: node.delivered, 300, "the delivery once the destination is up")
+    finally:
+        server.shutdown()
+    sr_class, sc_class = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+    assert set(received) == {sr_class, sc_class} and received.count(sr_class) == 1
+    assert wait_for(node.idle, 10, "the node to be idle")
+    assert not any((node.spool.root / "processing").iterdir())
+
+
 def test_study_in_results_out_to_orthanc_by_c_store(start_node: Callable[..., Node], orthanc: object,
                                                     bleed_study: Path, predictor: Predictor) -> None:
     node = start_node(send_to=Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port))

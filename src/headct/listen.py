@@ -16,8 +16,9 @@ Storage SCP (and Verification, C-ECHO):
 - The worker predicts it, builds the DICOM results (``headct.dicom_out``), sends
   them to ``--send-to`` by C-STORE and/or to ``--stow`` by STOW-RS
   (dicomweb-client) and deletes the spooled study. A study whose results could
-  not be sent stays in ``processing/`` and is retried on the next start; one
-  that cannot be read is moved to ``failed/``.
+  not be sent stays in ``processing/`` and is tried again after 30 s, doubling
+  up to 15 min (and on the next start); one that cannot be read is moved to
+  ``failed/``.
 - On start, spooled studies are resumed: ``processing/`` ones at once,
   ``incoming/`` ones after a fresh quiet period (the rest of the study may
   still be on its way).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import queue
 import re
@@ -37,6 +39,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,8 @@ DATASET_DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _POLL_SECONDS = 0.2
+RETRY_SECONDS = 30.0
+MAX_RETRY_SECONDS = 900.0
 
 
 @dataclass
@@ -198,18 +203,21 @@ class Node:
 
     def __init__(self, predictor: Predictor, spool: str | Path, *, ae_title: str = "HEADCT", host: str = "0.0.0.0",
                  port: int = 11112, quiet_seconds: float = 10.0, send_to: Destination | None = None,
-                 stow: str | None = None) -> None:
+                 stow: str | None = None, retry_seconds: float = RETRY_SECONDS) -> None:
         self.predictor = predictor
         self.spool = Spool(spool)
         self.ae_title, self.host, self.port = ae_title, host, port
         self.quiet_seconds = quiet_seconds
         self.send_to, self.stow = send_to, stow
-        self.delivered: list[dict[str, Any]] = []  # per study: key, sop uids sent, when (monotonic)
+        self.retry_seconds = retry_seconds
+        self.delivered: deque[dict[str, Any]] = deque(maxlen=1000)  # recent: key, sop uids sent, when (monotonic)
+        self._retries: dict[Path, tuple[float, float]] = {}  # study folder -> (due, next delay), watcher-owned
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._busy = threading.Event()
+        self._retry_lock = threading.Lock()
 
     def start(self) -> Node:
         """Resume the spool, start the worker, the quiet-period watcher and the SCP (non-blocking)."""
@@ -242,7 +250,9 @@ class Node:
 
     def idle(self) -> bool:
         """Nothing received but unprocessed, nothing queued, nothing being predicted."""
-        return self.spool.receiving() == 0 and self._queue.empty() and not self._busy.is_set()
+        with self._retry_lock:
+            retrying = bool(self._retries)
+        return self.spool.receiving() == 0 and self._queue.empty() and not self._busy.is_set() and not retrying
 
     # --- receiving ---
 
@@ -274,6 +284,20 @@ class Node:
             for study in self.spool.claim_quiet(self.quiet_seconds):
                 log.info("study %s complete (quiet %.1f s)", _study_key(study), self.quiet_seconds)
                 self._queue.put(study)
+            now = time.monotonic()
+            with self._retry_lock:
+                due = [study for study, (when, _) in self._retries.items() if when <= now]
+                for study in due:  # queued once: not due again until this attempt fails
+                    self._retries[study] = (math.inf, self._retries[study][1])
+            for study in due:
+                self._queue.put(study)
+
+    def _retry_later(self, study: Path) -> float:
+        """Schedule another delivery attempt of ``study``; the delay doubles up to MAX_RETRY_SECONDS."""
+        with self._retry_lock:
+            _, delay = self._retries.get(study, (0.0, self.retry_seconds))
+            self._retries[study] = (time.monotonic() + delay, min(2 * delay, MAX_RETRY_SECONDS))
+        return delay
 
     # --- predicting and sending ---
 
@@ -285,13 +309,19 @@ class Node:
             self._busy.set()
             try:
                 self.process(study)
+                with self._retry_lock:
+                    self._retries.pop(study, None)
+            except SendError as err:
+                delay = self._retry_later(study)
+                log.error("study %s: results not delivered (%s); trying again in %.1f s",
+                          _study_key(study), err, delay)
             except Exception:  # a bug must not kill the node: log it and keep the study for a retry
                 log.exception("study %s: unexpected failure; kept in the spool", _study_key(study))
             finally:
                 self._busy.clear()
 
     def process(self, folder: Path) -> None:
-        """Predict one spooled study, send its DICOM results, then drop it from the spool."""
+        """Predict one spooled study, send its DICOM results, then drop it from the spool (SendError: kept)."""
         from headct.dicom_out import study_datasets
         from headct.predict import read_studies
 
@@ -308,15 +338,11 @@ class Node:
             log.error("study %s cannot be predicted and is set aside: %s", key, err.fault)
             self.spool.fail(folder)
             return
-        for result, datasets in outputs:
-            try:
-                if self.send_to is not None:
-                    send_c_store(datasets, self.send_to, self.ae_title)
-                if self.stow:
-                    send_stow(datasets, self.stow)
-            except SendError as err:
-                log.error("study %s: results not delivered (%s); kept for the next start", key, err)
-                return
+        for result, datasets in outputs:  # a SendError leaves the study spooled, for another attempt
+            if self.send_to is not None:
+                send_c_store(datasets, self.send_to, self.ae_title)
+            if self.stow:
+                send_stow(datasets, self.stow)
             positive = ", ".join(result["study_positive"]) or "nothing"
             log.info("study %s: %s found; SR and %d captures sent", key, positive, len(datasets) - 1)
             self.delivered.append({"study": key, "sop_uids": [str(ds.SOPInstanceUID) for ds in datasets],
