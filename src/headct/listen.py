@@ -326,27 +326,37 @@ class Node:
         from headct.predict import read_studies
 
         key = _study_key(folder)
+        started = time.perf_counter()
         try:
             studies = read_studies(folder)
             for warning in (w for s in studies for w in s.warnings):
                 _log_reading_warning(key, warning)
             outputs = []
             for study in studies:
+                predicted = time.perf_counter()
                 result = self.predictor.predict_study(study)
-                outputs.append((result, study_datasets(self.predictor, study, result)))
+                built = time.perf_counter()
+                datasets = study_datasets(self.predictor, study, result)
+                seconds = {"read_s": predicted - started, "predict_s": built - predicted,
+                           "dicom_s": time.perf_counter() - built}
+                outputs.append((result, datasets, seconds))
+                started = time.perf_counter()
         except InputError as err:
             log.error("study %s cannot be predicted and is set aside: %s", key, err.fault)
             self.spool.fail(folder)
             return
-        for result, datasets in outputs:  # a SendError leaves the study spooled, for another attempt
+        for result, datasets, seconds in outputs:  # a SendError leaves the study spooled, for another attempt
+            sending = time.perf_counter()
             if self.send_to is not None:
                 send_c_store(datasets, self.send_to, self.ae_title)
             if self.stow:
                 send_stow(datasets, self.stow)
+            seconds["send_s"] = time.perf_counter() - sending
             positive = ", ".join(result["study_positive"]) or "nothing"
-            log.info("study %s: %s found; SR and %d captures sent", key, positive, len(datasets) - 1)
+            log.info("study %s: %s found; SR and %d captures sent (%s)", key, positive, len(datasets) - 1,
+                     ", ".join(f"{name[:-2]} {value:.2f} s" for name, value in seconds.items()))
             self.delivered.append({"study": key, "sop_uids": [str(ds.SOPInstanceUID) for ds in datasets],
-                                   "at": time.monotonic()})
+                                   "at": time.monotonic(), "seconds": seconds})
         self.spool.finish(folder)
 
 
