@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -57,6 +57,7 @@ def store(items: Sequence[Path | pydicom.Dataset], port: int) -> list[int]:
     ae = AE(ae_title="SCANNER")
     for sop_class in (CTImageStorage, MRImageStorage):
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    ae.add_requested_context(CTImageStorage, RLELossless)
     assoc = ae.associate("127.0.0.1", port, ae_title="HEADCT")
     assert assoc.is_established
     try:
@@ -95,13 +96,17 @@ def test_echo_refusals_and_bad_instances(start_node: Callable[..., Node], bleed_
     mr = pydicom.dcmread(study_files(bleed_study)[2])
     mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
     del second.PixelData
+    rle = pydicom.dcmread(study_files(bleed_study)[3])
+    rle.compress(RLELossless)
     with caplog.at_level(logging.INFO, logger="headct"):
-        statuses = store([mr, second, first], node.port)
-    assert statuses == [SOP_CLASS_NOT_SUPPORTED, DATASET_DOES_NOT_MATCH, 0]
-    spooled = list((node.spool.root / "incoming").rglob("*.dcm"))
-    # acknowledged = on disk: the good instance is spooled (before the answer), the refused ones are not
-    assert [p.name for p in spooled] == [f"{first.SOPInstanceUID}.dcm"]
-    assert pydicom.dcmread(spooled[0]).SOPInstanceUID == first.SOPInstanceUID
+        statuses = store([mr, second, first, rle], node.port)
+    assert statuses == [SOP_CLASS_NOT_SUPPORTED, DATASET_DOES_NOT_MATCH, 0, 0]
+    spooled = sorted((node.spool.root / "incoming").rglob("*.dcm"))
+    # acknowledged = on disk: the good instances are spooled (before the answer), the refused ones are not
+    assert sorted(p.name for p in spooled) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in (first, rle))
+    by_uid = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in spooled}
+    assert (by_uid[rle.SOPInstanceUID].pixel_array == pydicom.dcmread(study_files(bleed_study)[3]).pixel_array).all()
+    assert by_uid[rle.SOPInstanceUID].file_meta.TransferSyntaxUID == RLELossless  # kept as sent, no transcoding
     assert f"bad instance {second.SOPInstanceUID} skipped: it has no pixel data" in caplog.text
     assert first.PatientID not in caplog.text and "PHANTOM" not in caplog.text
 

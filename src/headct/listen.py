@@ -4,7 +4,9 @@
 [--send-to AET@HOST:PORT] [--stow URL] [--quiet-seconds 10]`` runs a pynetdicom
 Storage SCP (and Verification, C-ECHO):
 
-- CT Image Storage is accepted; any other storage SOP class gets the C-STORE
+- CT Image Storage is accepted, uncompressed or in any transfer syntax pydicom
+  can decode here (JPEG, JPEG-LS, JPEG 2000, RLE with the pylibjpeg plugins);
+  any other storage SOP class gets the C-STORE
   status 0x0122 (Refused: SOP Class not supported). An instance without usable
   UIDs or pixel data is logged by SOP Instance UID, answered 0xA900 and skipped.
 - Each instance is written to ``DIR/incoming/<study>/<series>/<sop>.dcm``
@@ -232,7 +234,10 @@ class Node:
         ae.maximum_pdu_size = 0
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:  # accept all, refuse non-CT with a status
-            ae.add_supported_context(context.abstract_syntax)
+            if context.abstract_syntax not in ACCEPTED_SOP_CLASSES:
+                ae.add_supported_context(context.abstract_syntax)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, decodable_transfer_syntaxes())
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store)]
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
@@ -358,6 +363,22 @@ class Node:
             self.delivered.append({"study": key, "sop_uids": [str(ds.SOPInstanceUID) for ds in datasets],
                                    "at": time.monotonic(), "seconds": seconds})
         self.spool.finish(folder)
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data pydicom can decode here (its plugins, e.g. pylibjpeg), uncompressed
+    first: what the SCP accepts for CT, so a PACS sends compressed studies without transcoding."""
+    from pydicom.pixels import get_decoder
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+
+    usable = []
+    for uid in ALL_TRANSFER_SYNTAXES:
+        try:
+            if get_decoder(uid).is_available:
+                usable.append(uid)
+        except NotImplementedError:  # no decoder for it in pydicom at all (video, JPIP, JPEG XL)
+            continue
+    return usable
 
 
 def _log_reading_warning(key: str, warning: str) -> None:
