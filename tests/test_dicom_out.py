@@ -169,3 +169,16 @@ def test_stroke_classes_provenance_and_codes(predicted: dict, bleed_study: Path)
                   for c in group.ContentSequence if c.ValueType == "CODE"}
     assert ("230690007", "SCT") in codes_used  # SNOMED CT "Cerebrovascular accident" as the finding type
     assert sr.SOPInstanceUID != predicted["sr"][0].SOPInstanceUID  # another model, another report
+
+
+@pytest.mark.parametrize(("cosines", "expected"), [
+    ([1, 0, 0, 0, 1, 0], ("L", "P")),        # axial, as scanners write it
+    ([-1, 0, 0, 0, -1, 0], ("R", "A")),      # axial, flipped both ways
+    ([0, 1, 0, 0, 0, -1], ("P", "F")),       # sagittal
+    ([0.98, 0.17, 0, -0.17, 0.98, 0], ("L", "P")),  # a slightly rotated axial
+])
+def test_patient_orientation_follows_the_slice(cosines: list[float], expected: tuple[str, str]) -> None:
+    ref = pydicom.Dataset()
+    ref.ImageOrientationPatient = cosines
+    assert dicom_out.patient_orientation(ref) == expected
+    assert dicom_out.patient_orientation(pydicom.Dataset()) == ("L", "P")  # no orientation: the axial default

@@ -253,7 +253,7 @@ def build_overlays(overlays: Iterable[tuple[str, int, str, np.ndarray]], result:
             ref_dataset=ref, pixel_array=with_legend(rgb, legend), photometric_interpretation="RGB",
             bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=series_uid,
             series_number=SC_SERIES_NUMBER, sop_instance_uid=_uid(result, card, "sc", slice_uid, label),
-            instance_number=number, manufacturer=MANUFACTURER, patient_orientation=("L", "P"),
+            instance_number=number, manufacturer=MANUFACTURER, patient_orientation=patient_orientation(ref),
             transfer_syntax_uid=ExplicitVRLittleEndian)
         image.BurnedInAnnotation = "YES"
         image.BodyPartExamined = str(ref.get("BodyPartExamined") or "HEAD")
@@ -265,6 +265,24 @@ def build_overlays(overlays: Iterable[tuple[str, int, str, np.ndarray]], result:
         image.SourceImageSequence = [source]
         images.append(image)
     return images
+
+
+def patient_orientation(ref: Dataset) -> tuple[str, str]:
+    """Patient Orientation (row, column directions) of a slice from its ImageOrientationPatient, e.g. ("L", "P")
+    for a standard axial slice; the dominant axis only, as Patient Orientation allows one letter per axis."""
+    try:
+        cosines = [float(v) for v in ref.ImageOrientationPatient]
+    except (AttributeError, TypeError, ValueError):
+        return ("L", "P")
+    if len(cosines) != 6:
+        return ("L", "P")
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))  # +x is patient left, +y posterior, +z head
+
+    def letter(vector: list[float]) -> str:
+        axis = int(np.argmax(np.abs(vector)))
+        return letters[axis][0 if vector[axis] >= 0 else 1]
+
+    return letter(cosines[:3]), letter(cosines[3:])
 
 
 def with_legend(rgb: np.ndarray, lines: Sequence[str], min_width: int = 384) -> np.ndarray:
