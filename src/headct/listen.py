@@ -213,19 +213,19 @@ class Node:
         self.send_to, self.stow = send_to, stow
         self.retry_seconds = retry_seconds
         self.delivered: deque[dict[str, Any]] = deque(maxlen=1000)  # recent: key, sop uids sent, when (monotonic)
-        self._retries: dict[Path, tuple[float, float]] = {}  # study folder -> (due, next delay), watcher-owned
+        self._retries: dict[Path, tuple[float, float]] = {}  # study folder -> (due, next delay); _lock
         self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._pending = 0  # studies queued or being processed; _lock
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
-        self._busy = threading.Event()
-        self._retry_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def start(self) -> Node:
         """Resume the spool, start the worker, the quiet-period watcher and the SCP (non-blocking)."""
         for study in self.spool.resume():
             log.info("resuming spooled study %s", _study_key(study))
-            self._queue.put(study)
+            self._enqueue(study)
         self._threads = [threading.Thread(target=self._work, name="headct-predict", daemon=True),
                          threading.Thread(target=self._watch, name="headct-quiet", daemon=True)]
         for thread in self._threads:
@@ -245,7 +245,7 @@ class Node:
         return self
 
     def stop(self) -> None:
-        """Stop accepting associations, let the worker finish its study, stop the threads."""
+        """Stop accepting associations, let the worker finish the study it is on, stop the threads."""
         if self._server is not None:
             self._server.shutdown()
         self._stop.set()
@@ -254,10 +254,15 @@ class Node:
             thread.join(timeout=120)
 
     def idle(self) -> bool:
-        """Nothing received but unprocessed, nothing queued, nothing being predicted."""
-        with self._retry_lock:
-            retrying = bool(self._retries)
-        return self.spool.receiving() == 0 and self._queue.empty() and not self._busy.is_set() and not retrying
+        """Nothing received but unprocessed, nothing queued or being predicted, no delivery to retry."""
+        with self._lock:
+            busy = self._pending > 0 or bool(self._retries)
+        return not busy and self.spool.receiving() == 0
+
+    def _enqueue(self, study: Path) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put(study)
 
     # --- receiving ---
 
@@ -286,20 +291,27 @@ class Node:
 
     def _watch(self) -> None:
         while not self._stop.wait(_POLL_SECONDS):
-            for study in self.spool.claim_quiet(self.quiet_seconds):
-                log.info("study %s complete (quiet %.1f s)", _study_key(study), self.quiet_seconds)
-                self._queue.put(study)
-            now = time.monotonic()
-            with self._retry_lock:
-                due = [study for study, (when, _) in self._retries.items() if when <= now]
-                for study in due:  # queued once: not due again until this attempt fails
-                    self._retries[study] = (math.inf, self._retries[study][1])
-            for study in due:
-                self._queue.put(study)
+            try:
+                self._queue_ready()
+            except OSError as err:  # the spool's disk: log it, keep watching
+                log.error("spool: %s", err.strerror)
+
+    def _queue_ready(self) -> None:
+        """Queue the studies whose quiet period is over and the deliveries due for another attempt."""
+        for study in self.spool.claim_quiet(self.quiet_seconds):
+            log.info("study %s complete (quiet %.1f s)", _study_key(study), self.quiet_seconds)
+            self._enqueue(study)
+        now = time.monotonic()
+        with self._lock:
+            due = [study for study, (when, _) in self._retries.items() if when <= now]
+            for study in due:  # queued once: not due again until this attempt fails
+                self._retries[study] = (math.inf, self._retries[study][1])
+        for study in due:
+            self._enqueue(study)
 
     def _retry_later(self, study: Path) -> float:
         """Schedule another delivery attempt of ``study``; the delay doubles up to MAX_RETRY_SECONDS."""
-        with self._retry_lock:
+        with self._lock:
             _, delay = self._retries.get(study, (0.0, self.retry_seconds))
             self._retries[study] = (time.monotonic() + delay, min(2 * delay, MAX_RETRY_SECONDS))
         return delay
@@ -309,12 +321,11 @@ class Node:
     def _work(self) -> None:
         while True:
             study = self._queue.get()
-            if study is None:
-                return
-            self._busy.set()
+            if study is None or self._stop.is_set():
+                return  # stopping: what is still queued stays in processing/ and resumes at the next start
             try:
                 self.process(study)
-                with self._retry_lock:
+                with self._lock:
                     self._retries.pop(study, None)
             except SendError as err:
                 delay = self._retry_later(study)
@@ -323,7 +334,8 @@ class Node:
             except Exception:  # a bug must not kill the node: log it and keep the study for a retry
                 log.exception("study %s: unexpected failure; kept in the spool", _study_key(study))
             finally:
-                self._busy.clear()
+                with self._lock:
+                    self._pending -= 1
 
     def process(self, folder: Path) -> None:
         """Predict one spooled study, send its DICOM results, then drop it from the spool (SendError: kept)."""
