@@ -155,10 +155,13 @@ def test_results_are_sent_again_when_the_destination_comes_back(start_node: Call
 
 
 def test_study_in_results_out_to_orthanc_by_c_store(start_node: Callable[..., Node], orthanc: object,
-                                                    bleed_study: Path, predictor: Predictor) -> None:
+                                                    bleed_study: Path, predictor: Predictor,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     node = start_node(send_to=Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port))
-    assert store(study_files(bleed_study), node.port) == [0] * len(study_files(bleed_study))
-    wait_for(lambda: node.delivered, 300, "the results to be delivered")
+    with caplog.at_level(logging.INFO):
+        assert store(study_files(bleed_study), node.port) == [0] * len(study_files(bleed_study))
+        wait_for(lambda: node.delivered, 300, "the results to be delivered")
+    assert "PHANTOM" not in caplog.text  # the PatientID, in no log of headct, pynetdicom or pydicom
     (sr,) = orthanc.datasets("SR")
     report = read_report(sr)
     source = pydicom.dcmread(study_files(bleed_study)[0], stop_before_pixels=True)
@@ -222,6 +225,7 @@ def test_killed_while_receiving_then_restarted_gives_the_same_results(dicom_chec
     with listen_process(dicom_checkpoint, tmp_path / "uninterrupted", free_port(), destination) as process:
         assert store(files, _port_of(process)) == [0] * len(files)
         (reference,) = wait_for(lambda: orthanc.datasets("SR"), 300, "the uninterrupted run's SR")
+    assert process.returncode == 0  # SIGTERM: a clean stop
     reference_captures = sorted(c.SOPInstanceUID for c in orthanc.datasets("OT"))
     orthanc.clear()
 
