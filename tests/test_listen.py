@@ -66,10 +66,10 @@ def store(items: Sequence[Path | pydicom.Dataset], port: int) -> list[int]:
         assoc.release()
 
 
-def echo(port: int) -> bool:
+def echo(port: int, called: str = "HEADCT") -> bool:
     ae = AE(ae_title="SCANNER")
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="HEADCT")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         return False
     try:
@@ -92,6 +92,7 @@ def test_echo_refusals_and_bad_instances(start_node: Callable[..., Node], bleed_
                                          caplog: pytest.LogCaptureFixture) -> None:
     node = start_node(quiet_seconds=3600)
     assert echo(node.port)
+    assert not echo(node.port, called="SOMEONE-ELSE")  # called AE title checked
     first, second = (pydicom.dcmread(f) for f in study_files(bleed_study)[:2])
     mr = pydicom.dcmread(study_files(bleed_study)[2])
     mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage

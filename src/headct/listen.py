@@ -232,6 +232,7 @@ class Node:
             thread.start()
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = 0
+        ae.require_called_aet = True  # an association addressed to another AE title is rejected
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:  # accept all, refuse non-CT with a status
             if context.abstract_syntax not in ACCEPTED_SOP_CLASSES:
