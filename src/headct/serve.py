@@ -3,9 +3,10 @@
 ``create_app(predictor, limits)`` builds the FastAPI app; ``headct serve`` runs
 it with uvicorn. The answer to ``POST /v1/predict`` is exactly what
 ``Predictor.predict`` returns for the same study; ``POST /v1/predict/dicom``
-answers its DICOM SR and Grad-CAM captures (``headct.dicom_out``) as a zip. Uploads are checked before
-anything is decoded: total size (413), number of files (413), zip bombs
-(declared uncompressed size against the compressed size and a total cap, 413),
+answers its DICOM SR and Grad-CAM captures (``headct.dicom_out``) as a zip.
+Uploads are checked before anything is decoded: total size (413), number of
+files (413), zip bombs (declared uncompressed size against the compressed
+size and a total cap, 413),
 unsafe zip member names (400), content that is not DICOM (415) and uploads that
 hold no study or several (422). Every rejection is JSON ``{"detail": "..."}``.
 
