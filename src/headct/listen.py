@@ -6,8 +6,8 @@ Storage SCP (and Verification, C-ECHO):
 
 - CT Image Storage is accepted, uncompressed or in any transfer syntax pydicom
   can decode here (JPEG, JPEG-LS, JPEG 2000, RLE with the pylibjpeg plugins);
-  any other storage SOP class gets the C-STORE
-  status 0x0122 (Refused: SOP Class not supported). An instance without usable
+  any other storage SOP class gets the C-STORE status 0x0122 (Refused: SOP
+  Class not supported). An instance without usable
   UIDs or pixel data is logged by SOP Instance UID, answered 0xA900 and skipped.
 - Each instance is written to ``DIR/incoming/<study>/<series>/<sop>.dcm``
   (temporary file, fsync, rename, fsync of the folder) *before* the store is
@@ -272,7 +272,8 @@ class Node:
         sop_class = str(event.request.AffectedSOPClassUID)
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         if sop_class not in ACCEPTED_SOP_CLASSES:
-            log.warning("refused instance %s: SOP class %s is not CT image storage", sop_uid, sop_class)
+            log.warning("refused instance %s: SOP class %s is not CT image storage", _loggable(sop_uid),
+                        _loggable(sop_class))
             return SOP_CLASS_NOT_SUPPORTED
         try:
             ds = event.dataset
@@ -281,7 +282,7 @@ class Node:
         except Exception as err:  # pydicom cannot decode it, or a UID is missing
             fault = f"cannot be decoded ({type(err).__name__})"
         if fault:
-            log.error("bad instance %s skipped: %s", sop_uid if _UID.match(sop_uid) else "(no valid UID)", fault)
+            log.error("bad instance %s skipped: %s", _loggable(sop_uid), fault)
             return DATASET_DOES_NOT_MATCH
         try:
             self.spool.store(event.encoded_dataset(include_meta=True), study_uid, series_uid, sop_uid)
@@ -401,6 +402,11 @@ def _log_reading_warning(key: str, warning: str) -> None:
         log.error("bad instance %s of study %s skipped: %s", Path(where).stem, key, fault)
     else:
         log.warning("study %s: %s", key, warning)
+
+
+def _loggable(uid: str) -> str:
+    """A UID from the network as it may appear in a log: itself when it is a valid UID, else a placeholder."""
+    return uid if _UID.match(uid) and len(uid) <= 64 else "(no valid UID)"
 
 
 def _instance_fault(ds: Dataset, sop_uid: str, study_uid: str, series_uid: str) -> str | None:
