@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -86,6 +88,35 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str) -> obje
             return value
         time.sleep(0.2)
     pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+AE_TITLES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\@"),
+                   min_size=1, max_size=16)
+HOSTS = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True)
+
+
+@given(AE_TITLES, HOSTS, st.integers(1, 65535))
+def test_destination_parses_what_it_formats(ae_title: str, host: str, port: int) -> None:
+    assert Destination.parse(f"{ae_title}@{host}:{port}") == Destination(ae_title, host, port)
+
+
+@given(st.text(max_size=40))
+def test_destination_parse_accepts_only_the_documented_form(text: str) -> None:
+    try:
+        parsed = Destination.parse(text)
+    except ValueError as err:
+        assert "AET@HOST:PORT" in str(err)
+    else:
+        assert 1 <= len(parsed.ae_title) <= 16 and "@" not in parsed.ae_title and "\\" not in parsed.ae_title
+        assert parsed.host and 1 <= parsed.port <= 65535 and text.endswith(f":{text.rsplit(':', 1)[1]}")
+
+
+@pytest.mark.parametrize("text", ["PACS@host:0", "PACS@host:65536", "@host:104", "SEVENTEEN_CHARS_X@h:104",
+                                  "PA\\CS@host:104", "PACS@ho st:104", "PACS@host", "   @host:104",
+                                  "A@B@host:104"])
+def test_destination_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="AET@HOST:PORT"):
+        Destination.parse(text)
 
 
 def test_echo_refusals_and_bad_instances(start_node: Callable[..., Node], bleed_study: Path,

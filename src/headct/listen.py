@@ -81,11 +81,16 @@ class Destination:
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """``AET@HOST:PORT`` → Destination; ValueError naming the expected form otherwise."""
-        match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text)
-        if not match:
-            raise ValueError(f"--send-to must be AET@HOST:PORT, got {text!r}")
-        return cls(match[1], match[2], int(match[3]))
+        """``AET@HOST:PORT`` → Destination; ValueError naming the expected form otherwise.
+
+        The AE title is 1-16 printable ASCII characters without a backslash (DICOM's AE VR) or an
+        ``@``, not all spaces; the host a name, an IPv4 address or a bracketed IPv6 one; the port 1-65535.
+        """
+        match = re.fullmatch(r"([ -?A-\[\]-~]{1,16})@([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})", text)
+        if not match or not match[1].strip() or not 1 <= int(match[3]) <= 65535:
+            raise ValueError(f"--send-to must be AET@HOST:PORT (AE title 1-16 characters, port 1-65535), "
+                             f"got {text!r}")
+        return cls(match[1].strip(), match[2].strip("[]"), int(match[3]))
 
 
 # --- the spool -------------------------------------------------------------------
