@@ -64,6 +64,7 @@ def test_report_states_the_finding_probabilities_and_references(predicted: dict,
         assert finding["threshold"] == DICOM_THRESHOLDS[label]
         assert set(finding["instances"]) == instances
     assert f"analysed series {series_uid}" in report["parameters"]
+    assert "decision=probability >= threshold per label" in report["parameters"]
     assert "temperature=1" in report["parameters"]
 
 
@@ -156,12 +157,14 @@ def test_stroke_classes_provenance_and_codes(predicted: dict, bleed_study: Path)
               "model": {"name": "strokenext-t", "version": "9.9", "labels": ["non-stroke", "stroke"],
                         "thresholds": {"non-stroke": 0.5, "stroke": 0.5}},
               "study_probabilities": {"non-stroke": 0.25, "stroke": 0.75}, "study_positive": ["stroke"]}
-    config = {"temperature": 1.5, "provenance": {"data": "teknofest-2021", "commit": "abc123"}}
+    config = {"temperature": 1.5, "label_kind": "multiclass",
+              "provenance": {"data": "teknofest-2021", "commit": "abc123"}}
     headers = dicom_out.source_headers(bleed_study, [s["uid"] for s in slices])
     sr = dicom_out.build_report(result, config, headers)
     report = dicom_out.read_report(sr)
-    assert {k: (v["present"], v["probability"]) for k, v in report["findings"].items()} == {
-        "non-stroke": (False, 0.25), "stroke": (True, 0.75)}
+    assert {k: (v["present"], v["probability"], v["threshold"]) for k, v in report["findings"].items()} == {
+        "non-stroke": (False, 0.25, None), "stroke": (True, 0.75, None)}  # arg-max: no threshold decides
+    assert "decision=arg-max over the classes" in report["parameters"]
     assert 'provenance={"commit": "abc123", "data": "teknofest-2021"}' in report["parameters"]
     assert "temperature=1.5" in report["parameters"]
     group = sr.ContentSequence[-1].ContentSequence[-1]  # the last measurement group: "stroke"

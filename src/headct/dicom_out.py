@@ -145,19 +145,21 @@ def build_report(result: dict[str, Any], config: dict[str, Any], headers: dict[s
     algorithm = AlgorithmIdentification(
         name=str(card["name"]), version=str(card["version"]), manufacturer=MANUFACTURER,
         parameters=_algorithm_parameters(result, config))
+    argmax = _decides_by_argmax(config)
     groups = []
     for label in card["labels"]:
         concept = label_concept(label)
+        measurements = [Measurement(codes.DCM.Probability, float(result["study_probabilities"][label]),
+                                    codes.UCUM.NoUnits)]
+        if not argmax:  # a multi-class model decides by arg-max: its thresholds decide nothing
+            measurements.append(Measurement(THRESHOLD, float(card["thresholds"][label]), codes.UCUM.NoUnits))
         groups.append(MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(
                 uid=_uid(result, card, "group", label), identifier=f"headct {label}"),
             finding_type=concept,
             algorithm_id=algorithm,
             source_images=sources,
-            measurements=[
-                Measurement(codes.DCM.Probability, float(result["study_probabilities"][label]), codes.UCUM.NoUnits),
-                Measurement(THRESHOLD, float(card["thresholds"][label]), codes.UCUM.NoUnits),
-            ],
+            measurements=measurements,
             qualitative_evaluations=[
                 QualitativeEvaluation(concept, PRESENT if label in result["study_positive"] else ABSENT)],
         ))
@@ -187,7 +189,8 @@ def build_report(result: dict[str, Any], config: dict[str, Any], headers: dict[s
 
 def _algorithm_parameters(result: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Temperature, provenance and the series analysed / rejected, as TID 4019 parameter texts."""
-    parameters = [f"temperature={float(config.get('temperature') or 1.0):g}",
+    decision = "arg-max over the classes" if _decides_by_argmax(config) else "probability >= threshold per label"
+    parameters = [f"temperature={float(config.get('temperature') or 1.0):g}", f"decision={decision}",
                   f"headct={__version__}"]
     if config.get("provenance"):
         parameters.append("provenance=" + json.dumps(config["provenance"], sort_keys=True))
@@ -212,7 +215,7 @@ def read_report(sr: Dataset) -> dict[str, Any]:
         findings[label] = {
             "present": evaluation.value == PRESENT,
             "probability": values[(codes.DCM.Probability.value, "DCM")],
-            "threshold": values[(THRESHOLD.value, PRIVATE_SCHEME)],
+            "threshold": values.get((THRESHOLD.value, PRIVATE_SCHEME)),
             "instances": [image.referenced_sop_instance_uid for image in group.source_images],
         }
     evidence = sr.CurrentRequestedProcedureEvidenceSequence
@@ -238,7 +241,7 @@ def _texts(item: Dataset, code_value: str) -> list[str]:
 # --- the secondary captures ----------------------------------------------------
 
 def build_overlays(overlays: Iterable[tuple[str, int, str, np.ndarray]], result: dict[str, Any],
-                   headers: dict[str, Dataset]) -> list[hd.sc.SCImage]:
+                   headers: dict[str, Dataset], config: dict[str, Any]) -> list[hd.sc.SCImage]:
     """Secondary Captures of ``(slice SOP UID, slice index, label, rgb)`` overlays, one new series."""
     card = result["model"]
     series_uid = _uid(result, card, "sc-series")
@@ -247,7 +250,8 @@ def build_overlays(overlays: Iterable[tuple[str, int, str, np.ndarray]], result:
     for number, (slice_uid, index, label, rgb) in enumerate(overlays, start=1):
         ref = headers[slice_uid]
         p = float(probabilities[slice_uid][label])
-        legend = [f"{label}: p={p:.2f} (threshold {float(card['thresholds'][label]):.2f})",
+        decided = "arg-max" if _decides_by_argmax(config) else f"threshold {float(card['thresholds'][label]):.2f}"
+        legend = [f"{label}: p={p:.2f} ({decided})",
                   f"slice {index + 1} - {card['name']} {card['version']}", RESEARCH_NOTICE]
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ref, pixel_array=with_legend(rgb, legend), photometric_interpretation="RGB",
@@ -322,7 +326,7 @@ def study_datasets(predictor: Predictor, study: StudyInput, result: dict[str, An
     overlays = ((volume.slice_uids[position], position, label, rgb)
                 for volume, position, label, rgb in predictor.overlay_images(study, top_positive(result, max_overlays))
                 if volume.slice_uids and volume.slice_uids[position] in headers)
-    return [sr, *build_overlays(overlays, result, headers)]
+    return [sr, *build_overlays(overlays, result, headers, predictor.config)]
 
 
 def top_positive(result: dict[str, Any], per_label: int | None) -> dict[str, Any]:
@@ -381,6 +385,11 @@ def write_study_dicom(predictor: Predictor, study: StudyInput, result: dict[str,
     paths = write_datasets(Path(out) / short_hash(result["study"]), datasets)
     log.info("study %s: DICOM SR and %d secondary captures written", short_hash(result["study"]), len(paths) - 1)
     return paths
+
+
+def _decides_by_argmax(config: dict[str, Any]) -> bool:
+    """Whether the model's decision is the arg-max class (multi-class) rather than per-label thresholds."""
+    return (config.get("label_kind") or "multilabel") == "multiclass"
 
 
 def _evidence(result: dict[str, Any], headers: dict[str, Dataset]) -> list[Dataset]:
