@@ -402,7 +402,11 @@ def _evidence(result: dict[str, Any], headers: dict[str, Dataset]) -> list[Datas
 
 
 def _uid(result: dict[str, Any], card: dict[str, Any], *what: str) -> str:
-    """A UID fixed by the analysed instances, the model and what the UID is for."""
+    """A UID fixed by the analysed instances, the model, its study probabilities and what the UID is for.
+
+    The probabilities stand for the weights: another checkpoint under the same name gives other UIDs.
+    """
     instances = "|".join(s["uid"] for s in result["slices"])
     return generate_uid(entropy_srcs=["headct-result", str(card["name"]), str(card["version"]),
-                                      json.dumps(card["thresholds"], sort_keys=True), instances, *what])
+                                      json.dumps(card["thresholds"], sort_keys=True),
+                                      json.dumps(result["study_probabilities"], sort_keys=True), instances, *what])
