@@ -155,7 +155,7 @@ def test_a_bad_instance_is_logged_by_uid_and_the_study_goes_on(start_node: Calla
     lines = [r.getMessage() for r in caplog.records if r.name == "headct.listen"]
     assert any(line.startswith(f"bad instance {broken.SOPInstanceUID} ") and "skipped: pixel data is 100 bytes"
                in line for line in lines), lines
-    assert any("SR and" in line for line in lines)
+    assert any("SR and" in line and "made, no destination to send them to" in line for line in lines)
     assert "PHANTOM" not in caplog.text and broken.StudyInstanceUID not in "\n".join(lines)
 
 

@@ -377,7 +377,9 @@ class Node:
                 send_stow(datasets, self.stow)
             seconds["send_s"] = time.perf_counter() - sending
             positive = ", ".join(result["study_positive"]) or "nothing"
-            log.info("study %s: %s found; SR and %d captures sent (%s)", key, positive, len(datasets) - 1,
+            where = " and ".join(w for w, on in (("C-STORE", self.send_to), ("STOW-RS", self.stow)) if on)
+            log.info("study %s: %s found; SR and %d captures %s (%s)", key, positive, len(datasets) - 1,
+                     f"sent by {where}" if where else "made, no destination to send them to",
                      ", ".join(f"{name[:-2]} {value:.2f} s" for name, value in seconds.items()))
             self.delivered.append({"study": key, "sop_uids": [str(ds.SOPInstanceUID) for ds in datasets],
                                    "at": time.monotonic(), "seconds": seconds})
@@ -442,6 +444,8 @@ def listen_command(args: argparse.Namespace) -> int:
     send_to = Destination.parse(args.send_to) if args.send_to else None
     if send_to is None and not args.stow:
         log.warning("neither --send-to nor --stow given: results are computed and dropped")
+    if getattr(args, "verbose", 0) < 1:  # pynetdicom logs every association and store at INFO
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime)
     node = Node(predictor, args.spool, ae_title=args.ae_title, host=args.host, port=args.port,
                 quiet_seconds=args.quiet_seconds, send_to=send_to, stow=args.stow).start()
