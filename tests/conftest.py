@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,183 @@ def tree_snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
 def snapshot_outside() -> Callable[[Path, Path], dict[str, tuple[int, int]]]:
     """:func:`tree_snapshot`: compare before and after a run to prove nothing was written outside --out."""
     return tree_snapshot
+
+
+# --- DICOM results and the DICOM node (tests/test_dicom_out.py, tests/test_listen.py) ---------------
+
+RSNA_LABELS = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+DICOM_THRESHOLDS = {label: (0.0 if label in ("intraparenchymal", "any") else 1.0) for label in RSNA_LABELS}
+"""Frozen thresholds that make the (untrained) tiny model's findings known in advance: ICH and
+intraparenchymal present on every slice, the other subtypes absent."""
+
+
+@pytest.fixture(scope="session")
+def dicom_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RSNA checkpoint (mobilenetv2, 64 px) whose study findings are fixed by DICOM_THRESHOLDS."""
+    import torch
+
+    from headct.checkpoint import save_checkpoint
+    from headct.models.registry import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dicom-ckpt") / "model"
+    save_checkpoint(build_model("mobilenetv2", len(RSNA_LABELS)), path, size=64, task=",".join(RSNA_LABELS),
+                    labels=RSNA_LABELS, label_kind="multilabel", thresholds=DICOM_THRESHOLDS, temperature=1.0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bleed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One phantom study (rsna layout, 64 px, 6 slices) with an intracranial bleed: its DICOM folder."""
+    import json
+
+    from headct.phantom import PhantomConfig, write_phantom
+
+    root = tmp_path_factory.mktemp("bleed")
+    info = write_phantom(PhantomConfig(out=root, studies=4, size=64, slices=6, seed=3))
+    bleeding = [s for s in info["studies"] if s.get("lesions")]
+    assert bleeding, json.dumps(info["studies"])[:300]
+    return root / "dicom" / bleeding[0]["study_uid"]
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Gives free loopback TCP ports (see :func:`_free_port`)."""
+    return _free_port
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 (released before use: a server started right after binds it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OrthancServer:
+    """A running Orthanc on loopback: its ports, AE title and a few REST helpers (requests)."""
+
+    def __init__(self, http_port: int, dicom_port: int, ae_title: str = "ORTHANC") -> None:
+        self.http_port, self.dicom_port, self.ae_title = http_port, dicom_port, ae_title
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+
+    def get(self, path: str, **kw: object) -> object:
+        import requests
+
+        answer = requests.get(self.url + path, timeout=30, **kw)
+        answer.raise_for_status()
+        return answer.json() if "json" in answer.headers.get("content-type", "") else answer.content
+
+    def post(self, path: str, data: object) -> object:
+        import requests
+
+        answer = requests.post(self.url + path, data=data, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def put(self, path: str, data: object) -> None:
+        import requests
+
+        requests.put(self.url + path, data=data, timeout=30).raise_for_status()
+
+    def clear(self) -> None:
+        """Delete every stored patient (each test starts from an empty PACS)."""
+        import requests
+
+        for patient in self.get("/patients"):
+            requests.delete(f"{self.url}/patients/{patient}", timeout=30).raise_for_status()
+
+    def datasets(self, modality: str | None = None) -> list:
+        """Every stored instance, read back through /instances/{id}/file, optionally of one modality."""
+        import io
+
+        import pydicom
+
+        found = []
+        for instance in self.get("/instances"):
+            ds = pydicom.dcmread(io.BytesIO(self.get(f"/instances/{instance}/file")))
+            if modality is None or ds.Modality == modality:
+                found.append(ds)
+        return found
+
+
+def orthanc_plugin() -> str | None:
+    """Path of Orthanc's DICOMweb plugin, or None when Orthanc or the plugin is not installed."""
+    if not Path(ORTHANC).is_file():
+        return None
+    return next((str(p) for d in ORTHANC_PLUGIN_DIRS for p in sorted(Path(d).glob("libOrthancDicomWeb.so*"))),
+                None)
+
+
+@contextmanager
+def orthanc_running(root: Path) -> Iterator[OrthancServer]:
+    """Debian's Orthanc (+ DICOMweb) on free loopback ports, config and storage under ``root``; stopped on exit.
+
+    Also used by benchmarks/listen_latency.py.
+    """
+    import json
+    import subprocess
+    import time
+
+    import requests
+
+    plugin = orthanc_plugin()
+    if plugin is None:
+        raise FileNotFoundError("Orthanc with its DICOMweb plugin (Debian orthanc, orthanc-dicomweb)")
+    server = OrthancServer(_free_port(), _free_port())
+    config = {
+        "Name": "headct-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+        "HttpPort": server.http_port, "DicomPort": server.dicom_port, "DicomAet": server.ae_title,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "DicomServerEnabled": True, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+        "DicomCheckModalityHost": False, "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "SaveJobs": False, "StableAge": 1, "DicomModalities": {},
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "wb")  # noqa: SIM115 - open while the server runs
+    process = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):  # up to 30 s
+            if process.poll() is not None:
+                tail = (root / "orthanc.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Orthanc exited with {process.returncode}: {tail}")
+            try:
+                if requests.get(server.url + "/system", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("Orthanc did not answer on /system within 30 s")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """The session's Orthanc (see :func:`orthanc_running`); skipped only where Orthanc is not installed."""
+    if orthanc_plugin() is None:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (Debian packages orthanc, "
+                    "orthanc-dicomweb; .ci/run installs them)")
+    with orthanc_running(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture
+def orthanc(orthanc_server: OrthancServer) -> OrthancServer:
+    """The session's Orthanc, emptied for this test."""
+    orthanc_server.clear()
+    return orthanc_server

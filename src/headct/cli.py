@@ -181,6 +181,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx runs onnxruntime on the CPU (the onnx extra)")
     p.add_argument("--device", default=None, help="torch runtime: cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--dicom-out", metavar="DIR",
+                   help="also write a DICOM SR and Grad-CAM secondary captures per study here (the dicom extra)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="predict every study again (default: skip studies whose JSON is already in --out)")
     p.add_argument("--series", choices=["auto", "all"], default="auto",
@@ -193,6 +195,11 @@ def _run_predict(args: argparse.Namespace) -> int:
         require_extra("onnx", "onnx", "onnxruntime")
     from headct.predict import predict_command
 
+    if args.dicom_out:
+        require_extra("dicom", "highdicom")
+        from headct.dicom_out import results_writer
+
+        return predict_command(args, on_result=results_writer(args.dicom_out))
     return predict_command(args)
 
 
@@ -213,6 +220,24 @@ def _run_serve(args: argparse.Namespace) -> int:
     from headct.serve import serve_command
 
     return serve_command(args)
+
+
+def _add_listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--ae-title", default="HEADCT")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--spool", required=True, help="folder for received instances (survives restarts)")
+    p.add_argument("--quiet-seconds", type=float, default=10.0, help="a study is complete after this long quiet")
+    p.add_argument("--send-to", help="C-STORE results to AET@HOST:PORT")
+    p.add_argument("--stow", help="STOW-RS results to this DICOMweb URL")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from headct.listen import listen_command
+
+    return listen_command(args)
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -295,6 +320,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "explain": ("Grad-CAM maps, scored against lesion masks", _add_explain, _run_explain),
     "predict": ("predict studies with a checkpoint", _add_predict, _run_predict),
     "serve": ("HTTP prediction service", _add_serve, _run_serve),
+    "listen": ("DICOM node: CT studies in by C-STORE, SR and captures out", _add_listen, _run_listen),
     "export": ("export a checkpoint to ONNX", _add_export, _run_export),
     "bench": ("throughput, latency and memory of a model", _add_bench, _run_bench),
     "demo": ("phantom → prepare → train → evaluate → report, on this machine", _add_demo, _run_demo),

@@ -40,7 +40,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,29 +282,39 @@ class Predictor:
                                              f"{what.get(expected, expected)}; use a model trained on that input")
         return resample_slices(volume.pixels, self.input_size)
 
-    def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:
-        """Grad-CAM overlays (PNG) of every positive slice and label, at the slice's own resolution."""
+    def overlay_images(self, study: StudyInput, result: dict[str, Any]) -> Iterator[tuple[Volume, int, str, np.ndarray]]:
+        """Grad-CAM overlays (RGB) of every positive slice and label: ``(volume, position, label, rgb)``.
+
+        Each overlay is at the slice's own resolution; the PNG writer and the DICOM
+        secondary captures (``headct.dicom_out``) both draw from here.
+        """
         model = self._torch_model()
-        written: list[Path] = []
-        by_series = {}
+        by_series: dict[str | None, dict[str, list[int]]] = {}
         for entry in result["slices"]:
             for label in entry["positive"]:
                 if label not in NEGATIVE_CLASSES:
                     by_series.setdefault(entry["series"], {}).setdefault(label, []).append(entry["index"])
-        for number, volume in enumerate(study.volumes):
+        for volume in study.volumes:
             wanted = by_series.get(volume.series_uid, {})
             if not wanted:
                 continue
             pixels = self.model_input(volume, study.source)
-            prefix = f"s{number}_" if len(study.volumes) > 1 else ""
             for label, positions in wanted.items():
                 with self._lock:
                     cams = series_maps(model, pixels, positions, self.labels.index(label), None, self.batch_size)
                 for position, cam in zip(positions, cams, strict=True):
                     original = to_original(cam, volume.pixels.shape[1:])
-                    path = folder / f"{prefix}{position:03d}_{label}.png"
-                    write_png(path, overlay(volume.pixels[position], original, volume.kind))
-                    written.append(path)
+                    yield volume, position, label, overlay(volume.pixels[position], original, volume.kind)
+
+    def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:
+        """Grad-CAM overlays (PNG) of every positive slice and label, at the slice's own resolution."""
+        numbers = {id(volume): number for number, volume in enumerate(study.volumes)}
+        written: list[Path] = []
+        for volume, position, label, rgb in self.overlay_images(study, result):
+            prefix = f"s{numbers[id(volume)]}_" if len(study.volumes) > 1 else ""
+            path = folder / f"{prefix}{position:03d}_{label}.png"
+            write_png(path, rgb)
+            written.append(path)
         return written
 
     # --- helpers ----------------------------------------------------------------
@@ -486,11 +496,14 @@ def _is_nifti(path: Path) -> bool:
 
 # --- the command -------------------------------------------------------------
 
-def predict_command(args: argparse.Namespace) -> int:
+def predict_command(args: argparse.Namespace,
+                    on_result: Callable[[Predictor, StudyInput, dict[str, Any]], None] | None = None) -> int:
     """``headct predict PATH --model CKPT --out OUT [--overlays] [--no-resume]``: stream, resume, summarise.
 
     Under torchrun each process predicts every world_size-th source (gloo: several
     may share a GPU); rank 0 then writes the table in the order one process would.
+    ``on_result(predictor, study, result)`` runs after each study's JSON is written
+    (the CLI's ``--dicom-out`` hands the result to :mod:`headct.dicom_out` there).
     """
     if not Path(args.path).exists():  # before the model loads and before anything is written
         raise InputError(args.path, "no such file or folder")
@@ -528,6 +541,8 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.overlays:
             predictor.write_overlays(study, result, inside(out, Path("overlays") / name))
         write_json(inside(out, Path(f"{name}.json")), result)
+        if on_result is not None:
+            on_result(predictor, study, result)
         if streaming:
             append_csv(table, result, predictor.labels)
         new.append((position, result))

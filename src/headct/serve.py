@@ -2,9 +2,11 @@
 
 ``create_app(predictor, limits)`` builds the FastAPI app; ``headct serve`` runs
 it with uvicorn. The answer to ``POST /v1/predict`` is exactly what
-``Predictor.predict`` returns for the same study. Uploads are checked before
-anything is decoded: total size (413), number of files (413), zip bombs
-(declared uncompressed size against the compressed size and a total cap, 413),
+``Predictor.predict`` returns for the same study; ``POST /v1/predict/dicom``
+answers its DICOM SR and Grad-CAM captures (``headct.dicom_out``) as a zip.
+Uploads are checked before anything is decoded: total size (413), number of
+files (413), zip bombs (declared uncompressed size against the compressed
+size and a total cap, 413),
 unsafe zip member names (400), content that is not DICOM (415) and uploads that
 hold no study or several (422). Every rejection is JSON ``{"detail": "..."}``.
 
@@ -21,12 +23,12 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -80,6 +82,19 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None) -> FastA
         try:
             folder = await _receive_study(request, limits, workdir)
             return await run_in_threadpool(_predict_folder, predictor, folder)
+        finally:
+            await run_in_threadpool(shutil.rmtree, workdir, True)
+
+    @app.post("/v1/predict/dicom", openapi_extra=_UPLOAD_SCHEMA, response_model=None)
+    async def predict_dicom(request: Request) -> Response:
+        """The study's DICOM results (SR + Grad-CAM captures, ``headct.dicom_out``) as a zip."""
+        from headct.dicom_out import results_zip
+
+        workdir = Path(tempfile.mkdtemp(prefix="headct-serve-"))
+        try:
+            folder = await _receive_study(request, limits, workdir)
+            body = await run_in_threadpool(_predict_folder, predictor, folder, results_zip)
+            return Response(body, media_type="application/zip")
         finally:
             await run_in_threadpool(shutil.rmtree, workdir, True)
 
@@ -275,10 +290,10 @@ def _copy_at_most(src: Any, out: Any, declared: int) -> None:
 
 # --- predicting ------------------------------------------------------------
 
-def _predict_folder(predictor: Predictor, folder: Path) -> dict[str, Any]:
-    """Read the stored study and predict it; reading errors become 422 without server paths."""
+def _predict_folder(predictor: Predictor, folder: Path, make: Callable[[Predictor, Path], Any] | None = None) -> Any:
+    """Read the stored study and predict it (or ``make`` its answer); reading errors become 422 without server paths."""
     try:
-        return predictor.predict(folder)
+        return make(predictor, folder) if make else predictor.predict(folder)
     except InputError as err:
         fault = err.fault.replace(str(folder), "upload")
         raise HTTPException(422, f"the upload cannot be used: {fault}") from err
