@@ -223,15 +223,16 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_listen(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--ae-title", default="HEADCT")
+    p.add_argument("--model", required=True, help="checkpoint folder (RUN/best after headct train)")
+    p.add_argument("--ae-title", default="HEADCT", help="this node's AE title (called AE title it answers to)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--port", type=int, default=11112, help="DICOM port to listen on")
     p.add_argument("--spool", required=True, help="folder for received instances (survives restarts)")
     p.add_argument("--quiet-seconds", type=float, default=10.0, help="a study is complete after this long quiet")
-    p.add_argument("--send-to", help="C-STORE results to AET@HOST:PORT")
-    p.add_argument("--stow", help="STOW-RS results to this DICOMweb URL")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--send-to", metavar="AET@HOST:PORT", help="C-STORE the SR and captures to this DICOM node")
+    p.add_argument("--stow", metavar="URL", help="STOW-RS the SR and captures to this DICOMweb URL")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx runs onnxruntime on the CPU (the onnx extra)")
 
 
 def _run_listen(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ sees a duplicate, not a second report).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ from headct.errors import InputError
 from headct.io.privacy import short_hash
 
 if TYPE_CHECKING:
+    from headct.checkpoint import CheckpointConfig
     from headct.predict import Predictor, StudyInput
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ def analysed_and_rejected(result: dict[str, Any]) -> tuple[list[str], list[dict[
     return analysed, rejected
 
 
-def build_report(result: dict[str, Any], config: dict[str, Any], headers: dict[str, Dataset]) -> Comprehensive3DSR:
+def build_report(result: dict[str, Any], config: CheckpointConfig, headers: dict[str, Dataset]) -> Comprehensive3DSR:
     """The Comprehensive 3D SR (TID 1500) of one prediction, referencing its analysed instances."""
     evidence = _evidence(result, headers)
     card = result["model"]
@@ -187,13 +189,14 @@ def build_report(result: dict[str, Any], config: dict[str, Any], headers: dict[s
     return sr
 
 
-def _algorithm_parameters(result: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def _algorithm_parameters(result: dict[str, Any], config: CheckpointConfig) -> list[str]:
     """Temperature, provenance and the series analysed / rejected, as TID 4019 parameter texts."""
     decision = "arg-max over the classes" if _decides_by_argmax(config) else "probability >= threshold per label"
-    parameters = [f"temperature={float(config.get('temperature') or 1.0):g}", f"decision={decision}",
+    parameters = [f"temperature={config.applied_temperature:g}", f"decision={decision}",
                   f"headct={__version__}"]
-    if config.get("provenance"):
-        parameters.append("provenance=" + json.dumps(config["provenance"], sort_keys=True))
+    provenance = {k: v for k, v in dataclasses.asdict(config.provenance).items() if v is not None}
+    if provenance:
+        parameters.append("provenance=" + json.dumps(provenance, sort_keys=True))
     analysed, rejected = analysed_and_rejected(result)
     parameters += [f"analysed series {uid}" for uid in analysed]
     for item in rejected:
@@ -241,7 +244,7 @@ def _texts(item: Dataset, code_value: str) -> list[str]:
 # --- the secondary captures ----------------------------------------------------
 
 def build_overlays(overlays: Iterable[tuple[str, int, str, np.ndarray]], result: dict[str, Any],
-                   headers: dict[str, Dataset], config: dict[str, Any]) -> list[hd.sc.SCImage]:
+                   headers: dict[str, Dataset], config: CheckpointConfig) -> list[hd.sc.SCImage]:
     """Secondary Captures of ``(slice SOP UID, slice index, label, rgb)`` overlays, one new series."""
     card = result["model"]
     series_uid = _uid(result, card, "sc-series")
@@ -322,7 +325,7 @@ def study_datasets(predictor: Predictor, study: StudyInput, result: dict[str, An
     headers = source_headers(study.source, wanted) if study.source else {}
     if not headers:
         raise InputError(None, "DICOM output needs DICOM input (no source instance of the study could be read)")
-    config = predictor.config.to_dict()  # the config.json mapping the SR records
+    config = predictor.config
     sr = build_report(result, config, headers)
     overlays = ((volume.slice_uids[position], position, label, rgb)
                 for volume, position, label, rgb in predictor.overlay_images(study, top_positive(result, max_overlays))
@@ -388,9 +391,9 @@ def write_study_dicom(predictor: Predictor, study: StudyInput, result: dict[str,
     return paths
 
 
-def _decides_by_argmax(config: dict[str, Any]) -> bool:
+def _decides_by_argmax(config: CheckpointConfig) -> bool:
     """Whether the model's decision is the arg-max class (multi-class) rather than per-label thresholds."""
-    return (config.get("label_kind") or "multilabel") == "multiclass"
+    return (config.label_kind or "multilabel") == "multiclass"
 
 
 def _evidence(result: dict[str, Any], headers: dict[str, Dataset]) -> list[Dataset]:

@@ -352,9 +352,10 @@ class Node:
         key = _study_key(folder)
         started = time.perf_counter()
         try:
-            studies = read_studies(folder)
-            for warning in (w for s in studies for w in s.warnings):
-                _log_reading_warning(key, warning)
+            skipped: list[InputError] = []
+            studies = read_studies(folder, errors=skipped)
+            for err in skipped:  # a spooled file is <series>/<SOP Instance UID>.dcm: named by its UID
+                log.error("bad instance %s of study %s skipped: %s", Path(err.path or "?").stem, key, err.fault)
             outputs = []
             for study in studies:
                 predicted = time.perf_counter()
@@ -400,15 +401,6 @@ def decodable_transfer_syntaxes() -> list[str]:
         except NotImplementedError:  # no decoder for it in pydicom at all (video, JPIP, JPEG XL)
             continue
     return usable
-
-
-def _log_reading_warning(key: str, warning: str) -> None:
-    """A reading warning; a skipped file (``<series>/<sop>.dcm: fault``) is named by its SOP Instance UID."""
-    where, _, fault = warning.partition(": ")
-    if fault and where.endswith(".dcm"):
-        log.error("bad instance %s of study %s skipped: %s", Path(where).stem, key, fault)
-    else:
-        log.warning("study %s: %s", key, warning)
 
 
 def _loggable(uid: str) -> str:

@@ -369,7 +369,8 @@ def study_sources(path: Path) -> list[Path]:
     return [path]
 
 
-def read_studies(source: Path, series_rules: SelectionRules | None = None) -> list[StudyInput | InputError]:
+def read_studies(source: Path, series_rules: SelectionRules | None = None, *,
+                 errors: list[InputError] | None = None) -> list[StudyInput | InputError]:
     """The studies in one source (file or folder), read, grouped by StudyInstanceUID, series chosen.
 
     PNG/JPG slices in one folder are grouped as the cache groups them
@@ -377,10 +378,10 @@ def read_studies(source: Path, series_rules: SelectionRules | None = None) -> li
     Studies without a StudyInstanceUID are keyed by a hash of where they came from.
     A study none of whose series may be analysed comes back as its InputError.
     """
-    return choose_series(_read_source(source), series_rules)
+    return choose_series(_read_source(source, errors), series_rules)
 
 
-def _read_source(source: Path) -> list[StudyInput]:
+def _read_source(source: Path, errors: list[InputError] | None = None) -> list[StudyInput]:
     """The studies in one source, every series kept (before series selection)."""
 
     if _is_image(source):
@@ -393,7 +394,7 @@ def _read_source(source: Path) -> list[StudyInput]:
                 for group, members in _image_groups(files).items()]
     # Skipped files are logged once by read_dicom, not copied into every study's warnings (they have
     # no study, and their names must not reach the outputs).
-    return group_studies(read_dicom(source), str(source))
+    return group_studies(read_dicom(source, errors=errors), str(source))
 
 
 def choose_series(studies: list[StudyInput], series_rules: SelectionRules | None = None) -> list[StudyInput | InputError]:
