@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pydicom
 import pytest
 
 from headct import dicom_out
+from headct.checkpoint import Provenance
 from headct.cli import main
 from headct.errors import InputError
 from headct.predict import Predictor, read_studies
@@ -150,22 +152,23 @@ def test_serve_answers_the_dicom_results_as_a_zip(dicom_checkpoint: Path, bleed_
     assert bad.status_code in (415, 422) and "upload" in bad.text
 
 
-def test_stroke_classes_provenance_and_codes(predicted: dict, bleed_study: Path) -> None:
+def test_stroke_classes_provenance_and_codes(predicted: dict, bleed_study: Path, dicom_checkpoint: Path) -> None:
     slices = [{**s, "probabilities": {"non-stroke": 0.2, "stroke": 0.8}, "positive": ["stroke"]}
               for s in predicted["result"]["slices"]]
     result = {"study": predicted["result"]["study"], "slices": slices,
               "model": {"name": "strokenext-t", "version": "9.9", "labels": ["non-stroke", "stroke"],
                         "thresholds": {"non-stroke": 0.5, "stroke": 0.5}},
               "study_probabilities": {"non-stroke": 0.25, "stroke": 0.75}, "study_positive": ["stroke"]}
-    config = {"temperature": 1.5, "label_kind": "multiclass",
-              "provenance": {"data": "teknofest-2021", "commit": "abc123"}}
+    config = dataclasses.replace(Predictor.from_checkpoint(dicom_checkpoint, device="cpu").config,
+                                 temperature=1.5, label_kind="multiclass",
+                                 provenance=Provenance(source_format="png-folders", synthetic=False, n_studies=120))
     headers = dicom_out.source_headers(bleed_study, [s["uid"] for s in slices])
     sr = dicom_out.build_report(result, config, headers)
     report = dicom_out.read_report(sr)
     assert {k: (v["present"], v["probability"], v["threshold"]) for k, v in report["findings"].items()} == {
         "non-stroke": (False, 0.25, None), "stroke": (True, 0.75, None)}  # arg-max: no threshold decides
     assert "decision=arg-max over the classes" in report["parameters"]
-    assert 'provenance={"commit": "abc123", "data": "teknofest-2021"}' in report["parameters"]
+    assert 'provenance={"n_studies": 120, "source_format": "png-folders", "synthetic": false}' in report["parameters"]
     assert "temperature=1.5" in report["parameters"]
     group = sr.ContentSequence[-1].ContentSequence[-1]  # the last measurement group: "stroke"
     codes_used = {(c.ConceptCodeSequence[0].CodeValue, c.ConceptCodeSequence[0].CodingSchemeDesignator)
