@@ -158,6 +158,16 @@ def test_same_seed_gives_identical_bytes(rsna_dir, tmp_path):
     assert not {n for n in first if n.startswith("dicom/")} & set(other)  # other seed, other UIDs
 
 
+def test_workers_write_the_same_bytes_as_one_process(rsna_dir, tmp_path):
+    write_phantom(PhantomConfig(out=tmp_path / "pooled", studies=5, layout="rsna", seed=7, size=64, slices=8,
+                                workers=2))
+    first, pooled = _files(rsna_dir), _files(tmp_path / "pooled")
+    assert first.keys() == pooled.keys() and len(first) > 40
+    assert [name for name in first if first[name] != pooled[name]] == []
+    with pytest.raises(ValueError, match="workers"):
+        PhantomConfig(out=tmp_path / "none", workers=0)
+
+
 def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
     config = PhantomConfig(out=rsna_dir, studies=5, layout="rsna", seed=7, size=64, slices=8)
     seen_rescales = set()
@@ -187,7 +197,13 @@ def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
 def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending):
     # the series header is encoded once and joined with each slice's elements: the result
     # must be byte for byte what Dataset.save_as writes for the whole data set
-    from headct.phantom.writers import SeriesInfo, _file_meta, _series_header, _slice_elements, write_dicom_series
+    from headct.phantom.writers import (
+        SeriesInfo,
+        _file_meta,
+        _series_header,
+        _slice_elements,
+        write_dicom_series,
+    )
 
     hu = np.random.default_rng(0).normal(0, 400, (3, 16, 20)).astype(np.float32)
     info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"],
