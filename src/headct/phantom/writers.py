@@ -257,6 +257,10 @@ def write_png(path: Path, image: np.ndarray) -> None:
     _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
+MASK_ZLIB_LEVEL = 1
+"""Masks are mostly zeros: deflate level 1 takes half the time of the default 6 for files ~3x larger."""
+
+
 def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
     """``masks/<study>.npz``: ``uids`` (str [S]) and ``masks`` (uint8 [S, H, W]), compressed.
 
@@ -273,7 +277,7 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
                 entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 entry.compress_type = zipfile.ZIP_DEFLATED
                 entry.external_attr = 0o644 << 16
-                archive.writestr(entry, buffer.getvalue())
+                archive.writestr(entry, buffer.getbuffer(), compresslevel=MASK_ZLIB_LEVEL)
 
     _atomic(path, write)
 
