@@ -264,12 +264,14 @@ def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
 
 def _study_record(plan: StudyPlan, study: PhantomStudy, labels: dict[str, np.ndarray], key: str, layout: str) -> dict:
     lesions = []
+    present = np.bitwise_or.reduce(study.masks.reshape(study.num_slices, -1), axis=1)  # bits per slice
     for lesion in study.lesions:
-        bits = (study.masks & np.uint8(lesion.bit)) != 0
-        on = np.flatnonzero(bits.reshape(study.num_slices, -1).any(axis=1))
+        on = np.flatnonzero(present & np.uint8(lesion.bit))
+        first, last = int(on.min()), int(on.max())
         entry = lesion.describe()
-        entry["slices"] = [int(on.min()), int(on.max())]
-        entry["voxels"] = int(bits.sum())
+        entry["slices"] = [first, last]
+        # count only within the lesion's slices: a full-volume pass per lesion cost ~0.7 ms per slice at 512²
+        entry["voxels"] = int(np.count_nonzero(study.masks[first:last + 1] & np.uint8(lesion.bit)))
         lesions.append(entry)
     return {
         "study": key,
