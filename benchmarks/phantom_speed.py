@@ -29,7 +29,14 @@ import pydicom
 from synthetic_ct import pin_to_one_core
 
 from headct.bench import cpu_name
-from headct.phantom import RESCALES, PhantomConfig, default_slices, generate_study, plan_studies, write_phantom
+from headct.phantom import (
+    RESCALES,
+    PhantomConfig,
+    default_slices,
+    generate_study,
+    plan_studies,
+    write_phantom,
+)
 from headct.phantom.writers import SeriesInfo, write_dicom_series, write_masks
 
 TARGET = 200.0
