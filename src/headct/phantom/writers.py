@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from headct.windows import apply_windows
-
 RSNA_LABELS: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 """RSNA label names in the order of the competition's CSV."""
 
@@ -247,6 +245,9 @@ def _explicit_little_buffer():  # -> pydicom DicomBytesIO
 
 def brain_window_png(hu: np.ndarray) -> np.ndarray:
     """HU slice → 8-bit brain window (40/80), the TEKNOFEST images' look."""
+    # imported here: headct.windows imports torch, which only the PNG layout needs (pool workers start faster)
+    from headct.windows import apply_windows
+
     return np.rint(apply_windows(hu, ["brain"])[0] * 255.0).astype(np.uint8)
 
 
