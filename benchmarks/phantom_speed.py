@@ -28,7 +28,6 @@ import numpy as np
 import pydicom
 from synthetic_ct import pin_to_one_core
 
-from headct.bench import cpu_name
 from headct.phantom import (
     RESCALES,
     PhantomConfig,
@@ -50,6 +49,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="whole builds; the best is reported")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "phantom_speed.json"))
     args = parser.parse_args()
+    # headct.bench imports torch: not at the top, where each spawned pool worker would import it too
+    from headct.bench import cpu_name
+
     if args.workers == 1:
         pin_to_one_core()
     slices = default_slices(args.size)
@@ -80,7 +82,7 @@ def main() -> int:
         "all_runs_slices_per_s_wall": [round(n / r["wall_s"], 1) for r in runs],
         "target_slices_per_s_per_core": TARGET,
         "meets_target_in_cpu_time": n / best_cpu >= TARGET,
-        "meets_target_wall": n / best_wall >= TARGET * (1 if args.workers == 1 else 0),
+        "meets_target_wall": n / best_wall >= TARGET,
         "breakdown_cpu_ms_per_slice": breakdown,
         "what": "cpu = process CPU time of this process plus its pool workers (resource.getrusage), "
                 "the per-core figure on a shared machine; wall includes waiting for a core "
