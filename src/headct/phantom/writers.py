@@ -16,8 +16,13 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
 
 RSNA_LABELS: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 """RSNA label names in the order of the competition's CSV."""
@@ -99,7 +104,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
     return paths
 
 
-def _file_meta(sop_uid: str):  # -> pydicom FileMetaDataset
+def _file_meta(sop_uid: str) -> FileMetaDataset:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -112,7 +117,7 @@ def _file_meta(sop_uid: str):  # -> pydicom FileMetaDataset
     return meta
 
 
-def _series_header(info: SeriesInfo, rows: int, cols: int):  # -> pydicom Dataset
+def _series_header(info: SeriesInfo, rows: int, cols: int) -> Dataset:
     """The elements every slice of the series shares (``info.tags`` applied last, bar per-slice ones)."""
     from pydicom.dataset import Dataset
     from pydicom.uid import CTImageStorage
@@ -166,7 +171,7 @@ _SLICE_KEYWORDS = frozenset({"SOPInstanceUID", "InstanceNumber", "ImagePositionP
 """What :func:`_slice_elements` sets; every other element is the series header's."""
 
 
-def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixels: bytes):  # -> pydicom Dataset
+def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixels: bytes) -> Dataset:
     """The elements that differ between slices (``info.tags`` naming one of them still wins)."""
     from pydicom.dataset import Dataset
 
@@ -198,7 +203,7 @@ class _SeriesEncoder:
     per-slice tags, and each slice's elements are encoded into the gaps.
     """
 
-    def __init__(self, header, slice_example) -> None:
+    def __init__(self, header: Dataset, slice_example: Dataset) -> None:
         from pydicom.filewriter import write_dataset
 
         overlap = set(header.keys()) & set(slice_example.keys())
@@ -219,7 +224,7 @@ class _SeriesEncoder:
             write_dataset(buffer, run, self.encoding)
             self.runs.append(buffer.getvalue())
 
-    def encode(self, meta, elements) -> bytes:
+    def encode(self, meta: FileMetaDataset, elements: Dataset) -> bytes:
         """Bytes of one file: preamble, ``meta`` (a FileMetaDataset), then header and ``elements``."""
         from pydicom.filewriter import write_data_element, write_file_meta_info
 
@@ -235,7 +240,7 @@ class _SeriesEncoder:
         return buffer.getvalue()
 
 
-def _explicit_little_buffer():  # -> pydicom DicomBytesIO
+def _explicit_little_buffer() -> DicomBytesIO:
     from pydicom.filebase import DicomBytesIO
 
     buffer = DicomBytesIO()
