@@ -158,6 +158,16 @@ def test_same_seed_gives_identical_bytes(rsna_dir, tmp_path):
     assert not {n for n in first if n.startswith("dicom/")} & set(other)  # other seed, other UIDs
 
 
+def test_workers_write_the_same_bytes_as_one_process(rsna_dir, tmp_path):
+    write_phantom(PhantomConfig(out=tmp_path / "pooled", studies=5, layout="rsna", seed=7, size=64, slices=8,
+                                workers=2))
+    first, pooled = _files(rsna_dir), _files(tmp_path / "pooled")
+    assert first.keys() == pooled.keys() and len(first) > 40
+    assert [name for name in first if first[name] != pooled[name]] == []
+    with pytest.raises(ValueError, match="workers"):
+        PhantomConfig(out=tmp_path / "none", workers=0)
+
+
 def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
     config = PhantomConfig(out=rsna_dir, studies=5, layout="rsna", seed=7, size=64, slices=8)
     seen_rescales = set()
@@ -178,6 +188,37 @@ def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
         positions = [float(ds.ImagePositionPatient[2]) for ds in datasets]
         assert np.allclose(np.diff(positions), study.slice_thickness, atol=1e-3)
     assert len(seen_rescales) == len(RESCALES)
+
+
+@pytest.mark.parametrize("tilt, tags, descending", [
+    (0.0, (), False),
+    (12.0, (("ConvolutionKernel", "H30s"), ("InstanceNumber", 7), ("ImageType", ["DERIVED", "SECONDARY"])), True),
+])
+def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending):
+    # the series header is encoded once and joined with each slice's elements: the result
+    # must be byte for byte what Dataset.save_as writes for the whole data set
+    from headct.phantom.writers import (
+        SeriesInfo,
+        _file_meta,
+        _series_header,
+        _slice_elements,
+        write_dicom_series,
+    )
+
+    hu = np.random.default_rng(0).normal(0, 400, (3, 16, 20)).astype(np.float32)
+    info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"],
+                      0.5, 5.0, [1.0, 6.0, 11.0], RESCALES[4], descending, tilt, tags)
+    paths = write_dicom_series(tmp_path / "fast", hu, info)
+    for k, path in enumerate(paths):
+        ds = _series_header(info, 16, 20)
+        ds.update(_slice_elements(info, k, 3, 16, 20, info.rescale.encode(hu[k]).tobytes()))
+        ds.file_meta = _file_meta(info.sop_uids[k])
+        reference = tmp_path / f"reference{k}.dcm"
+        ds.save_as(reference, enforce_file_format=True)
+        assert path.read_bytes() == reference.read_bytes()
+    read = pydicom.dcmread(paths[2])
+    assert read.InstanceNumber == 7 if tags else read.InstanceNumber == 3
+    assert float(read.SliceLocation) == 11.0 and read.SOPInstanceUID == "1.2.3.3.3"
 
 
 def test_labels_csv_and_masks_agree_on_every_slice(rsna_dir):

@@ -49,6 +49,7 @@ def _add_phantom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", metavar="PNG", help="write a montage of slices x lesion types to PNG")
     p.add_argument("--tilt", type=float, default=0.0, metavar="DEG",
                    help="gantry tilt in degrees: the same heads on tilted planes (rsna layout; ~30x slower to render)")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering studies (same files for any number)")
 
 
 def _run_phantom(args: argparse.Namespace) -> int:

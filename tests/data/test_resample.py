@@ -46,3 +46,70 @@ def test_uint8_and_clipping():
     assert (resample_slices(pixels, 20) == 255).all()
     with pytest.raises(ValueError):
         resample_slices(np.zeros((1, 8, 8), np.float32), 4)
+
+
+def _area_weights(side: int, size: int) -> np.ndarray:
+    """[size, side]: the fraction of output pixel i's span that source pixel j covers (rows sum to 1)."""
+    edges = np.arange(size + 1) * side / size
+    left, right = edges[:-1, None], edges[1:, None]
+    pixel = np.arange(side)[None, :]
+    overlap = np.clip(np.minimum(right, pixel + 1) - np.maximum(left, pixel), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _exact_area_mean(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The reference: each output pixel the exact (float64) mean of the source area it covers."""
+    weights = _area_weights(pixels.shape[-1], size)
+    return weights @ pixels.astype(np.float64) @ weights.T
+
+
+def test_area_reference_is_the_block_mean():
+    block = np.arange(16, dtype=np.int16).reshape(1, 4, 4)
+    np.testing.assert_allclose(_exact_area_mean(block[0], 2), [[2.5, 4.5], [10.5, 12.5]])
+
+
+@settings(max_examples=30, deadline=None)
+@given(factor=st.sampled_from([2, 3, 4, 8]), size=st.integers(4, 40), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.int16, np.uint8]))
+def test_integer_factors_give_the_exact_block_mean_rounded_half_up(factor, size, seed, dtype):
+    info = np.iinfo(dtype)
+    pixels = np.random.default_rng(seed).integers(info.min, info.max, (2, factor * size, factor * size),
+                                                  endpoint=True).astype(dtype)
+    out = resample_slices(pixels, size)
+    blocks = pixels.reshape(2, size, factor, size, factor).astype(np.int64).sum(axis=(2, 4))
+    expected = (blocks + factor * factor // 2) // (factor * factor)  # floor(mean + 1/2), in integers
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_512_to_256_is_the_exact_2x2_mean_at_ties_and_extremes():
+    pixels = np.array([[-1, 0], [0, 0]], np.int16)  # mean -0.25 → 0
+    pixels = np.tile(pixels, (256, 256))[None]
+    pixels[0, :2, 2:4] = [[-1, -1], [0, 0]]  # mean -0.5 → 0 (half up)
+    pixels[0, :2, 4:6] = [[1, 1], [0, 0]]  # mean 0.5 → 1
+    pixels[0, :2, 6:8] = -32768  # the int16 ends survive
+    pixels[0, :2, 8:10] = 32767
+    out = resample_slices(pixels, 256)[0]
+    assert out[0, :5].tolist() == [0, 0, 1, -32768, 32767]
+    assert (out[1:] == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(side=st.integers(20, 120), size=st.integers(3, 100), seed=st.integers(0, 2**16))
+def test_other_downsamples_are_within_1_hu_of_the_exact_area_mean(side, size, seed):
+    if size >= side:
+        size = side - 1
+    pixels = np.random.default_rng(seed).integers(-1024, 3072, (1, side, side)).astype(np.int16)
+    out = resample_slices(pixels, size)[0].astype(np.float64)
+    assert np.abs(out - _exact_area_mean(pixels[0], size)).max() <= 1.0
+
+
+def test_upsampling_is_bilinear():
+    import torch
+    import torch.nn.functional as F
+
+    pixels = np.random.default_rng(3).integers(-1024, 3072, (1, 40, 40)).astype(np.int16)
+    out = resample_slices(pixels, 100)
+    bilinear = F.interpolate(torch.from_numpy(pixels).float()[None], size=(100, 100), mode="bilinear",
+                             align_corners=False)[0].numpy()
+    assert np.abs(out - bilinear).max() <= 0.51

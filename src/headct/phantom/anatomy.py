@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 TISSUES: dict[str, int] = {
@@ -302,7 +303,7 @@ def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates:
     box, inside, q = found
     sub = labels[box]
     gate = _gate_lut(blob.gate, gates)
-    inside &= gate[sub]
+    inside &= cv2.LUT(sub, gate.view(np.uint8)).view(bool)  # gate[sub], ~8x faster (no intp index copy)
     if blob.texture == "folia":
         # cerebellar folia: thin CSF arcs around the fourth ventricle, a white-matter core
         period = max(3.2, 2.2 * grid.pixel)
@@ -363,6 +364,20 @@ def _gate_lut(gate: tuple[int, ...], cache: dict | None) -> np.ndarray:
     return lut
 
 
+def _beyond_skin(grid: SliceGrid, outermost: np.ndarray, lo: int) -> int:
+    """First table column whose cells all lie outside ``outermost`` (radius per angle): air from there on.
+
+    Near the vertex the head's section is far smaller than the table, whose
+    layer tests would mostly find air; the column is estimated from the
+    outline, then checked on the table itself (radii grow along a row), so
+    cutting the table there changes no label.
+    """
+    end = int(math.ceil(float(np.max(outermost / grid.outline)) / grid.du)) + 2
+    if end >= grid.n_u or not bool(np.all(grid.radius_table[:, end] >= outermost)):
+        return grid.n_u
+    return max(end, lo + 1)
+
+
 def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLesions | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels of the polar table at height z (and shell lesion bits), vectorised over cells."""
     theta, outline = grid.theta_centers, grid.outline
@@ -386,7 +401,8 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     deepest = a.sulcus_depth + a.cortex + 3.0
     u_lo = float(np.min((b_brain - deepest) / outline))
     lo = int(np.clip(math.floor(u_lo / grid.du), 0, grid.n_u - 1))
-    radius = grid.radius_table[:, lo:]
+    end = _beyond_skin(grid, np.maximum.reduce(boundaries), lo)
+    radius = grid.radius_table[:, lo:end]
 
     code = np.zeros(radius.shape, dtype=np.uint8)
     flag = np.empty(radius.shape, dtype=bool)
@@ -433,12 +449,13 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
 
     labels = np.empty((grid.n_theta, grid.n_u), dtype=np.uint8)
     labels[:, :lo] = WHITE
-    labels[:, lo:] = code  # layer codes are tissue labels
+    labels[:, lo:end] = code  # layer codes are tissue labels
+    labels[:, end:] = AIR
 
     if shell is None or not (shell.extra_axial or shell.subarachnoid):
         return labels, None
     bits = np.zeros((grid.n_theta, grid.n_u), dtype=np.uint8)
-    sub = bits[:, lo:]
+    sub = bits[:, lo:end]
     outer = b_inner
     for bit, h in lesion_thickness:
         inner = surface(d_inner + h)  # the collection's inner margin follows the displaced brain

@@ -19,7 +19,7 @@ def phantom_command(args: argparse.Namespace) -> int:
         try:
             config = PhantomConfig(out=args.out, studies=args.studies, layout=args.layout, seed=args.seed,
                                    difficulty=args.difficulty, size=args.size, slices=args.slices,
-                                   tilt=getattr(args, "tilt", 0.0))
+                                   tilt=getattr(args, "tilt", 0.0), workers=getattr(args, "workers", 1))
         except ValueError as err:
             print(f"headct phantom: {err}", file=sys.stderr)
             return 2

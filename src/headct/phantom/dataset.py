@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -55,11 +59,14 @@ class PhantomConfig:
     size: int = 512
     slices: int | None = None
     tilt: float = 0.0  # gantry tilt in degrees (rsna layout): same heads, tilted planes and headers
+    workers: int = 1  # processes rendering studies; the files do not depend on it
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.studies < 1:
             raise ValueError(f"studies must be at least 1, got {self.studies}")
         if not 0.0 <= self.difficulty <= 5.0:
@@ -133,48 +140,29 @@ def plan_studies(config: PhantomConfig) -> list[StudyPlan]:
 
 
 def write_phantom(config: PhantomConfig) -> dict:
-    """Render and write every study; returns the phantom.json content."""
-    from pydicom.uid import generate_uid
+    """Render and write every study; returns the phantom.json content.
 
+    With ``config.workers`` > 1 studies are rendered and written by a process
+    pool; each study depends only on its own seeds and results are gathered in
+    study order, so the files are the same bytes whatever the worker count.
+    """
     started = time.perf_counter()
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     slices = config.slices or default_slices(config.size)
-    rescales = {r.name: r for r in RESCALES}
+    plans = plan_studies(config)
     csv_rows: list[tuple[str, dict[str, int]]] = []
     records = []
     slice_counts = dict.fromkeys([*LESION_BITS, "any", *STROKE_CLASSES], 0)
     total_slices = 0
-    for plan in tqdm(plan_studies(config), desc="phantom", unit="study", disable=None):
-        study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
-                               slices=slices, difficulty=config.difficulty, lesions=plan.lesions,
-                               tilt=config.tilt)
-        labels = study.slice_labels()
-        n = study.num_slices
-        total_slices += n
-        for name in [*LESION_BITS, "any"]:
-            slice_counts[name] += int(labels[name].sum())
-        if config.layout == "rsna":
-            sop_uids = [generate_uid(entropy_srcs=["headct-phantom", str(config.seed), str(plan.index), "sop", str(k)])
-                        for k in range(n)]
-            info = SeriesInfo(plan.patient_id, plan.study_uid, plan.series_uid, plan.frame_uid, sop_uids,
-                              study.pixel_spacing, study.slice_thickness,
-                              [plan.table_offset + float(z) for z in study.z], rescales[plan.rescale],
-                              plan.descending_instances, config.tilt)
-            write_dicom_series(out / "dicom" / plan.study_uid, study.hu, info)
-            csv_rows += [(sop_uids[k], {name: int(labels[name][k]) for name in RSNA_LABELS}) for k in range(n)]
-            key, uids = plan.study_uid, sop_uids
-        else:
-            classes = _stroke_classes(labels)
-            uids = []
-            for k in range(n):
-                stem = f"{plan.name}_{k:03d}"
-                write_png(out / classes[k] / f"{stem}.png", brain_window_png(study.hu[k]))
-                uids.append(stem)
-                slice_counts[classes[k]] += 1
-            key = plan.name
-        write_masks(out / "masks" / f"{key}.npz", uids, study.masks)
-        records.append(_study_record(plan, study, labels, key, config.layout))
+    with _StudyPool(config.workers) as pool:
+        written = pool.map(_write_study, [(config, plan, slices) for plan in plans])
+        for study in tqdm(written, total=len(plans), desc="phantom", unit="study", disable=None):
+            total_slices += study.slices
+            for name, count in study.slice_counts.items():
+                slice_counts[name] += count
+            csv_rows += study.csv_rows
+            records.append(study.record)
 
     if config.layout == "rsna":
         write_rsna_labels(out / "labels.csv", csv_rows)
@@ -182,7 +170,8 @@ def write_phantom(config: PhantomConfig) -> dict:
         "generator": "headct.phantom",
         "phantom_version": PHANTOM_VERSION,
         "headct_version": __version__,
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "out"}
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                      if k not in ("out", "workers")}  # neither changes what is written
         | {"slices": slices},
         "lesion_bits": LESION_BITS,
         "studies": records,
@@ -199,6 +188,74 @@ def write_phantom(config: PhantomConfig) -> dict:
     return summary
 
 
+@dataclass
+class _WrittenStudy:
+    """What the dataset summary needs from one rendered and written study."""
+
+    slices: int
+    slice_counts: dict[str, int]
+    csv_rows: list[tuple[str, dict[str, int]]]
+    record: dict
+
+
+def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:
+    """Render one study and write its files (a top-level function, so a process pool can run it)."""
+    from pydicom.uid import generate_uid
+
+    config, plan, slices = args
+    out = config.out
+    study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
+                           slices=slices, difficulty=config.difficulty, lesions=plan.lesions, tilt=config.tilt)
+    labels = study.slice_labels()
+    n = study.num_slices
+    counts = {name: int(labels[name].sum()) for name in [*LESION_BITS, "any"]}
+    csv_rows: list[tuple[str, dict[str, int]]] = []
+    if config.layout == "rsna":
+        sop_uids = [generate_uid(entropy_srcs=["headct-phantom", str(config.seed), str(plan.index), "sop", str(k)])
+                    for k in range(n)]
+        rescale = next(r for r in RESCALES if r.name == plan.rescale)
+        info = SeriesInfo(plan.patient_id, plan.study_uid, plan.series_uid, plan.frame_uid, sop_uids,
+                          study.pixel_spacing, study.slice_thickness,
+                          [plan.table_offset + float(z) for z in study.z], rescale,
+                          plan.descending_instances, config.tilt)
+        write_dicom_series(out / "dicom" / plan.study_uid, study.hu, info)
+        csv_rows = [(sop_uids[k], {name: int(labels[name][k]) for name in RSNA_LABELS}) for k in range(n)]
+        key, uids = plan.study_uid, sop_uids
+    else:
+        classes = _stroke_classes(labels)
+        uids = []
+        for k in range(n):
+            stem = f"{plan.name}_{k:03d}"
+            write_png(out / classes[k] / f"{stem}.png", brain_window_png(study.hu[k]))
+            uids.append(stem)
+            counts[classes[k]] = counts.get(classes[k], 0) + 1
+        key = plan.name
+    write_masks(out / "masks" / f"{key}.npz", uids, study.masks)
+    return _WrittenStudy(n, counts, csv_rows, _study_record(plan, study, labels, key, config.layout))
+
+
+class _StudyPool:
+    """``map`` in order: inline for one worker, else a spawn-started process pool."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _StudyPool:
+        if self.workers > 1:
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        if self.executor is None:
+            return map(fn, items)
+        return self.executor.map(fn, items)
+
+
 def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
     """TEKNOFEST class per slice: ischemic if the ischemic bit, hemorrhagic if any bleed, else non-stroke."""
     return ["ischemic" if labels["ischemic"][k] else "hemorrhagic" if labels["any"][k] else "non-stroke"
@@ -207,12 +264,14 @@ def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
 
 def _study_record(plan: StudyPlan, study: PhantomStudy, labels: dict[str, np.ndarray], key: str, layout: str) -> dict:
     lesions = []
+    present = np.bitwise_or.reduce(study.masks.reshape(study.num_slices, -1), axis=1)  # bits per slice
     for lesion in study.lesions:
-        bits = (study.masks & np.uint8(lesion.bit)) != 0
-        on = np.flatnonzero(bits.reshape(study.num_slices, -1).any(axis=1))
+        on = np.flatnonzero(present & np.uint8(lesion.bit))
+        first, last = int(on.min()), int(on.max())
         entry = lesion.describe()
-        entry["slices"] = [int(on.min()), int(on.max())]
-        entry["voxels"] = int(bits.sum())
+        entry["slices"] = [first, last]
+        # count only within the lesion's slices: a full-volume pass per lesion cost ~0.7 ms per slice at 512²
+        entry["voxels"] = int(np.count_nonzero(study.masks[first:last + 1] & np.uint8(lesion.bit)))
         lesions.append(entry)
     return {
         "study": key,

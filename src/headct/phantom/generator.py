@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from headct.labels import LESION_BITS
@@ -167,7 +168,7 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     # epidural blood lies outside the dura, subdural inside it
     shell.extra_axial.sort(key=lambda item: item[0] != LESION_BITS["epidural"])
     labels, bits = render_anatomy(anatomy, grid, z, shell, out=tissue)
-    anatomy.hu.take(labels, out=hu)
+    _label_hu(labels, anatomy.hu, hu)
     if bits is not None:
         mask[...] = bits
         for lesion in lesions:
@@ -176,6 +177,15 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     canvas = SliceCanvas(grid, z, labels, hu, mask)
     for lesion in sorted(lesions, key=lambda les: les.kind != "ischemic"):
         lesion.paint(canvas)
+
+
+def _label_hu(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = table[labels]`` for uint8 labels: cv2.LUT does it ~6x faster than ndarray.take."""
+    lut = np.zeros(256, dtype=np.float32)
+    lut[:table.shape[0]] = table
+    result = cv2.LUT(labels, lut, dst=out)
+    if result is not out:  # cv2 writes into dst only when it has the right shape and type
+        out[...] = result
 
 
 TILT_HEIGHT_STEP = 0.25

@@ -16,7 +16,6 @@ from scipy import ndimage
 from headct.labels import LESION_BITS
 from headct.phantom.generator import generate_study
 from headct.phantom.writers import brain_window_png, write_png
-from headct.windows import apply_windows
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "epidural": (255, 64, 64),
@@ -39,6 +38,8 @@ def render_preview(path: str | Path, *, seed: int = 0, size: int = 256, columns:
 
 
 def _row(kind: str, seed: int, size: int, columns: int, difficulty: float) -> np.ndarray:
+    from headct.windows import apply_windows  # imports torch: kept out of `import headct.phantom`
+
     lesions = () if kind == "normal" else (kind,)
     study = generate_study([seed, 4242], size=size, difficulty=difficulty, lesions=lesions, streaks=False)
     n = study.num_slices

@@ -15,12 +15,16 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headct import atomic
 from headct.labels import RSNA_LABELS
-from headct.windows import apply_windows
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,16 @@ class Rescale:
 
     def encode(self, hu: np.ndarray) -> np.ndarray:
         """HU → stored integers (rounded, clipped to what the bits can hold)."""
-        stored = np.rint((hu - np.float32(self.intercept)) / np.float32(self.slope))
+        stored = np.subtract(hu, np.float32(self.intercept), dtype=np.float32)  # one float32 buffer, in place
+        if self.slope != 1.0:  # dividing by 1 changes nothing: skip the pass
+            stored /= np.float32(self.slope)
+        np.rint(stored, out=stored)
         if self.signed:
             low, high, dtype = -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1, np.int16
         else:
             low, high, dtype = 0, 2**self.bits_stored - 1, np.uint16
-        return np.clip(stored, low, high).astype(dtype)
+        np.clip(stored, low, high, out=stored)
+        return stored.astype(dtype)
 
 
 RESCALES: tuple[Rescale, ...] = (
@@ -74,81 +82,176 @@ class SeriesInfo:
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[Path]:
-    """One CT DICOM file per slice, ``<folder>/<SOPInstanceUID>.dcm``; returns the paths."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """One CT DICOM file per slice, ``<folder>/<SOPInstanceUID>.dcm``; returns the paths.
 
+    Every file is what ``Dataset.save_as(enforce_file_format=True)`` writes
+    for the series header plus that slice's elements (tests/test_phantom.py
+    checks the bytes), but the ~50 header elements all slices share are
+    encoded by pydicom once per series (:class:`_SeriesEncoder`) instead of
+    once per slice, which was most of the phantom's writing time.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     n, rows, cols = hu.shape
-    implementation_uid = generate_uid(entropy_srcs=["headct-phantom-implementation"])
-    origin = -(cols / 2 - 0.5) * info.pixel_spacing, -(rows / 2 - 0.5) * info.pixel_spacing
-    # a tilted gantry leans the planes, the column direction gains a z part, and the
-    # table still steps along z: positions step along z, not along the slice normal
-    cos, sin = math.cos(math.radians(info.tilt)), math.sin(math.radians(info.tilt))
+    encoder = _SeriesEncoder(_series_header(info, rows, cols), _slice_elements(info, 0, n, rows, cols, b""))
     paths = []
     for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = info.sop_uids[k]
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = implementation_uid
-        meta.ImplementationVersionName = "HEADCT_PHANTOM"
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = info.sop_uids[k]
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
-        ds.Modality = "CT"
-        ds.Manufacturer = "headct phantom"
-        ds.StudyDescription = "HEAD WO CONTRAST (synthetic)"
-        ds.SeriesDescription = "AXIAL BRAIN (synthetic)"
-        ds.PatientName = ""
-        ds.PatientID = info.patient_id
-        ds.KVP = "120"
-        ds.SliceThickness = _ds(info.slice_thickness)
-        ds.SpacingBetweenSlices = _ds(info.slice_thickness)
-        ds.StudyInstanceUID = info.study_uid
-        ds.SeriesInstanceUID = info.series_uid
-        ds.FrameOfReferenceUID = info.frame_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 2
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = (n - k) if info.descending_instances else (k + 1)
-        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1] * cos), _ds(info.table_z[k] + origin[1] * sin)]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", _ds(cos), _ds(sin)]
-        if info.tilt:
-            ds.GantryDetectorTilt = _ds(info.tilt)
-        if info.positions is not None:
-            ds.ImagePositionPatient = [_ds(v) for v in info.positions[k]]
-        if info.orientation is not None:
-            ds.ImageOrientationPatient = [_ds(v) for v in info.orientation]
-        for keyword, value in info.tags:
-            setattr(ds, keyword, value)
-        ds.SliceLocation = _ds(info.table_z[k])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = [_ds(info.pixel_spacing), _ds(info.pixel_spacing)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = info.rescale.bits_stored
-        ds.HighBit = info.rescale.bits_stored - 1
-        ds.PixelRepresentation = 1 if info.rescale.signed else 0
-        ds.WindowCenter, ds.WindowWidth = "40", "80"
-        ds.RescaleIntercept = _ds(info.rescale.intercept)
-        ds.RescaleSlope = _ds(info.rescale.slope)
-        ds.RescaleType = "HU"
-        ds.PixelData = info.rescale.encode(hu[k]).tobytes()
+        pixels = info.rescale.encode(hu[k]).tobytes()
+        data = encoder.encode(_file_meta(info.sop_uids[k]), _slice_elements(info, k, n, rows, cols, pixels))
         path = folder / f"{info.sop_uids[k]}.dcm"
-        _atomic(path, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        _atomic(path, lambda tmp, data=data: tmp.write_bytes(data))
         paths.append(path)
     return paths
 
 
+def _file_meta(sop_uid: str) -> FileMetaDataset:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid(entropy_srcs=["headct-phantom-implementation"])
+    meta.ImplementationVersionName = "HEADCT_PHANTOM"
+    return meta
+
+
+def _series_header(info: SeriesInfo, rows: int, cols: int) -> Dataset:
+    """The elements every slice of the series shares (``info.tags`` applied last, bar per-slice ones)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import CTImageStorage
+
+    cos, sin = math.cos(math.radians(info.tilt)), math.sin(math.radians(info.tilt))
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
+    ds.Modality = "CT"
+    ds.Manufacturer = "headct phantom"
+    ds.StudyDescription = "HEAD WO CONTRAST (synthetic)"
+    ds.SeriesDescription = "AXIAL BRAIN (synthetic)"
+    ds.PatientName = ""
+    ds.PatientID = info.patient_id
+    ds.KVP = "120"
+    ds.SliceThickness = _ds(info.slice_thickness)
+    ds.SpacingBetweenSlices = _ds(info.slice_thickness)
+    ds.StudyInstanceUID = info.study_uid
+    ds.SeriesInstanceUID = info.series_uid
+    ds.FrameOfReferenceUID = info.frame_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 2
+    ds.AcquisitionNumber = 1
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", _ds(cos), _ds(sin)]
+    if info.tilt:
+        ds.GantryDetectorTilt = _ds(info.tilt)
+    if info.orientation is not None:
+        ds.ImageOrientationPatient = [_ds(v) for v in info.orientation]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelSpacing = [_ds(info.pixel_spacing), _ds(info.pixel_spacing)]
+    ds.BitsAllocated = 16
+    ds.BitsStored = info.rescale.bits_stored
+    ds.HighBit = info.rescale.bits_stored - 1
+    ds.PixelRepresentation = 1 if info.rescale.signed else 0
+    ds.WindowCenter, ds.WindowWidth = "40", "80"
+    ds.RescaleIntercept = _ds(info.rescale.intercept)
+    ds.RescaleSlope = _ds(info.rescale.slope)
+    ds.RescaleType = "HU"
+    for keyword, value in info.tags:
+        if keyword not in _SLICE_KEYWORDS:
+            setattr(ds, keyword, value)
+    return ds
+
+
+_SLICE_KEYWORDS = frozenset({"SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation", "PixelData"})
+"""What :func:`_slice_elements` sets; every other element is the series header's."""
+
+
+def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixels: bytes) -> Dataset:
+    """The elements that differ between slices (``info.tags`` naming one of them still wins)."""
+    from pydicom.dataset import Dataset
+
+    origin = -(cols / 2 - 0.5) * info.pixel_spacing, -(rows / 2 - 0.5) * info.pixel_spacing
+    # a tilted gantry leans the planes, the column direction gains a z part, and the
+    # table still steps along z: positions step along z, not along the slice normal
+    cos, sin = math.cos(math.radians(info.tilt)), math.sin(math.radians(info.tilt))
+    ds = Dataset()
+    ds.SOPInstanceUID = info.sop_uids[k]
+    ds.InstanceNumber = (n - k) if info.descending_instances else (k + 1)
+    ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1] * cos), _ds(info.table_z[k] + origin[1] * sin)]
+    if info.positions is not None:
+        ds.ImagePositionPatient = [_ds(v) for v in info.positions[k]]
+    ds.SliceLocation = _ds(info.table_z[k])
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OW"  # what pydicom's writer picks for BitsAllocated 16
+    for keyword, value in info.tags:
+        if keyword in ds:
+            setattr(ds, keyword, value)
+    return ds
+
+
+class _SeriesEncoder:
+    """Explicit VR little-endian files from a series header encoded once and per-slice elements.
+
+    pydicom encodes everything; only the joining is ours: a file is the
+    preamble, the file meta group, then the data set's elements in tag order,
+    so the header's elements are pre-encoded in runs that fall between the
+    per-slice tags, and each slice's elements are encoded into the gaps.
+    """
+
+    def __init__(self, header: Dataset, slice_example: Dataset) -> None:
+        from pydicom.filewriter import write_dataset
+
+        overlap = set(header.keys()) & set(slice_example.keys())
+        if overlap:
+            raise ValueError(f"header and slice elements overlap: {sorted(overlap)}")
+        self.encoding = header.get("SpecificCharacterSet", "ISO_IR 100")
+        self.slice_tags = sorted(slice_example.keys())
+        bounds = [*self.slice_tags, None]
+        self.runs: list[bytes] = []  # header elements before slice tag i (the last: after every slice tag)
+        header_tags = sorted(header.keys())
+        for i, bound in enumerate(bounds):
+            low = self.slice_tags[i - 1] if i else None
+            run = header.__class__()
+            for tag in header_tags:
+                if (low is None or tag > low) and (bound is None or tag < bound):
+                    run.add(header.get_item(tag))
+            buffer = _explicit_little_buffer()
+            write_dataset(buffer, run, self.encoding)
+            self.runs.append(buffer.getvalue())
+
+    def encode(self, meta: FileMetaDataset, elements: Dataset) -> bytes:
+        """Bytes of one file: preamble, ``meta`` (a FileMetaDataset), then header and ``elements``."""
+        from pydicom.filewriter import write_data_element, write_file_meta_info
+
+        if sorted(elements.keys()) != self.slice_tags:
+            raise ValueError("slice elements differ from the series' first slice")
+        buffer = _explicit_little_buffer()
+        buffer.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        for run, tag in zip(self.runs, self.slice_tags, strict=False):
+            buffer.write(run)
+            write_data_element(buffer, elements.get_item(tag), self.encoding)
+        buffer.write(self.runs[-1])
+        return buffer.getvalue()
+
+
+def _explicit_little_buffer() -> DicomBytesIO:
+    from pydicom.filebase import DicomBytesIO
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    return buffer
+
+
 def brain_window_png(hu: np.ndarray) -> np.ndarray:
     """HU slice → 8-bit brain window (40/80), the TEKNOFEST images' look."""
+    # imported here: headct.windows imports torch, which only the PNG layout needs (pool workers start faster)
+    from headct.windows import apply_windows
+
     return np.rint(apply_windows(hu, ["brain"])[0] * 255.0).astype(np.uint8)
 
 
@@ -157,6 +260,10 @@ def write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+MASK_ZLIB_LEVEL = 1
+"""Masks are mostly zeros: deflate level 1 takes half the time of the default 6 for files ~3x larger."""
 
 
 def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
@@ -175,7 +282,7 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
                 entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 entry.compress_type = zipfile.ZIP_DEFLATED
                 entry.external_attr = 0o644 << 16
-                archive.writestr(entry, buffer.getvalue())
+                archive.writestr(entry, buffer.getbuffer(), compresslevel=MASK_ZLIB_LEVEL)
 
     _atomic(path, write)
 
