@@ -265,6 +265,19 @@ class Predictor:
                     written.append(path)
         return written
 
+    def class_maps(self, volume: Volume, label: str, source: str = "") -> np.ndarray:
+        """Grad-CAM of ``label`` on every slice of one series: float32 ``[S, H, W]`` in 0..1 at its resolution.
+
+        The same maps as ``write_overlays`` (``headct.explain``), for the viewer's overlay volume.
+        """
+        from headct.explain import _maps_for, to_original
+
+        model = self._torch_model()
+        pixels = self.model_input(volume, source)
+        with self._lock:
+            cams = _maps_for(model, pixels, range(volume.num_slices), self.labels.index(label), None, self.batch_size)
+        return np.stack([to_original(cam, volume.pixels.shape[1:]) for cam in cams]).astype(np.float32)
+
     # --- helpers ----------------------------------------------------------------
 
     def _guarded(self, study: StudyInput) -> dict[str, Any] | InputError:
