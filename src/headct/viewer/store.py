@@ -115,9 +115,8 @@ class ResultStore:
             if not path.is_file():
                 hu = np.load(stored.folder / HU_FILE)
                 volume = Volume(hu, kind="hu")
-                maps = compute(volume, label)
-                heat = np.round(np.clip(maps, 0.0, 1.0) * 255).astype(np.uint8)
-                write_nifti(path, heat, _affine_from_nifti(stored.folder / VOLUME_FILE))
+                maps = np.clip(compute(volume, label), 0.0, 1.0).astype(np.float32)
+                write_nifti(path, maps, _affine_from_nifti(stored.folder / VOLUME_FILE), np.uint8)
         return path
 
     def purge(self) -> None:
@@ -148,9 +147,15 @@ def volume_affine(volume: Volume) -> np.ndarray:
     return np.diag([-float(col_mm), -float(row_mm), float(slice_mm), 1.0])
 
 
-def write_nifti(path: Path, stack: np.ndarray, affine: np.ndarray) -> None:
-    """A ``[S, H, W]`` stack as NIfTI-1 ``[W, H, S]`` with ``affine``, written atomically."""
+def write_nifti(path: Path, stack: np.ndarray, affine: np.ndarray, dtype: Any = None) -> None:
+    """A ``[S, H, W]`` stack as NIfTI-1 ``[W, H, S]`` with ``affine``, written atomically.
+
+    With ``dtype`` (uint8 for the 0..1 maps) nibabel stores the values scaled into
+    it, the slope and intercept in the header, so a reader gets the values back.
+    """
     image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(stack, (2, 1, 0))), affine)
+    if dtype is not None:
+        image.set_data_dtype(dtype)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
