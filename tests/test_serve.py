@@ -350,25 +350,34 @@ def test_workers_infer_side_by_side(predictor: Predictor, study: Path, tmp_path:
         assert peak[0] == expected
 
 
-def test_kept_results_serve_the_viewer(predictor: Predictor, study: Path) -> None:
+def test_kept_results_serve_the_viewer(study: Path, tmp_path: Path) -> None:
     import nibabel as nib
+    import torch
 
+    torch.manual_seed(1)  # 64 px: Grad-CAM's last stage has 2x2 cells, so its maps are not all zero
+    save_checkpoint(build_model("mobilenetv2", len(LABELS)), tmp_path / "ckpt", size=64, task="intraparenchymal,any",
+                    labels=LABELS, label_kind="multilabel")
+    predictor = Predictor.from_checkpoint(tmp_path / "ckpt", device="cpu")
     client = _client(predictor)
     answer = client.post("/v1/predict", files=_files(study))
     location = answer.headers["location"]
     view = client.get(location).json()
-    assert client.get(view["prediction"]).json() == answer.json()
+    assert client.get(view["prediction"]).json() == answer.json() == predictor.predict(study)
     volume = nib.Nifti1Image.from_bytes(client.get(view["volume"]).content)
-    expected = predictor.predict(study)
     assert volume.shape == (40, 40, 3) and volume.get_data_dtype() == np.int16
     assert np.allclose(np.abs(np.diag(volume.affine))[:3], [0.5, 0.5, 5.0])
+    one = nib.Nifti1Image.from_bytes(client.get(f"{view['cams']['any']}?only=1").content).get_fdata()
+    assert one.shape == (40, 40, 3) and one[..., 1].max() > 0.5 and not one[..., [0, 2]].any()
     cam = nib.Nifti1Image.from_bytes(client.get(view["cams"]["any"]).content)
     assert cam.shape == (40, 40, 3) and cam.get_data_dtype() == np.uint8
-    assert 0.0 <= cam.get_fdata().min() and cam.get_fdata().max() <= 1.0 + 1e-6
+    maps = cam.get_fdata()
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6 and all(maps[..., k].max() > 0.5 for k in range(3))
+    assert np.allclose(one[..., 1], maps[..., 1], atol=1.5 / 255)  # one slice alone: the same map
+    assert client.get(f"{view['cams']['any']}?only=3").status_code == 404
     assert [r["id"] for r in client.get("/v1/results").json()] == [location.rsplit("/", 1)[1]]
     assert client.get("/v1/results/not-a-real-id-000").status_code == 404
     assert client.get(f"{location}/cam/7.nii").status_code == 404
-    assert expected["study"] in answer.text and "SECRET" not in client.get(location).text
+    assert "SECRET" not in client.get(location).text and "Doe" not in client.get(location).text
     page = client.get("/")
     assert page.status_code == 200 and "/viewer/vendor/niivue.umd.js" in page.text
     assert client.get("/viewer/vendor/niivue.umd.js").status_code == 200

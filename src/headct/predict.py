@@ -265,8 +265,9 @@ class Predictor:
                     written.append(path)
         return written
 
-    def class_maps(self, volume: Volume, label: str, source: str = "") -> np.ndarray:
-        """Grad-CAM of ``label`` on every slice of one series: float32 ``[S, H, W]`` in 0..1 at its resolution.
+    def class_maps(self, volume: Volume, label: str, positions: Sequence[int] | None = None,
+                   source: str = "") -> np.ndarray:
+        """Grad-CAM of ``label`` on slices of one series (default all): float32 ``[n, H, W]`` in 0..1 at its resolution.
 
         The same maps as ``write_overlays`` (``headct.explain``), for the viewer's overlay volume.
         """
@@ -274,8 +275,9 @@ class Predictor:
 
         model = self._torch_model()
         pixels = self.model_input(volume, source)
+        wanted = list(range(volume.num_slices)) if positions is None else list(positions)
         with self._lock:
-            cams = _maps_for(model, pixels, range(volume.num_slices), self.labels.index(label), None, self.batch_size)
+            cams = _maps_for(model, pixels, wanted, self.labels.index(label), None, self.batch_size)
         return np.stack([to_original(cam, volume.pixels.shape[1:]) for cam in cams]).astype(np.float32)
 
     # --- helpers ----------------------------------------------------------------

@@ -226,12 +226,15 @@ def create_app(predictors: Predictor | Sequence[Predictor], limits: ServeLimits 
         return FileResponse(_stored(store, result_id).folder / VOLUME_FILE, media_type="application/octet-stream")
 
     @app.get("/v1/results/{result_id}/cam/{number}.nii")
-    async def result_cam(result_id: str, number: int) -> FileResponse:
+    async def result_cam(result_id: str, number: int, only: int | None = None) -> FileResponse:
+        """Grad-CAM volume of class ``number``; ``?only=K``: just slice K's map (fast, for the first view)."""
         stored = _stored(store, result_id)
         labels = stored.result["model"]["labels"]
         if not 0 <= number < len(labels):
             raise HTTPException(404, f"no class {number}; the model has {len(labels)}")
-        path = await run_in_threadpool(_class_maps_file, pool, store, stored, labels[number])
+        if only is not None and not 0 <= only < len(stored.result["slices"]):
+            raise HTTPException(404, f"no slice {only} in this result")
+        path = await run_in_threadpool(_class_maps_file, pool, store, stored, labels[number], only)
         return FileResponse(path, media_type="application/octet-stream")
 
     @app.get("/", include_in_schema=False)
@@ -529,13 +532,13 @@ def _shown_volume(study: StudyInput) -> Volume:
     return max(study.volumes, key=lambda volume: volume.num_slices)
 
 
-def _class_maps_file(pool: PredictorPool, store: ResultStore, stored: Any, label: str) -> Path:
-    """The stored result's Grad-CAM volume of ``label``, computed on a free worker the first time."""
-    def compute(volume: Volume, name: str) -> Any:
+def _class_maps_file(pool: PredictorPool, store: ResultStore, stored: Any, label: str, only: int | None) -> Path:
+    """The stored result's Grad-CAM volume of ``label`` (or of one slice), computed on a free worker once."""
+    def compute(volume: Volume, name: str, positions: Sequence[int] | None) -> Any:
         with pool.lease() as predictor:
-            return predictor.class_maps(volume, name)
+            return predictor.class_maps(volume, name, positions)
 
-    return store.cam_path(stored, label, compute)
+    return store.cam_path(stored, label, compute, only)
 
 
 def _stored(store: ResultStore, result_id: str) -> Any:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ RESULT_FILE = "result.json"
 VOLUME_FILE = "volume.nii"
 HU_FILE = "hu.npy"
 _ID_BYTES = 12
+
+MapFunction = Callable[[Volume, str, "Sequence[int] | None"], np.ndarray]
+"""``(volume, label, positions or None for all) -> maps [n, H, W]`` in 0..1 (``Predictor.class_maps``)."""
 
 
 @dataclass(frozen=True)
@@ -104,18 +107,36 @@ class ResultStore:
             stored = sorted(self._results.values(), key=lambda r: r.created, reverse=True)
         return [r.summary() for r in stored]
 
-    def cam_path(self, stored: StoredResult, label: str,
-                 compute: Callable[[Volume, str], np.ndarray]) -> Path:
-        """The Grad-CAM NIfTI of ``label``, computed once by ``compute(volume, label)`` → [S, H, W] in 0..1."""
-        labels = list(stored.result["model"]["labels"])
-        path = stored.folder / f"cam-{labels.index(label)}.nii"
+    def cam_path(self, stored: StoredResult, label: str, compute: MapFunction, only: int | None = None) -> Path:
+        """The Grad-CAM NIfTI of ``label``, computed once by ``compute(volume, label, positions)``.
+
+        With ``only`` (a slice index) and no full volume yet: a volume holding that
+        slice's map alone (zeros elsewhere), so the viewer draws its first slice with an
+        overlay in a fraction of the time the whole series takes.
+        """
+        number = list(stored.result["model"]["labels"]).index(label)
+        full = stored.folder / f"cam-{number}.nii"
+        if full.is_file() or only is None:
+            return self._computed(stored, full, lambda volume: compute(volume, label, None))
+        hu = np.load(stored.folder / HU_FILE, mmap_mode="r")
+        if not 0 <= only < hu.shape[0]:
+            raise ValueError(f"slice {only} is outside the series' {hu.shape[0]} slices")
+
+        def one_slice(volume: Volume) -> np.ndarray:
+            maps = np.zeros(volume.pixels.shape, np.float32)
+            maps[only] = compute(volume, label, [only])[0]
+            return maps
+
+        return self._computed(stored, stored.folder / f"cam-{number}-slice-{only}.nii", one_slice)
+
+    def _computed(self, stored: StoredResult, path: Path, maps_of: Callable[[Volume], np.ndarray]) -> Path:
+        """``path``, written from ``maps_of(volume)`` by the first caller (others wait for it)."""
         with self._lock:
-            lock = self._cam_locks.setdefault((stored.id, label), threading.Lock())
+            lock = self._cam_locks.setdefault((stored.id, path.name), threading.Lock())
         with lock:
             if not path.is_file():
-                hu = np.load(stored.folder / HU_FILE)
-                volume = Volume(hu, kind="hu")
-                maps = np.clip(compute(volume, label), 0.0, 1.0).astype(np.float32)
+                volume = Volume(np.load(stored.folder / HU_FILE), kind="hu")
+                maps = np.clip(maps_of(volume), 0.0, 1.0).astype(np.float32)
                 write_nifti(path, maps, _affine_from_nifti(stored.folder / VOLUME_FILE), np.uint8)
         return path
 

@@ -64,23 +64,33 @@ function setWindow(centre, width) {
 }
 
 async function showCam(label) {
+  // First the map of the slice in view (one slice: quick), then the whole series' maps in its place.
   const nv = view.nv;
   view.camLabel = label;
   const load = ++view.camLoads;
   while (nv.volumes.length > 1) nv.removeVolumeByIndex(1);
   if (!label) { nv.updateGLVolume(); return; }
-  setStatus(`computing the Grad-CAM of ${label}…`);
-  const number = view.labels.indexOf(label);
-  const image = await niivue.NVImage.loadFromUrl({
-    url: `/v1/results/${view.id}/cam/${number}.nii`, name: `gradcam-${number}.nii`,
-    colormap: "warm", opacity: Number($("cam-opacity").value), cal_min: 0.15, cal_max: 1.0,
-    trustCalMinMax: true, colorbarVisible: true,
+  const url = `/v1/results/${view.id}/cam/${view.labels.indexOf(label)}.nii`;
+  setStatus(`computing the Grad-CAM of ${label} on this slice…`);
+  if (!await placeCam(`${url}?only=${view.slice}`, load)) return;
+  setStatus(`computing the Grad-CAM of ${label} on every slice…`);
+  view.fullCam = placeCam(url, load).then((placed) => {
+    if (placed) setStatus(`Grad-CAM of ${label}: where the model looked for it (0–1, drawn above 0.15).`);
   });
-  if (load !== view.camLoads) return;  // another class was chosen meanwhile
+}
+
+async function placeCam(url, load) {
+  // The overlay from url, unless another class (or study) was chosen meanwhile; true when placed.
+  const image = await niivue.NVImage.loadFromUrl({
+    url, name: "gradcam.nii", colormap: "warm", opacity: Number($("cam-opacity").value),
+    cal_min: 0.15, cal_max: 1.0, trustCalMinMax: true, colorbarVisible: true,
+  });
+  if (load !== view.camLoads) return false;
+  const nv = view.nv;
   while (nv.volumes.length > 1) nv.removeVolumeByIndex(1);
   nv.addVolume(image);
   nv.updateGLVolume();
-  setStatus(`Grad-CAM of ${label}: where the model looked for it (0–1, drawn above 0.15).`);
+  return true;
 }
 
 // --- loading a result ----------------------------------------------------------
@@ -103,6 +113,7 @@ async function openResult(id) {
                           cal_min: centre - width / 2, cal_max: centre + width / 2, trustCalMinMax: true,
                           colorbarVisible: false }]);
   nv.volumes[0].colorbarVisible = false;
+  mark("series_drawn_ms");
   const slider = $("slice");
   slider.max = String(view.count - 1);
   fillCamChoices();
@@ -111,9 +122,14 @@ async function openResult(id) {
   const peak = label ? peakSlice(label) : Math.floor(view.count / 2);
   goToSlice(peak);
   await showCam(label);
+  mark("overlay_drawn_ms");
   view.timings.render_ms = performance.now() - started;
   markActiveStudy(id);
   document.body.dataset.state = "ready";
+}
+
+function mark(name) {  // ms since the upload started, for the latency benchmark
+  if (view.t0 !== undefined) view.timings[name] = performance.now() - view.t0;
 }
 
 function defaultCamLabel(result) {
@@ -244,6 +260,7 @@ async function upload(files) {
   document.body.dataset.state = "uploading";
   view.timings = {};
   const started = performance.now();
+  view.t0 = started;
   try {
     const answer = await fetch("/v1/predict", { method: "POST", body: form });
     const body = await answer.json();
