@@ -2,11 +2,12 @@
 
 Each result gets a random id (never the StudyInstanceUID, never a file name).
 Under ``root/<id>/`` lie the prediction JSON, the analysed series as int16 HU
-(``hu.npy`` for Grad-CAM, ``volume.nii`` for the browser) and, once asked for,
-one Grad-CAM volume per class (``cam-<n>.nii``, uint8 0..255). Nothing of the
-DICOM header is kept beyond what the prediction JSON already holds, so no
-patient identifier is stored or shown. Results older than ``ttl_s`` and the
-oldest beyond ``max_results`` are deleted; the folder goes when the store closes.
+(``volume.nii``: the browser's image, and what Grad-CAM reads back) and, once
+asked for, Grad-CAM volumes per class (``cam-<n>.nii``, 0..1 stored as uint8).
+Nothing of the DICOM header is kept beyond what the prediction JSON already
+holds, so no patient identifier is stored or shown. Results older than
+``ttl_s``, and the oldest beyond ``max_results`` or ``max_bytes`` on disk, are
+deleted; the folder goes when the store closes.
 
 The NIfTI files carry an RAS affine built from the series' spacing (DICOM
 columns run to the patient's left, rows to the back, slices feet to head), so
@@ -15,7 +16,6 @@ Niivue draws them as a DICOM viewer would with its radiological convention.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import secrets
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 VOLUME_FILE = "volume.nii"
-HU_FILE = "hu.npy"
 _ID_BYTES = 12
 
 MapFunction = Callable[[Volume, str, "Sequence[int] | None"], np.ndarray]
@@ -71,9 +70,11 @@ class StoredResult:
 class ResultStore:
     """Predicted studies kept for ``ttl_s`` seconds (at most ``max_results``) under a temporary folder."""
 
-    def __init__(self, ttl_s: float = 3600.0, max_results: int = 50, root: Path | None = None) -> None:
+    def __init__(self, ttl_s: float = 3600.0, max_results: int = 20, max_bytes: int = 2 * 2**30,
+                 root: Path | None = None) -> None:
         self.ttl_s = float(ttl_s)
         self.max_results = int(max_results)
+        self.max_bytes = int(max_bytes)
         self.root = Path(tempfile.mkdtemp(prefix="headct-results-", dir=root))
         self._results: dict[str, StoredResult] = {}
         self._lock = threading.Lock()
@@ -85,9 +86,6 @@ class ResultStore:
         folder = self.root / result_id
         folder.mkdir()
         atomic.write_text(folder / RESULT_FILE, json.dumps(result) + "\n")
-        buffer = io.BytesIO()
-        np.save(buffer, volume.pixels)
-        atomic.write_bytes(folder / HU_FILE, buffer.getvalue())
         write_nifti(folder / VOLUME_FILE, volume.pixels, volume_affine(volume))
         with self._lock:
             self._results[result_id] = StoredResult(result_id, time.time(), folder, result, volume.series_uid)
@@ -118,9 +116,9 @@ class ResultStore:
         full = stored.folder / f"cam-{number}.nii"
         if full.is_file() or only is None:
             return self._computed(stored, full, lambda volume: compute(volume, label, None))
-        hu = np.load(stored.folder / HU_FILE, mmap_mode="r")
-        if not 0 <= only < hu.shape[0]:
-            raise ValueError(f"slice {only} is outside the series' {hu.shape[0]} slices")
+        slices = nib.load(stored.folder / VOLUME_FILE).shape[2]
+        if not 0 <= only < slices:
+            raise ValueError(f"slice {only} is outside the series' {slices} slices")
 
         def one_slice(volume: Volume) -> np.ndarray:
             maps = np.zeros(volume.pixels.shape, np.float32)
@@ -135,17 +133,22 @@ class ResultStore:
             lock = self._cam_locks.setdefault((stored.id, path.name), threading.Lock())
         with lock:
             if not path.is_file():
-                volume = Volume(np.load(stored.folder / HU_FILE), kind="hu")
-                maps = np.clip(maps_of(volume), 0.0, 1.0).astype(np.float32)
-                write_nifti(path, maps, _affine_from_nifti(stored.folder / VOLUME_FILE), np.uint8)
+                image = nib.load(stored.folder / VOLUME_FILE)
+                hu = np.transpose(np.asarray(image.dataobj, dtype=np.int16), (2, 1, 0))
+                maps = np.clip(maps_of(Volume(np.ascontiguousarray(hu), kind="hu")), 0.0, 1.0).astype(np.float32)
+                write_nifti(path, maps, np.asarray(image.affine), np.uint8)
         return path
 
     def purge(self) -> None:
-        """Delete results past their time limit, and the oldest beyond ``max_results``."""
+        """Delete results past their time limit, and the oldest beyond ``max_results`` or ``max_bytes``."""
         now = time.time()
         with self._lock:
             by_age = sorted(self._results.values(), key=lambda r: r.created, reverse=True)
-            doomed = [r for i, r in enumerate(by_age) if now - r.created > self.ttl_s or i >= self.max_results]
+            kept_bytes, doomed = 0, []
+            for i, stored in enumerate(by_age):
+                kept_bytes += _folder_bytes(stored.folder)
+                if now - stored.created > self.ttl_s or i >= self.max_results or (i and kept_bytes > self.max_bytes):
+                    doomed.append(stored)
             for stored in doomed:
                 del self._results[stored.id]
                 for key in [k for k in self._cam_locks if k[0] == stored.id]:
@@ -183,5 +186,5 @@ def write_nifti(path: Path, stack: np.ndarray, affine: np.ndarray, dtype: Any = 
     atomic.write_bytes(path, image.to_bytes())
 
 
-def _affine_from_nifti(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(path).affine)
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
