@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import tempfile
 import socket
+import tempfile
 import threading
 import time
 import zipfile
@@ -345,7 +345,7 @@ def test_workers_infer_side_by_side(predictor: Predictor, study: Path, tmp_path:
         peak[0] = 0
         client = TestClient(create_app(workers))
         with ThreadPoolExecutor(max_workers=4) as pool:
-            codes = list(pool.map(lambda _: client.post("/v1/predict", files=_files(study)).status_code, range(4)))
+            codes = list(pool.map(lambda _, c=client: c.post("/v1/predict", files=_files(study)).status_code, range(4)))
         assert codes == [200] * 4
         assert peak[0] == expected
 

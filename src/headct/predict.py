@@ -265,6 +265,10 @@ class Predictor:
                     written.append(path)
         return written
 
+    def load_explainer(self) -> None:
+        """Load the torch model Grad-CAM needs now, not on the first map (an onnx Predictor loads it lazily)."""
+        self._torch_model()
+
     def class_maps(self, volume: Volume, label: str, positions: Sequence[int] | None = None,
                    source: str = "") -> np.ndarray:
         """Grad-CAM of ``label`` on slices of one series (default all): float32 ``[n, H, W]`` in 0..1 at its resolution.

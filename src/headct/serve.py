@@ -260,6 +260,8 @@ def serve_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     options = {"threads": threads} if runtime == "onnx" else {}
     predictors = [headct.load(args.model, runtime=runtime, **options) for _ in range(workers)]
+    for predictor in predictors:
+        predictor.load_explainer()  # the viewer's first Grad-CAM should not wait for a checkpoint load
     limits = ServeLimits(max_upload_bytes=int(getattr(args, "max_upload_mb", 512) * 2**20),
                          max_files=getattr(args, "max_files", ServeLimits.max_files),
                          max_temp_bytes=int(getattr(args, "max_temp_mb", ServeLimits.max_temp_bytes / 2**20) * 2**20),
