@@ -232,9 +232,10 @@ def create_app(predictors: Predictor | Sequence[Predictor], limits: ServeLimits 
         labels = stored.result["model"]["labels"]
         if not 0 <= number < len(labels):
             raise HTTPException(404, f"no class {number}; the model has {len(labels)}")
-        if only is not None and not 0 <= only < len(stored.result["slices"]):
-            raise HTTPException(404, f"no slice {only} in this result")
-        path = await run_in_threadpool(_class_maps_file, pool, store, stored, labels[number], only)
+        try:
+            path = await run_in_threadpool(_class_maps_file, pool, store, stored, labels[number], only)
+        except ValueError as err:  # a slice outside the shown series
+            raise HTTPException(404, str(err)) from err
         return FileResponse(path, media_type="application/octet-stream")
 
     @app.get("/", include_in_schema=False)
