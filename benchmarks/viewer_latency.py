@@ -1,7 +1,7 @@
 """Viewer latency: upload → first rendered slice with its Grad-CAM overlay, in headless Chromium.
 
 Runs the browser test (tests/test_viewer.py) on a 40-slice 512² phantom bleed
-with `headct serve --runtime onnx --workers 1` and an untrained effnet-2d at
+with `headct serve --runtime onnx --workers 2` (the default: one thread each) and an untrained effnet-2d at
 input size 256 (the timing does not depend on the weights; the same model as
 benchmarks/predict_cpu.py). The page itself measures, with performance.now():
 

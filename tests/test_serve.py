@@ -366,13 +366,15 @@ def test_kept_results_serve_the_viewer(study: Path, tmp_path: Path) -> None:
     volume = nib.Nifti1Image.from_bytes(client.get(view["volume"]).content)
     assert volume.shape == (40, 40, 3) and volume.get_data_dtype() == np.int16
     assert np.allclose(np.abs(np.diag(volume.affine))[:3], [0.5, 0.5, 5.0])
-    one = nib.Nifti1Image.from_bytes(client.get(f"{view['cams']['any']}?only=1").content).get_fdata()
-    assert one.shape == (40, 40, 3) and one[..., 1].max() > 0.5 and not one[..., [0, 2]].any()
+    single = nib.Nifti1Image.from_bytes(client.get(f"{view['cams']['any']}?only=1").content)
+    one = single.get_fdata()
+    assert one.shape == (40, 40, 1) and one.max() > 0.5
+    assert np.allclose(single.affine[:3, 3] - volume.affine[:3, 3], [0, 0, 5.0])  # placed on slice 1
     cam = nib.Nifti1Image.from_bytes(client.get(view["cams"]["any"]).content)
     assert cam.shape == (40, 40, 3) and cam.get_data_dtype() == np.uint8
     maps = cam.get_fdata()
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6 and all(maps[..., k].max() > 0.5 for k in range(3))
-    assert np.allclose(one[..., 1], maps[..., 1], atol=1.5 / 255)  # one slice alone: the same map
+    assert np.allclose(one[..., 0], maps[..., 1], atol=1.5 / 255)  # one slice alone: the same map
     assert client.get(f"{view['cams']['any']}?only=3").status_code == 404
     assert [r["id"] for r in client.get("/v1/results").json()] == [location.rsplit("/", 1)[1]]
     assert client.get("/v1/results/not-a-real-id-000").status_code == 404

@@ -100,7 +100,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-c", "from headct.cli import main; raise SystemExit(main())", "serve",
-         "--model", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--model", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
          "--runtime", runtime], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -266,8 +266,14 @@ class Predictor:
         return written
 
     def load_explainer(self) -> None:
-        """Load the torch model Grad-CAM needs now, not on the first map (an onnx Predictor loads it lazily)."""
-        self._torch_model()
+        """Load the torch model Grad-CAM needs and run it once, so the first real map waits for neither.
+
+        (An onnx Predictor loads it lazily; torch's first backward pass costs seconds of setup.)
+        """
+        blank = Volume(np.full((3, self.input_size, self.input_size), -1000, np.int16), kind=self.config["input"].get("kind", "hu"))
+        if blank.kind == "uint8":
+            blank = Volume(np.zeros(blank.pixels.shape, np.uint8), kind="uint8")
+        self.class_maps(blank, self.labels[0], [1])
 
     def class_maps(self, volume: Volume, label: str, positions: Sequence[int] | None = None,
                    source: str = "") -> np.ndarray:

@@ -255,10 +255,9 @@ def serve_command(args: argparse.Namespace) -> int:
     workers = max(int(getattr(args, "workers", 1) or 1), 1)
     runtime = getattr(args, "runtime", "torch")
     threads = max((os.cpu_count() or 1) // workers, 1)
-    if runtime == "torch":
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # Grad-CAM runs in torch whatever the runtime; more threads than cores stall
     options = {"threads": threads} if runtime == "onnx" else {}
     predictors = [headct.load(args.model, runtime=runtime, **options) for _ in range(workers)]
     for predictor in predictors:

@@ -44,8 +44,10 @@ def test_maps_are_computed_once_and_one_slice_alone_on_request(tmp_path: Path) -
         wanted = range(volume.num_slices) if positions is None else positions
         return np.stack([np.full(volume.pixels.shape[1:], 0.25 * (k + 1), np.float32) for k in wanted])
 
-    one = nib.load(store.cam_path(stored, "any", maps, only=1)).get_fdata()
-    assert calls == [[1]] and np.allclose(one[..., 0], 0) and np.allclose(one[..., 1], 0.5, atol=1 / 255)
+    single = nib.load(store.cam_path(stored, "any", maps, only=1))
+    assert calls == [[1]] and single.shape == (6, 4, 1)
+    assert np.allclose(single.get_fdata()[..., 0], 0.5, atol=1 / 255)
+    assert np.allclose(single.affine[:3, 3], nib.load(stored.folder / VOLUME_FILE).affine[:3, 3] + [0, 0, 5.0])
     full = store.cam_path(stored, "any", maps)
     assert store.cam_path(stored, "any", maps) == full and store.cam_path(stored, "any", maps, only=0) == full
     assert calls == [[1], None]  # the whole series once; after it, no single slice is computed again

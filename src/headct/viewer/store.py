@@ -108,27 +108,24 @@ class ResultStore:
     def cam_path(self, stored: StoredResult, label: str, compute: MapFunction, only: int | None = None) -> Path:
         """The Grad-CAM NIfTI of ``label``, computed once by ``compute(volume, label, positions)``.
 
-        With ``only`` (a slice index) and no full volume yet: a volume holding that
-        slice's map alone (zeros elsewhere), so the viewer draws its first slice with an
-        overlay in a fraction of the time the whole series takes.
+        With ``only`` (a slice index) and no full volume yet: a one-slice NIfTI of
+        that slice's map, placed by its affine where the slice lies (Niivue reslices
+        overlays into the series' space), so the viewer draws its first slice with an
+        overlay in a fraction of the time, and bytes, the whole series takes.
         """
         number = list(stored.result["model"]["labels"]).index(label)
         full = stored.folder / f"cam-{number}.nii"
+        slices = nib.load(stored.folder / VOLUME_FILE).shape[2]
+        if only is not None and not 0 <= only < slices:
+            raise ValueError(f"slice {only} is outside the series' {slices} slices")
         if full.is_file() or only is None:
             return self._computed(stored, full, lambda volume: compute(volume, label, None))
-        slices = nib.load(stored.folder / VOLUME_FILE).shape[2]
-        if not 0 <= only < slices:
-            raise ValueError(f"slice {only} is outside the series' {slices} slices")
+        return self._computed(stored, stored.folder / f"cam-{number}-slice-{only}.nii",
+                              lambda volume: compute(volume, label, [only]), first_slice=only)
 
-        def one_slice(volume: Volume) -> np.ndarray:
-            maps = np.zeros(volume.pixels.shape, np.float32)
-            maps[only] = compute(volume, label, [only])[0]
-            return maps
-
-        return self._computed(stored, stored.folder / f"cam-{number}-slice-{only}.nii", one_slice)
-
-    def _computed(self, stored: StoredResult, path: Path, maps_of: Callable[[Volume], np.ndarray]) -> Path:
-        """``path``, written from ``maps_of(volume)`` by the first caller (others wait for it)."""
+    def _computed(self, stored: StoredResult, path: Path, maps_of: Callable[[Volume], np.ndarray],
+                  first_slice: int = 0) -> Path:
+        """``path``, written from ``maps_of(volume)`` (maps from slice ``first_slice`` on) by the first caller."""
         with self._lock:
             lock = self._cam_locks.setdefault((stored.id, path.name), threading.Lock())
         with lock:
@@ -136,7 +133,9 @@ class ResultStore:
                 image = nib.load(stored.folder / VOLUME_FILE)
                 hu = np.transpose(np.asarray(image.dataobj, dtype=np.int16), (2, 1, 0))
                 maps = np.clip(maps_of(Volume(np.ascontiguousarray(hu), kind="hu")), 0.0, 1.0).astype(np.float32)
-                write_nifti(path, maps, np.asarray(image.affine), np.uint8)
+                affine = np.asarray(image.affine).copy()
+                affine[:3, 3] += affine[:3, 2] * first_slice  # the maps' first slice lies there
+                write_nifti(path, maps, affine, np.uint8)
         return path
 
     def purge(self) -> None:

@@ -72,6 +72,7 @@ async function showCam(label) {
   if (!label) { nv.updateGLVolume(); return; }
   const url = `/v1/results/${view.id}/cam/${view.labels.indexOf(label)}.nii`;
   setStatus(`computing the Grad-CAM of ${label} on this slice…`);
+  mark("overlay_asked_ms");
   if (!await placeCam(`${url}?only=${view.slice}`, load)) return;
   setStatus(`computing the Grad-CAM of ${label} on every slice…`);
   view.fullCam = placeCam(url, load).then((placed) => {
@@ -86,6 +87,7 @@ async function placeCam(url, load) {
     cal_min: 0.15, cal_max: 1.0, trustCalMinMax: true, colorbarVisible: true,
   });
   if (load !== view.camLoads) return false;
+  if (view.timings.overlay_fetched_ms === undefined) mark("overlay_fetched_ms");
   const nv = view.nv;
   while (nv.volumes.length > 1) nv.removeVolumeByIndex(1);
   nv.addVolume(image);
