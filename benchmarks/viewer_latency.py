@@ -52,7 +52,9 @@ def main() -> None:
         "study": {"size": measured["size"], "slices": measured["slices"]},
         "model": f"{args.model.split(',')[0]} (untrained weights), input {args.model.split(',')[1]}",
         "runtime": "onnx (prediction); torch (Grad-CAM)",
-        "timings_ms": {k: round(v, 1) for k, v in measured["timings_ms"].items()},
+        "timings_ms": {k: round(v, 1) for k, v in measured["timings_ms"].items() if k != "requests_ms"},
+        "requests_ms": {"columns": ["path", "sent", "first_byte", "last_byte"],
+                        "rows": measured["timings_ms"].get("requests_ms", [])},
         "target_ms": 5000,
         "machine": {"cpu_count": os.cpu_count(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg(), "python": platform.python_version(),
@@ -61,7 +63,7 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["timings_ms"]), f"load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}; written {out}")
+    print(json.dumps(report["timings_ms"]), json.dumps(report["requests_ms"]["rows"]), f"load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}; written {out}")
 
 
 if __name__ == "__main__":

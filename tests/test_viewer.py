@@ -174,6 +174,10 @@ def test_viewer_shows_a_phantom_bleed_with_overlay_strip_and_keys(server: str, p
     assert page.evaluate("typeof niivue.Niivue") == "function"  # the vendored bundle loaded
     _upload_and_wait(page, paths)  # ready: the series drawn with the overlay of the slice in view
     timings = page.evaluate("headctViewer.timings")
+    timings["requests_ms"] = page.evaluate(  # each request: sent, first byte, last byte (ms since the upload)
+        "performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).map(e => "
+        "[e.name.replace(/.*\\/v1\\/results\\/[^/]*/, ''), ...[e.requestStart, e.responseStart, e.responseEnd]"
+        ".map(t => Math.round(t - headctViewer.t0))])")
     if os.environ.get("HEADCT_VIEWER_LATENCY_OUT"):
         Path(os.environ["HEADCT_VIEWER_LATENCY_OUT"]).write_text(json.dumps(
             {"slices": len(paths), "size": _study_shape()[0], "timings_ms": timings}, indent=2) + "\n")
