@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import tempfile
 import threading
 import time
 import zipfile
@@ -190,3 +191,196 @@ def test_real_server_answers_20_concurrent_clients(predictor: Predictor, study: 
     assert not thread.is_alive()
     assert [status for status, _ in answers] == [200] * 20
     assert all(body == expected for _, body in answers)
+
+
+# --- the service under load and abuse (issue 12, item 7) ------------------------------------------
+
+class _Server:
+    """The app on a real uvicorn server on a free loopback port (bounded start, stopped on exit)."""
+
+    def __init__(self, app: object, **config: object) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def _raw_exchange(port: int, request: bytes, answers: int = 1, timeout: float = 30) -> bytes:
+    """Send raw bytes on one connection; read until ``answers`` HTTP answers arrived or it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < answers or not _complete(received):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.rpartition(b"HTTP/1.1 ")[2].partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), None)
+    return length is not None and len(body) >= length
+
+
+def test_empty_zip_is_422_not_415(predictor: Predictor) -> None:
+    answer = _client(predictor).post("/v1/predict", files=[("files", ("s.zip", _zip({}), "application/zip"))])
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "the zip holds no files; put the study's DICOM files in it"
+
+
+def test_too_many_fields_is_413_with_its_own_text(predictor: Predictor) -> None:
+    fields = {f"note{i}": (None, "x") for i in range(20)}
+    answer = _client(predictor).post("/v1/predict", files=fields)
+    assert answer.status_code == 413
+    assert answer.json()["detail"] == "too many form fields in the upload; send the files under 'files' only"
+    files = _client(predictor, max_files=1).post("/v1/predict", files=[("files", ("a", b"x", "x/y"))] * 2)
+    assert files.status_code == 413 and files.json()["detail"] == "too many files in the upload; at most 1"
+
+
+def test_truncated_multipart_is_400(predictor: Predictor, study: Path) -> None:
+    boundary = "headct-test-boundary"
+    first = sorted(study.iterdir())[0].read_bytes()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n"
+            f"Content-Type: application/dicom\r\n\r\n").encode() + first[: len(first) // 2]
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    answer = _client(predictor).post("/v1/predict", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert "truncated" in answer.json()["detail"]
+
+
+def test_zip_over_the_cap_is_refused_before_anything_is_written(predictor: Predictor, study: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the request's folder lands here
+    first = sorted(study.iterdir())[0].read_bytes()
+    archive = _zip({f"{i}.dcm": first for i in range(40)})  # 40 x ~3 kB declared
+    answer = _client(predictor, max_uncompressed_bytes=50_000).post(
+        "/v1/predict", files=[("files", ("s.zip", archive, "application/zip"))])
+    assert answer.status_code == 413 and "at most 50000" in answer.json()["detail"]
+    not_dicom = _zip({"a.dcm": first, "b.dcm": b"\x00" * 200_000})  # compresses 200x+: refused as a bomb
+    assert _client(predictor).post("/v1/predict", files=[("files", ("s.zip", not_dicom, "application/zip"))]).status_code == 413
+    fake = _zip({"a.dcm": first, "b.dcm": bytes(range(256)) * 400})  # not DICOM: 415 before extraction
+    answer = _client(predictor).post("/v1/predict", files=[("files", ("s.zip", fake, "application/zip"))])
+    assert answer.status_code == 415 and answer.json()["detail"].startswith("zip member 2 is not DICOM")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing was extracted, and all cleaned up
+
+
+def test_the_temporary_disk_budget_is_shared_and_released(predictor: Predictor, study: Path) -> None:
+    app = create_app(predictor, ServeLimits(max_temp_bytes=20_000))
+    client = TestClient(app)
+    files = _files(study)  # ~10 kB of body fits
+    assert client.post("/v1/predict", files=files).status_code == 200
+    assert app.state.budget.used == 0  # released after the request
+    app.state.budget.reserve(15_000)  # another upload holds most of it
+    busy = client.post("/v1/predict", files=files)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "10"
+    app.state.budget.release(15_000)
+    assert client.post("/v1/predict", files=files).status_code == 200
+
+
+def test_a_stalled_upload_is_408(predictor: Predictor) -> None:
+    app = create_app(predictor, ServeLimits(upload_idle_s=0.5, upload_timeout_s=5))
+    with _Server(app) as server:
+        head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n--b\r\n")
+        answer = _raw_exchange(server.port, head)  # then nothing more: the client stalls
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"too slow" in answer
+
+
+def test_after_a_500_the_keep_alive_connection_still_answers(predictor: Predictor, study: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Predictor, "predict_study", broken)
+    files = [(p.name, p.read_bytes()) for p in sorted(study.iterdir())]
+    boundary = "kb"
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{n}\"\r\n\r\n".encode()
+                    + data + b"\r\n" for n, data in files) + f"--{boundary}--\r\n".encode()
+    post = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _Server(create_app(predictor)) as server:
+        answers = _raw_exchange(server.port, post + health, answers=2)
+    first, _, second = answers.partition(b"HTTP/1.1 200")
+    assert first.startswith(b"HTTP/1.1 500") and b"internal error" in first and b"boom" not in first
+    assert b'{"status":"ok"}' in second
+
+
+def test_workers_infer_side_by_side(predictor: Predictor, study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers: two requests are inside inference at once (one worker would never overlap them)."""
+    inside, peak, lock = [0], [0], threading.Lock()
+    original = Predictor.predict_study
+
+    def counting(self: Predictor, study_input: object) -> dict:
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.5)
+        try:
+            return original(self, study_input)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(Predictor, "predict_study", counting)
+    second = Predictor(predictor.model, predictor.config, runtime="torch", device="cpu")
+    for workers, expected in (([predictor], 1), ([predictor, second], 2)):
+        peak[0] = 0
+        client = TestClient(create_app(workers))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            codes = list(pool.map(lambda _, c=client: c.post("/v1/predict", files=_files(study)).status_code, range(4)))
+        assert codes == [200] * 4
+        assert peak[0] == expected
+
+
+def test_kept_results_serve_the_viewer(study: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import torch
+
+    torch.manual_seed(1)  # 64 px: Grad-CAM's last stage has 2x2 cells, so its maps are not all zero
+    save_checkpoint(build_model("mobilenetv2", len(LABELS)), tmp_path / "ckpt", size=64, task="intraparenchymal,any",
+                    labels=LABELS, label_kind="multilabel")
+    predictor = Predictor.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    client = _client(predictor)
+    answer = client.post("/v1/predict", files=_files(study))
+    location = answer.headers["location"]
+    view = client.get(location).json()
+    assert client.get(view["prediction"]).json() == answer.json() == predictor.predict(study)
+    volume = nib.Nifti1Image.from_bytes(client.get(view["volume"]).content)
+    assert volume.shape == (40, 40, 3) and volume.get_data_dtype() == np.int16
+    assert np.allclose(np.abs(np.diag(volume.affine))[:3], [0.5, 0.5, 5.0])
+    single = nib.Nifti1Image.from_bytes(client.get(f"{view['cams']['any']}?only=1").content)
+    one = single.get_fdata()
+    assert one.shape == (40, 40, 1) and one.max() > 0.5
+    assert np.allclose(single.affine[:3, 3] - volume.affine[:3, 3], [0, 0, 5.0])  # placed on slice 1
+    cam = nib.Nifti1Image.from_bytes(client.get(view["cams"]["any"]).content)
+    assert cam.shape == (40, 40, 3) and cam.get_data_dtype() == np.uint8
+    maps = cam.get_fdata()
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6 and all(maps[..., k].max() > 0.5 for k in range(3))
+    assert np.allclose(one[..., 0], maps[..., 1], atol=1.5 / 255)  # one slice alone: the same map
+    assert client.get(f"{view['cams']['any']}?only=3").status_code == 404
+    assert [r["id"] for r in client.get("/v1/results").json()] == [location.rsplit("/", 1)[1]]
+    assert client.get("/v1/results/not-a-real-id-000").status_code == 404
+    assert client.get(f"{location}/cam/7.nii").status_code == 404
+    assert "SECRET" not in client.get(location).text and "Doe" not in client.get(location).text
+    page = client.get("/")
+    assert page.status_code == 200 and "/viewer/vendor/niivue.umd.js" in page.text
+    assert client.get("/viewer/vendor/niivue.umd.js").status_code == 200
+    assert client.get("/docs").status_code == 404  # Swagger would load from a CDN

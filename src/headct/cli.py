@@ -212,6 +212,14 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
                    help="onnx runs onnxruntime on the CPU (the onnx extra)")
     p.add_argument("--max-upload-mb", type=float, default=512, help="largest request body (413 above)")
     p.add_argument("--max-files", type=int, default=2000, help="most files per upload or zip (413 above)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="predictors inferring side by side, each with CPU cores / workers threads")
+    p.add_argument("--max-temp-mb", type=float, default=4096,
+                   help="temporary disk all uploads together may hold (503 beyond it)")
+    p.add_argument("--upload-timeout", type=float, default=300, help="seconds a whole upload may take (408 after)")
+    p.add_argument("--keep-alive-s", type=int, default=5, help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--keep-results-s", type=float, default=3600,
+                   help="seconds the viewer keeps each predicted study (in a temporary folder)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -317,6 +317,29 @@ class Predictor:
             written.append(path)
         return written
 
+    def load_explainer(self) -> None:
+        """Load the torch model Grad-CAM needs and run it once, so the first real map waits for neither.
+
+        (An onnx Predictor loads it lazily; torch's first backward pass costs seconds of setup.)
+        """
+        blank = Volume(np.full((3, self.input_size, self.input_size), -1000, np.int16), kind=self.config.input.kind)
+        if blank.kind == "uint8":
+            blank = Volume(np.zeros(blank.pixels.shape, np.uint8), kind="uint8")
+        self.class_maps(blank, self.labels[0], [1])
+
+    def class_maps(self, volume: Volume, label: str, positions: Sequence[int] | None = None,
+                   source: str = "") -> np.ndarray:
+        """Grad-CAM of ``label`` on slices of one series (default all): float32 ``[n, H, W]`` in 0..1 at its resolution.
+
+        The same maps as ``write_overlays`` (``headct.explain``), for the viewer's overlay volume.
+        """
+        model = self._torch_model()
+        pixels = self.model_input(volume, source)
+        wanted = list(range(volume.num_slices)) if positions is None else list(positions)
+        with self._lock:
+            cams = series_maps(model, pixels, wanted, self.labels.index(label), None, self.batch_size)
+        return np.stack([to_original(cam, volume.pixels.shape[1:]) for cam in cams]).astype(np.float32)
+
     # --- helpers ----------------------------------------------------------------
 
     def _guarded(self, study: StudyInput) -> dict[str, Any] | InputError:
