@@ -23,6 +23,21 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_cache(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="module")
+def fold_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cache with 3 folds over its train and val studies (study s → fold s % 3; test → -1)."""
+    path = _tiny_cache(tmp_path_factory.mktemp("fold_cache"))
+    index = path / "index.csv"
+    lines = index.read_text().splitlines()
+    header = lines[0].split(",")
+    split_col, fold_col, study_col = header.index("split"), header.index("fold"), header.index("study")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[fold_col] = "-1" if row[split_col] == "test" else str(int(row[study_col].removeprefix("study")) % 3)
+    index.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return path
+
+
 def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32) -> Path:
     """A small RSNA-style cache: half the series have a bright intraparenchymal blob on slices 1..3."""
     from headct.data.cache import (

@@ -91,6 +91,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _add_cv(p: argparse.ArgumentParser) -> None:
+    _add_train(p)  # every training flag; --resume and --fold are refused by the command
+    p.add_argument("--folds", default=None, metavar="K,K", help="run only these folds (default: all the cache has)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of patients for the intervals")
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from headct.cv import cv_command
+
+    return cv_command(args)
+
+
 # --- evaluate / compare ----------------------------------------------------
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -241,6 +253,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "phantom": ("synthetic head CT with known lesions", _add_phantom, _run_phantom),
     "prepare": ("read a dataset once into a memory-mapped cache with a split", _add_prepare, _run_prepare),
     "train": ("train a model on a cache", _add_train, _run_train),
+    "cv": ("k-fold cross-validation over the cache's patient folds", _add_cv, _run_cv),
     "evaluate": ("metrics, predictions and a report for a checkpoint", _add_evaluate, _run_evaluate),
     "compare": ("paired tests between two evaluations", _add_compare, _run_compare),
     "explain": ("Grad-CAM maps, scored against lesion masks", _add_explain, _run_explain),

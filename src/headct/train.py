@@ -128,6 +128,10 @@ class Trainer:
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.out)
         self.cache = Cache(config.data)
+        if config.fold is not None:  # train on the other folds, validate on a share of them
+            from headct.data.folds import fold_view
+
+            self.cache = fold_view(self.cache, config.fold, seed=config.seed)
         self.task = get_task(config.task, self.cache.labels)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
@@ -361,7 +365,8 @@ class Trainer:
             "cache": {"path_sha256": _sha256(str(self.cache.path.resolve()).encode()),
                       "meta_sha256": _sha256(meta_file.read_bytes()), "kind": self.cache.kind,
                       "size": self.cache.size, "source_format": self.cache.meta.get("source_format")},
-            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test")},
+            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test", "fold")
+                      if k != "fold" or "fold" in split},
             "task": self.task.name, "labels": list(self.task.labels),
             "slices": {"train": len(self.train_data), "val": len(self.val_data)},
             "mode": self.mode, "epoch": epoch, "best_epoch": self.best_epoch,

@@ -36,6 +36,7 @@ class TrainConfig:
     task: str | None = None
     out: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    fold: int | None = None              # cross-validation: hold out this fold of the cache (headct.data.folds)
 
     # optimisation
     epochs: int = 10
@@ -205,5 +206,7 @@ def _check(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.lr <= 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.fold is not None and config.fold < 0:
+        raise ValueError(f"fold must be >= 0, got {config.fold}")
     if config.patience < 0:
         raise ValueError(f"patience must be >= 0, got {config.patience}")
