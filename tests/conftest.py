@@ -23,6 +23,23 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_cache(tmp_path_factory.mktemp("cache"))
 
 
+TINY_MODEL = "tiny-test-effnet-shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """The name of a registered 2-D model small enough to train in seconds on the CPU."""
+    from headct.models.backbones import SliceClassifier
+    from headct.models.registry import list_models, register_model
+
+    if TINY_MODEL not in list_models():
+        register_model(TINY_MODEL)(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False:
+                                   SliceClassifier("test_efficientnet", num_classes,
+                                                   target_layers=["encoder.conv_head"], input_kind=input_kind,
+                                                   drop_rate=drop_rate))
+    return TINY_MODEL
+
+
 @pytest.fixture(scope="module")
 def fold_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny cache with 3 folds over its train and val studies (study s → fold s % 3; test → -1)."""

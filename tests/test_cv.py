@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from headct.models.backbones import SliceClassifier
-from headct.models.registry import list_models, register_model
 from headct.training.config import TrainConfig
-
-TINY = "tiny-test-effnet-cv"
-if TINY not in list_models():
-    register_model(TINY)(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False: SliceClassifier(
-        "test_efficientnet", num_classes, target_layers=["encoder.conv_head"], input_kind=input_kind,
-        drop_rate=drop_rate))
 
 FLAGS = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0.0, "max_steps_per_epoch": 2,
          "progress": False, "tensorboard": False, "patience": 0, "model_kwargs": {"drop_rate": 0.2}}
 
 
-def _config(cache: Path, out: Path) -> TrainConfig:
-    return TrainConfig(data=str(cache), model=TINY, task="rsna", out=str(out), **FLAGS)
+def _config(cache: Path, out: Path, model: str) -> TrainConfig:
+    return TrainConfig(data=str(cache), model=model, task="rsna", out=str(out), **FLAGS)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -33,11 +25,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_cv_end_to_end_through_the_cli(fold_cache: Path, tmp_path: Path) -> None:
+def test_cv_end_to_end_through_the_cli(fold_cache: Path, tiny_model: str, tmp_path: Path) -> None:
     from headct.cli import main
 
     out = tmp_path / "cv"
-    argv = ["cv", "--data", str(fold_cache), "--model", TINY, "--task", "rsna", "--out", str(out),
+    argv = ["cv", "--data", str(fold_cache), "--model", tiny_model, "--task", "rsna", "--out", str(out),
             "--bootstrap", "20", "--model-kwargs", json.dumps(FLAGS["model_kwargs"])]
     for key, value in FLAGS.items():
         if key != "model_kwargs":
@@ -68,11 +60,12 @@ def test_cv_end_to_end_through_the_cli(fold_cache: Path, tmp_path: Path) -> None
     assert "cross-validation" in (out / "report.html").read_text()
 
 
-def test_a_run_killed_between_folds_resumes_to_the_same_predictions(fold_cache: Path, tmp_path: Path,
+def test_a_run_killed_between_folds_resumes_to_the_same_predictions(fold_cache: Path, tiny_model: str,
+                                                                    tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import headct.cv as cv
 
-    cv.cross_validate(_config(fold_cache, tmp_path / "whole"), n_bootstrap=10, report=False)
+    cv.cross_validate(_config(fold_cache, tmp_path / "whole", tiny_model), n_bootstrap=10, report=False)
 
     real_run_fold, trained = cv.run_fold, []
 
@@ -82,7 +75,7 @@ def test_a_run_killed_between_folds_resumes_to_the_same_predictions(fold_cache: 
         trained.append(fold)
         return real_run_fold(config, cache, task, fold, fold_dir, **kw)
 
-    cut = _config(fold_cache, tmp_path / "cut")
+    cut = _config(fold_cache, tmp_path / "cut", tiny_model)
     cv.cross_validate(cut, folds=[0], n_bootstrap=10, report=False)  # `headct cv --folds 0`
     monkeypatch.setattr(cv, "run_fold", run_fold_then_die)
     with pytest.raises(KeyboardInterrupt):

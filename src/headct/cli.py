@@ -134,6 +134,24 @@ def _run_compare(args: argparse.Namespace) -> int:
     return compare_command(args)
 
 
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="cache of the site's labelled studies")
+    p.add_argument("--split", choices=["val", "test", "all"], default="val", help="the studies to calibrate on")
+    p.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                   help="per class, the most specific study-level threshold with sensitivity >= S "
+                        "(default: F1-best thresholds)")
+    p.add_argument("--out", required=True, help="the new checkpoint directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from headct.recalibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
 # --- explain / predict / serve / export ------------------------------------
 
 def _add_explain(p: argparse.ArgumentParser) -> None:
@@ -256,6 +274,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "cv": ("k-fold cross-validation over the cache's patient folds", _add_cv, _run_cv),
     "evaluate": ("metrics, predictions and a report for a checkpoint", _add_evaluate, _run_evaluate),
     "compare": ("paired tests between two evaluations", _add_compare, _run_compare),
+    "calibrate": ("refit temperature and thresholds on a site's labelled studies", _add_calibrate,
+                  _run_calibrate),
     "explain": ("Grad-CAM maps, scored against lesion masks", _add_explain, _run_explain),
     "predict": ("predict studies with a checkpoint", _add_predict, _run_predict),
     "serve": ("HTTP prediction service", _add_serve, _run_serve),

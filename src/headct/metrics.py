@@ -80,6 +80,24 @@ def sweep_thresholds(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return np.array([_best_f1_threshold(y[:, c], p[:, c], c) for c in range(p.shape[1])])
 
 
+def sensitivity_thresholds(y_true: np.ndarray, prob: np.ndarray, target: float) -> np.ndarray:
+    """Per-class threshold of the most specific operating point whose sensitivity reaches ``target``.
+
+    ``y_true`` and ``prob`` are [N, C]. For each class: the highest threshold
+    with ``mean(prob[positives] >= t) >= target``, placed in the middle of the
+    interval that gives the same decisions (as :func:`sweep_thresholds`), so a
+    rounding of the probabilities does not flip one. A class with no positive
+    example gets 0.5 and a warning.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    y = _as_2d(np.asarray(y_true), "y_true")
+    p = _as_2d(np.asarray(prob, dtype=np.float64), "prob")
+    if y.shape != p.shape:
+        raise ValueError(f"y_true {y.shape} and prob {p.shape} differ in shape")
+    return np.array([_sensitivity_threshold(y[:, c].astype(bool), p[:, c], target, c) for c in range(p.shape[1])])
+
+
 # --- the metrics block ---------------------------------------------------------
 
 def classification_metrics(
@@ -316,6 +334,18 @@ def _best_f1_threshold(y: np.ndarray, p: np.ndarray, column: int) -> float:
     best = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0.0, atol=1e-12))
     pick = best[np.argmax(width[best])]                    # widest; first = highest on ties
     return float((values[pick] + lower[pick]) / 2.0)
+
+
+def _sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float, column: int) -> float:
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        log.warning("class %d has no positive example; threshold left at 0.5", column)
+        return 0.5
+    needed = int(np.ceil(target * n_pos - 1e-9))          # positives that must sit at or above t
+    value = np.sort(p[y])[::-1][needed - 1]
+    below = p[p < value]
+    lower = float(below.max()) if below.size else min(0.0, value)
+    return float((value + lower) / 2.0)
 
 
 # --- helpers: metric blocks ----------------------------------------------------
