@@ -232,10 +232,19 @@ class Predictor:
         from headct.data.resample import resample_slices
 
         expected = self.config["input"].get("kind", "hu")
+        windows = self.config.get("input_windows") or []
+        if volume.kind == "hu" and expected == "uint8" and len(windows) == 1:
+            # an 8-bit model trained on pre-windowed images: window the HU as those images were made
+            from headct.windows import to_uint8
+
+            window = windows[0] if isinstance(windows[0], str) else tuple(windows[0])
+            return resample_slices(to_uint8(volume.pixels, window), self.input_size)
         if volume.kind != expected:
             what = {"hu": "Hounsfield units (DICOM or NIfTI CT)", "uint8": "8-bit windowed images (PNG)"}
+            unmatched = " and records no single input window to apply to HU" if volume.kind == "hu" else ""
             raise InputError(source or None, f"this is {what.get(volume.kind, volume.kind)}, but the model reads "
-                                             f"{what.get(expected, expected)}; use a model trained on that input")
+                                             f"{what.get(expected, expected)}{unmatched}; "
+                                             "use a model trained on that input")
         return resample_slices(volume.pixels, self.input_size)
 
     def write_overlays(self, study: StudyInput, result: dict[str, Any], folder: Path) -> list[Path]:

@@ -133,6 +133,7 @@ class Trainer:
 
             self.cache = fold_view(self.cache, config.fold, seed=config.seed)
         self.task = get_task(config.task, self.cache.labels)
+        self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
         self.spec = self.model.spec
@@ -351,10 +352,13 @@ class Trainer:
         log.info("resuming %s after epoch %d", self.run_dir, self.start_epoch - 1)
 
     def _checkpoint_fields(self, epoch: int) -> dict[str, Any]:
-        return {
+        fields = {
             "size": self.cache.size, "task": self.task.name, "labels": list(self.task.labels),
             "label_kind": self.task.kind, "training": self.training_summary(epoch),
         }
+        if self.input_windows is not None:  # which HU window made the 8-bit images: predict applies it to DICOM
+            fields["input_windows"] = self.input_windows
+        return fields
 
     def training_summary(self, epoch: int) -> dict[str, Any]:
         """What the checkpoint was trained on and how (no paths: the cache is named by hashes)."""
@@ -502,6 +506,16 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buffer.getvalue())
     os.replace(tmp, path)
+
+
+def input_windows(text: str | None) -> list[Any]:
+    """The checkpoint's ``input_windows`` for an 8-bit cache: one window per image channel (brain by default)."""
+    from headct.windows import parse_windows
+
+    windows = parse_windows(text or "brain")
+    if len(windows) != 1:
+        raise ValueError(f"input_windows {text!r}: the cache holds one 8-bit image per slice, so one window")
+    return [list(w) if isinstance(w, tuple) else w for w in windows]
 
 
 def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:

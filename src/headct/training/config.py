@@ -37,6 +37,8 @@ class TrainConfig:
     out: str | None = None
     model_kwargs: dict = field(default_factory=dict)
     fold: int | None = None              # cross-validation: hold out this fold of the cache (headct.data.folds)
+    input_windows: str | None = None     # 8-bit caches: the window that made the images (e.g. brain, 40/80);
+                                         # recorded so predict can window DICOM the same way. None: brain
 
     # optimisation
     epochs: int = 10
@@ -206,6 +208,10 @@ def _check(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.lr <= 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.input_windows is not None:
+        from headct.windows import parse_windows  # numpy only: headct --help stays fast
+
+        parse_windows(config.input_windows)
     if config.fold is not None and config.fold < 0:
         raise ValueError(f"fold must be >= 0, got {config.fold}")
     if config.patience < 0:
