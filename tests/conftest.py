@@ -36,7 +36,7 @@ def tiny_model() -> str:
         register_model(TINY_MODEL)(lambda num_classes, *, input_kind="hu", drop_rate=0.0, pretrained=False:
                                    SliceClassifier("test_efficientnet", num_classes,
                                                    target_layers=["encoder.conv_head"], input_kind=input_kind,
-                                                   drop_rate=drop_rate))
+                                                   drop_rate=drop_rate, pretrained=pretrained))
     return TINY_MODEL
 
 

@@ -287,3 +287,26 @@ def csv_rows(path: Path):
     with open(path, newline="") as f:
         yield from csv.DictReader(f)
 
+
+
+def test_pretrained_local_file_initialises_the_backbone_and_stays_out_of_the_checkpoint(
+        cache: Path, tiny_model: str, tmp_path: Path) -> None:
+    import json
+
+    import safetensors.torch
+    import timm
+
+    from headct.checkpoint import load_checkpoint
+    from headct.train import train
+
+    torch.manual_seed(99)
+    source = timm.create_model("test_efficientnet")
+    weights = tmp_path / "secret-site-name" / "weights.safetensors"
+    weights.parent.mkdir()
+    safetensors.torch.save_file(source.state_dict(), str(weights))
+    best = train(_config(cache, tmp_path / "run", model=tiny_model, epochs=1, max_steps_per_epoch=1, lr=1e-9,
+                         pretrained=str(weights), model_kwargs={}))
+    model, config = load_checkpoint(best)
+    torch.testing.assert_close(model.encoder.conv_stem.weight, source.conv_stem.weight, atol=1e-6, rtol=0)
+    assert config["training"]["pretrained"].startswith("file sha256 ")
+    assert "secret-site-name" not in json.dumps(config)

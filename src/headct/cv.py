@@ -137,7 +137,8 @@ def run_fold(config: TrainConfig, cache: Any, task: Any, fold: int, fold_dir: Pa
     model, stored = load_checkpoint(best, map_location=device)
     view = fold_view(cache, fold, seed=config.seed)
     pred = predict_split(model, view, task, "test", batch_size=config.batch_size, device=device,
-                         amp=resolve_amp(config.amp, device), progress=config.progress)
+                         amp=resolve_amp(config.amp, device), progress=config.progress,
+                         tta_flip=bool(stored.get("tta_flip")))
     if len(pred.rows) == 0:
         raise ValueError(f"{cache.path}: fold {fold} has no usable slices for task {task.name!r}")
     thresholds, temperature = _decision_settings(stored, task)

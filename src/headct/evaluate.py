@@ -126,7 +126,8 @@ def evaluate(
 
     thresholds, temperature, source = _frozen_or_fitted(model, config, checkpoint, cache, task,
                                                         batch_size=batch_size, device=device)
-    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device)
+    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device,
+                         tta_flip=bool(config.get("tta_flip")))
     if len(pred.rows) == 0:
         raise ValueError(f"{cache.path}: split {split!r} has no usable slices for task {task.name!r}")
     result = evaluation_results(pred, task, thresholds, temperature, n_bootstrap=n_bootstrap)
@@ -156,8 +157,10 @@ def predict_split(
     amp: str | None = None,
     max_series: int | None = None,
     progress: bool = True,
+    tta_flip: bool = False,
 ) -> SplitPredictions:
-    """Logits for every usable slice of ``split``, series by series (whole series per forward path)."""
+    """Logits for every usable slice of ``split``, series by series (whole series per forward path);
+    ``tta_flip`` averages with the mirrored series (``headct.inference.series_logits``)."""
     targets_all, keep_all = task.targets(cache.label_matrix)
     split_rows = cache.rows(split)
     shards = list(dict.fromkeys(cache.index["shard"][split_rows].tolist()))
@@ -171,7 +174,7 @@ def predict_split(
         if not keep.any():
             continue
         out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
-                            device=device, amp=amp)
+                            device=device, amp=amp, tta_flip=tta_flip)
         rows.append(series_rows[keep])
         logits.append(out.slice_logits.numpy()[keep])
         if out.series_logits is not None:
@@ -360,7 +363,8 @@ def _frozen_or_fitted(
 
     log.info("checkpoint has no %s: fitting on the validation split",
              "thresholds" if not thresholds else "temperature")
-    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device)
+    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device,
+                        tta_flip=bool(config.get("tta_flip")))
     if len(val.rows) == 0:
         raise ValueError(f"{cache.path}: no validation slices to fit thresholds/temperature on")
     fitted_thresholds, fitted_temperature = fit_calibration(val, task)

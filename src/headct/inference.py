@@ -54,13 +54,24 @@ def series_logits(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     amp: str | None = None,
+    tta_flip: bool = False,
 ) -> SeriesOutput:
-    """Logits for every slice of one series (and the series logit where the model has one)."""
+    """Logits for every slice of one series (and the series logit where the model has one).
+
+    ``tta_flip``: test-time augmentation, the mean of the logits of the series
+    and of its left-right mirror image (a head is near-symmetric; lesions are not).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     series = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
     if series.dim() != 3:
         raise ValueError(f"a series is [S, H, W], got shape {tuple(series.shape)}")
     series = series.to(device, non_blocking=True)
+    if tta_flip:
+        views = [series_logits(model, view, batch_size=batch_size, device=device, amp=amp)
+                 for view in (series, series.flip(-1))]
+        mirrored = views[1].series_logits
+        return SeriesOutput((views[0].slice_logits + views[1].slice_logits) / 2,
+                            None if mirrored is None else (views[0].series_logits + mirrored) / 2)
     spec = model.spec
     with autocast_context(device, amp):
         if spec.level == "series":

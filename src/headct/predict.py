@@ -221,7 +221,8 @@ class Predictor:
         """Calibrated probabilities of one series: per slice ``[S, n]``, and ``[n]`` for series models."""
         pixels = self.model_input(volume, source)
         with self._lock:
-            out = series_logits(self.model, pixels, batch_size=self.batch_size, device=self.device)
+            out = series_logits(self.model, pixels, batch_size=self.batch_size, device=self.device,
+                                tta_flip=bool(self.config.get("tta_flip")))
         probs = probabilities(out.slice_logits, self.label_kind, self.temperature).numpy()
         series = (probabilities(out.series_logits[None], self.label_kind, self.temperature).numpy()
                   if out.series_logits is not None else None)

@@ -87,7 +87,7 @@ def recalibrate(
     cache = Cache(data)
     task = _task_for(stored, cache)
     pred = predict_split(model, cache, task, None if split == "all" else split, batch_size=batch_size,
-                         device=device)
+                         device=device, tta_flip=bool(stored.get("tta_flip")))
     if len(pred.rows) == 0:
         raise ValueError(f"{cache.path}: split {split!r} has no usable slices for task {task.name!r}")
 

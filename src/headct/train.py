@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 LOWER_IS_BETTER = ("loss", "ece", "rsna_log_loss")  # monitored with a minus sign
+PRETRAINED_HUB = ("imagenet", "true", "timm")  # --pretrained values that mean timm's default weights
 PROGRESS_EVERY = 10  # batches between progress-bar loss updates (each one is a device sync)
 
 
@@ -355,6 +356,7 @@ class Trainer:
         fields = {
             "size": self.cache.size, "task": self.task.name, "labels": list(self.task.labels),
             "label_kind": self.task.kind, "training": self.training_summary(epoch),
+            "tta_flip": self.config.tta_flip,
         }
         if self.input_windows is not None:  # which HU window made the 8-bit images: predict applies it to DICOM
             fields["input_windows"] = self.input_windows
@@ -364,7 +366,7 @@ class Trainer:
         """What the checkpoint was trained on and how (no paths: the cache is named by hashes)."""
         meta_file = self.cache.path / "meta.json"
         split = self.cache.meta.get("split", {})
-        hidden = {"data", "out", "encoder_checkpoint"}
+        hidden = {"data", "out", "encoder_checkpoint", "pretrained"}  # paths: never in a checkpoint
         return {
             "cache": {"path_sha256": _sha256(str(self.cache.path.resolve()).encode()),
                       "meta_sha256": _sha256(meta_file.read_bytes()), "kind": self.cache.kind,
@@ -373,6 +375,7 @@ class Trainer:
                       if k != "fold" or "fold" in split},
             "task": self.task.name, "labels": list(self.task.labels),
             "slices": {"train": len(self.train_data), "val": len(self.val_data)},
+            "pretrained": _pretrained_summary(self.config.pretrained),
             "mode": self.mode, "epoch": epoch, "best_epoch": self.best_epoch,
             "monitor": self.config.monitor, "best_score": self.best_score,
             "world_size": self.info.world_size, "amp": self.amp or "off",
@@ -386,7 +389,8 @@ class Trainer:
 
         model, stored = load_checkpoint(best, map_location=self.device)
         val = predict_split(model, self.cache, self.task, "val", batch_size=self.config.batch_size,
-                            device=self.device, amp=self.amp, progress=self.config.progress)
+                            device=self.device, amp=self.amp, progress=self.config.progress,
+                            tta_flip=self.config.tta_flip)
         training = dict(stored.get("training") or {}, epochs_run=len(self.history))
         if len(val.rows) == 0:
             log.warning("no validation slices: thresholds 0.5 and temperature 1 are kept")
@@ -523,6 +527,8 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     from headct.models import build_model
 
     kwargs = dict(config.model_kwargs)
+    if config.pretrained:  # transient: the weights come from the file once, the checkpoint keeps them
+        kwargs["pretrained"] = True if config.pretrained.lower() in PRETRAINED_HUB else config.pretrained
     if config.encoder_checkpoint:
         kwargs["encoder_checkpoint"] = config.encoder_checkpoint
     try:
@@ -533,6 +539,15 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
     return build_model(config.model, num_classes, **kwargs)
+
+
+def _pretrained_summary(pretrained: str | None) -> str | None:
+    """What initialised the backbone, without a path: the hub tag, or the weights file's hash."""
+    if not pretrained:
+        return None
+    if pretrained.lower() in PRETRAINED_HUB:
+        return "timm default pretrained weights"
+    return f"file sha256 {_sha256(Path(pretrained).read_bytes())}"
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

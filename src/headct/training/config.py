@@ -36,6 +36,7 @@ class TrainConfig:
     task: str | None = None
     out: str | None = None
     model_kwargs: dict = field(default_factory=dict)
+    pretrained: str | None = None        # backbone weights: "imagenet" (timm's default tag) or a local file
     fold: int | None = None              # cross-validation: hold out this fold of the cache (headct.data.folds)
     input_windows: str | None = None     # 8-bit caches: the window that made the images (e.g. brain, 40/80);
                                          # recorded so predict can window DICOM the same way. None: brain
@@ -61,6 +62,9 @@ class TrainConfig:
     shift: float = 0.05
     window_shift: float = 10.0           # HU (grey levels for uint8 inputs)
     window_scale: float = 0.05
+
+    # test-time augmentation, recorded in the checkpoint: evaluate, predict and serve apply it
+    tta_flip: bool = False               # mean of the logits of each series and its left-right mirror
 
     # series-level models (study-seq)
     max_slices: int | None = None
