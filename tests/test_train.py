@@ -310,3 +310,25 @@ def test_pretrained_local_file_initialises_the_backbone_and_stays_out_of_the_che
     torch.testing.assert_close(model.encoder.conv_stem.weight, source.conv_stem.weight, atol=1e-6, rtol=0)
     assert config["training"]["pretrained"].startswith("file sha256 ")
     assert "secret-site-name" not in json.dumps(config)
+
+
+def test_ema_checkpoint_holds_the_warmed_up_average_of_the_training_weights(cache: Path, tmp_path: Path) -> None:
+    from headct.checkpoint import load_checkpoint
+    from headct.train import train
+
+    def run(name: str, steps: int) -> tuple[dict, dict]:
+        config = _config(cache, tmp_path / name, epochs=1, max_steps_per_epoch=steps, ema_decay=0.9)
+        train(config)
+        trained = load_train_state(tmp_path / name)["model"]  # the raw training weights
+        saved, _ = load_checkpoint(tmp_path / name / "last")
+        return trained, saved.state_dict()
+
+    first, first_saved = run("one", 1)   # after one step the average is that step's weights (decay 0)
+    second, second_saved = run("two", 2)  # the same first step (same seed, same lr), then a second one
+    decay = min(1 - 2 ** (-2 / 3), 0.9)    # ModelEmaV3's warm-up decay at step 2
+    for name, value in second.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(first_saved[name], first[name], msg=name)
+            torch.testing.assert_close(second_saved[name], decay * first[name] + (1 - decay) * value,
+                                       rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(second_saved["encoder.conv_stem.weight"], second["encoder.conv_stem.weight"])

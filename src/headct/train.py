@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,7 @@ class Trainer:
             config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch),
             config.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.ema = _ema(self.model, config.ema_decay)
         self.net = self._wrap()
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
@@ -179,7 +180,8 @@ class Trainer:
             started = time.perf_counter()
             train_loss, seen = self._train_epoch(epoch, generator)
             elapsed = time.perf_counter() - started
-            val = self._validate()
+            with self._averaged_weights():
+                val = self._validate()
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["val_loss"],
                    **{f"val_{k}": v for k, v in val["metrics"].items()},
                    "lr": self.optimizer.param_groups[0]["lr"],
@@ -232,6 +234,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.scheduler.last_epoch)  # optimizer steps so far
 
     def _loss(self, batch: Any, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """Loss of one batch (augmented when a generator is given), and how many slices it held."""
@@ -324,9 +328,10 @@ class Trainer:
             fields = self._checkpoint_fields(epoch)
             from headct.checkpoint import save_checkpoint
 
-            save_checkpoint(self.model, self.run_dir / "last", **fields)
-            if improved:
-                save_checkpoint(self.model, self.run_dir / "best", **fields)
+            with self._averaged_weights():
+                save_checkpoint(self.model, self.run_dir / "last", **fields)
+                if improved:
+                    save_checkpoint(self.model, self.run_dir / "best", **fields)
             write_history(self.run_dir / METRICS_FILE, self.history)
             save_train_state(self.run_dir, {
                 "epoch": epoch, "model": self.model.state_dict(),
@@ -334,6 +339,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "best_score": self.best_score,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
                 "history": self.history,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             })
         if self.stopped:
             log.info("early stop after epoch %d: %s did not improve for %d epochs",
@@ -350,6 +356,8 @@ class Trainer:
         self.best_score, self.best_epoch = state["best_score"], int(state["best_epoch"])
         self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
         self.history = list(state["history"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         log.info("resuming %s after epoch %d", self.run_dir, self.start_epoch - 1)
 
     def _checkpoint_fields(self, epoch: int) -> dict[str, Any]:
@@ -400,6 +408,19 @@ class Trainer:
         update_checkpoint_config(best, thresholds=thresholds, temperature=temperature, training=training)
         log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
                  {k: round(v, 3) for k, v in thresholds.items()})
+
+    @contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """With EMA on: the model holds the averaged weights inside, its training weights again after."""
+        if self.ema is None:
+            yield
+            return
+        training = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(training)
 
     # -- set-up helpers --
 
@@ -539,6 +560,15 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
     return build_model(config.model, num_classes, **kwargs)
+
+
+def _ema(model: nn.Module, decay: float | None) -> nn.Module | None:
+    """timm's ModelEmaV3 with its warm-up (the decay grows with the step, so short runs still average)."""
+    if not decay:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
 def _pretrained_summary(pretrained: str | None) -> str | None:

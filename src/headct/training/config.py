@@ -53,6 +53,8 @@ class TrainConfig:
     amp: str = "auto"                    # auto | bf16 | fp16 | off
     label_smoothing: float | None = None  # None: 0.1 for multiclass tasks (as StrokeNeXt), 0 otherwise
     seed: int = 0
+    ema_decay: float | None = None       # EMA of the weights (timm ModelEmaV3, with warm-up); validated and
+                                         # saved weights are the average. None: off
 
     # augmentation (on the training device, on raw HU / grey, before the model's windowing)
     augment: bool = True
@@ -216,6 +218,8 @@ def _check(config: TrainConfig) -> None:
         from headct.windows import parse_windows  # numpy only: headct --help stays fast
 
         parse_windows(config.input_windows)
+    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1) or none, got {config.ema_decay}")
     if config.fold is not None and config.fold < 0:
         raise ValueError(f"fold must be >= 0, got {config.fold}")
     if config.patience < 0:
