@@ -332,3 +332,17 @@ def test_ema_checkpoint_holds_the_warmed_up_average_of_the_training_weights(cach
             torch.testing.assert_close(second_saved[name], decay * first[name] + (1 - decay) * value,
                                        rtol=1e-4, atol=1e-6, msg=name)
     assert not torch.equal(second_saved["encoder.conv_stem.weight"], second["encoder.conv_stem.weight"])
+
+
+def test_early_stopping_can_monitor_the_study_level_metric(cache: Path, tmp_path: Path) -> None:
+    from headct.checkpoint import read_checkpoint_config
+    from headct.train import train
+
+    best = train(_config(cache, tmp_path / "run", epochs=3, monitor="study_macro_auroc"))
+    rows = list(csv_rows(tmp_path / "run" / "metrics.csv"))
+    scores = [float(r["val_study_macro_auroc"]) for r in rows]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    training = read_checkpoint_config(best)["training"]
+    assert training["monitor"] == "study_macro_auroc"
+    assert training["best_score"] == pytest.approx(max(scores))
+    assert training["best_epoch"] == scores.index(max(scores))

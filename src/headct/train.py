@@ -137,6 +137,7 @@ class Trainer:
         self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
+        self.pretrained = _pretrained_summary(config.pretrained)
         self.spec = self.model.spec
         if self.spec.input_kind != self.cache.kind:
             raise ValueError(f"{config.model} reads {self.spec.input_kind} input but the cache holds "
@@ -290,11 +291,31 @@ class Trainer:
         _, first = np.unique(rows, return_index=True)  # the DistributedSampler pads with repeats
         logits, targets = logits[first], targets[first]
         val_loss = sum_scalar(loss_sum, self.info) / max(sum_scalar(batches, self.info), 1.0)
+        rows = rows[first]
         prob = _probabilities(logits, self.task.kind)
         metrics = classification_metrics(targets, prob, labels=list(self.task.labels), kind=self.task.kind)
-        keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece")
+        metrics.update(self._study_metrics(rows, logits, targets))
+        keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece", "study_macro_auroc")
         return {"val_loss": val_loss, "metrics": {k: metrics.get(k) for k in keep if k in metrics},
                 "all": metrics}
+
+    def _study_metrics(self, rows: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Validation metrics per study (slices aggregated as evaluate does), keys prefixed ``study_``:
+        ``--monitor study_macro_auroc`` stops early on what a study-level reader sees."""
+        from headct.evaluate import SplitPredictions, study_table
+        from headct.metrics import classification_metrics
+
+        index = self.cache.index
+        empty = np.zeros(0, dtype=str)
+        pred = SplitPredictions(rows=rows, uids=index["uid"][rows], studies=index["study"][rows],
+                                series=index["shard"][rows], logits=logits, targets=targets,
+                                series_keys=empty, series_studies=empty)
+        studies = study_table(pred, self.task, 1.0)
+        if len(studies.studies) == 0:
+            return {}
+        metrics = classification_metrics(studies.targets, studies.prob, labels=list(self.task.labels),
+                                         kind=self.task.kind)
+        return {f"study_{k}": v for k, v in metrics.items() if isinstance(v, float | int) or v is None}
 
     def _slice_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-slice logits, targets and cache rows of one validation batch (on the CPU)."""
@@ -379,11 +400,11 @@ class Trainer:
             "cache": {"path_sha256": _sha256(str(self.cache.path.resolve()).encode()),
                       "meta_sha256": _sha256(meta_file.read_bytes()), "kind": self.cache.kind,
                       "size": self.cache.size, "source_format": self.cache.meta.get("source_format")},
-            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test", "fold")
-                      if k != "fold" or "fold" in split},
+            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test")}
+            | ({"fold": split["fold"]} if "fold" in split else {}),
             "task": self.task.name, "labels": list(self.task.labels),
             "slices": {"train": len(self.train_data), "val": len(self.val_data)},
-            "pretrained": _pretrained_summary(self.config.pretrained),
+            "pretrained": self.pretrained,
             "mode": self.mode, "epoch": epoch, "best_epoch": self.best_epoch,
             "monitor": self.config.monitor, "best_score": self.best_score,
             "world_size": self.info.world_size, "amp": self.amp or "off",
