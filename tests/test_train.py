@@ -346,3 +346,23 @@ def test_early_stopping_can_monitor_the_study_level_metric(cache: Path, tmp_path
     assert training["monitor"] == "study_macro_auroc"
     assert training["best_score"] == pytest.approx(max(scores))
     assert training["best_epoch"] == scores.index(max(scores))
+
+
+def test_class_balance_weights_rare_labels_by_their_frequency(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    from headct.train import balanced_weights, train
+
+    multilabel = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]] * 4)
+    np.testing.assert_allclose(balanced_weights(multilabel, "multilabel", 3), [4.0, 1.0, 4.0])
+    skewed = np.array([[1, 0]] + [[0, 0]] * 99)
+    assert balanced_weights(skewed, "multilabel", 2)[0] == 10.0  # capped
+    classes = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    np.testing.assert_allclose(balanced_weights(classes, "multiclass", 4), [12 / 24, 12 / 8, 12 / 16, 1.0])
+
+    # the tiny cache's training split: 18 of 72 slices bleed (intraparenchymal, any), the rest never
+    import headct.train as train_module
+
+    seen = {}
+    real = train_module.balanced_weights
+    monkeypatch.setattr(train_module, "balanced_weights", lambda *a, **k: seen.setdefault("w", real(*a, **k)))
+    train(_config(cache, tmp_path / "run", epochs=1, max_steps_per_epoch=1, class_balance=True))
+    np.testing.assert_allclose(seen["w"], [1, 3, 1, 1, 1, 3])

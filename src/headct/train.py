@@ -145,6 +145,8 @@ class Trainer:
         self.mode = training_mode(self.spec.level, config.encoder_checkpoint)
         self.amp = resolve_amp(config.amp, self.device)
         self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
+        self.balance = (torch.tensor(balanced_weights(self._train_targets(), self.task.kind, self.task.num_outputs),
+                                     dtype=torch.float32, device=self.device) if config.class_balance else None)
         self.smoothing = (config.label_smoothing if config.label_smoothing is not None
                           else (0.1 if self.task.kind == "multiclass" else 0.0))
         self.augment = AugmentConfig(config.flip_p, config.rotate_deg, config.scale, config.shift,
@@ -266,8 +268,8 @@ class Trainer:
         if self.task.kind == "multiclass":
             if targets.dim() == logits.dim():  # one-hot (series datasets) → class indices
                 targets = targets.argmax(-1)
-            return F.cross_entropy(logits, targets.long(), label_smoothing=self.smoothing)
-        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+            return F.cross_entropy(logits, targets.long(), weight=self.balance, label_smoothing=self.smoothing)
+        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none", pos_weight=self.balance)
         return (bce * self.loss_weights).sum(-1).mean() / self.loss_weights.sum()
 
     # -- validation --
@@ -430,6 +432,12 @@ class Trainer:
         log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
                  {k: round(v, 3) for k, v in thresholds.items()})
 
+    def _train_targets(self) -> np.ndarray:
+        """The task's targets of the usable training slices (for class balance)."""
+        targets, keep = self.task.targets(self.cache.label_matrix)
+        rows = self.cache.rows("train")
+        return targets[rows[keep[rows]]]
+
     @contextmanager
     def _averaged_weights(self) -> Iterator[None]:
         """With EMA on: the model holds the averaged weights inside, its training weights again after."""
@@ -581,6 +589,25 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     if not config.encoder_checkpoint:  # study-seq: the encoder reads the input
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **kwargs.get("encoder_kwargs", {})}
     return build_model(config.model, num_classes, **kwargs)
+
+
+BALANCE_CAP = 10.0  # the largest weight class balance gives: one positive in 10,000 must not rule the loss
+
+
+def balanced_weights(targets: np.ndarray, kind: str, num_outputs: int, cap: float = BALANCE_CAP) -> np.ndarray:
+    """Loss weights for rare labels from training targets.
+
+    Multi-label: BCE ``pos_weight`` per label = negatives / positives (1 for a
+    label without positives), in [1, cap]. Multi-class: cross-entropy class
+    weight = N / (C * n_c) (1 for an absent class), in [1/cap, cap].
+    """
+    if kind == "multilabel":
+        positives = np.asarray(targets, dtype=np.float64).sum(axis=0)
+        ratio = np.where(positives > 0, (len(targets) - positives) / np.maximum(positives, 1), 1.0)
+        return np.clip(ratio, 1.0, cap)
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_outputs).astype(np.float64)
+    weights = np.where(counts > 0, len(targets) / (num_outputs * np.maximum(counts, 1)), 1.0)
+    return np.clip(weights, 1.0 / cap, cap)
 
 
 def _ema(model: nn.Module, decay: float | None) -> nn.Module | None:

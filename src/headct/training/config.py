@@ -51,6 +51,8 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad: float | None = 1.0
     amp: str = "auto"                    # auto | bf16 | fp16 | off
+    class_balance: bool = False          # rare labels weigh more: BCE pos_weight = negatives/positives per label,
+                                         # CE class weights = inverse frequency; from the training split, capped
     label_smoothing: float | None = None  # None: 0.1 for multiclass tasks (as StrokeNeXt), 0 otherwise
     seed: int = 0
     ema_decay: float | None = None       # EMA of the weights (timm ModelEmaV3, with warm-up); validated and
