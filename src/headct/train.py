@@ -8,12 +8,17 @@ One run trains one model on one task of a prepared cache and writes, under ``RUN
 - ``metrics.csv``: one row per epoch (losses, validation metrics, lr, images/s);
 - ``tb/``: TensorBoard events, when TensorBoard is installed.
 
-Recipe: AdamW, linear warm-up then cosine decay per optimizer step, AMP
-(bf16, or fp16 with a GradScaler), gradient accumulation and clipping, CT
-augmentations on the device (``headct.training.augment``), early stopping on a
-validation metric. Multi-label tasks use BCE weighted per label (the RSNA
+Recipe: AdamW (lr 2e-3), linear warm-up then cosine decay per optimizer step,
+AMP (bf16, or fp16 with a GradScaler), gradient accumulation and clipping, CT
+augmentations on the device (``headct.training.augment``), the best epoch by a
+validation metric (slice or ``study_`` level) kept, early stopping optional
+(``patience``). Multi-label tasks use BCE weighted per label (the RSNA
 competition's 2 on "any"); multi-class tasks use cross-entropy with label
-smoothing (0.1 by default, as StrokeNeXt).
+smoothing (0.1 by default, as StrokeNeXt). Options, off by default until a
+comparison shows they help: ``class_balance`` (rare-label loss weights),
+``ema_decay`` (an EMA of the weights), ``tta_flip`` (mirror test-time
+augmentation, recorded in the checkpoint), ``pretrained`` (timm weights or a
+file), ``fold`` (cross-validation, ``headct.cv``).
 
 Series-level models (``study-seq``) train on whole series with a per-slice and
 a series loss, end to end, or two-stage (``encoder_checkpoint``): slice
