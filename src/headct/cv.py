@@ -38,7 +38,13 @@ import numpy as np
 
 from headct import atomic
 from headct.calibrate import apply_temperature
-from headct.training.config import TrainConfig, check_complete, load_config, resolve_config, save_config
+from headct.training.config import (
+    TrainConfig,
+    check_complete,
+    load_config,
+    resolve_config,
+    save_config,
+)
 
 log = logging.getLogger(__name__)
 
