@@ -89,3 +89,14 @@ def test_a_run_killed_between_folds_resumes_to_the_same_predictions(fold_cache: 
     assert len(whole) == 16 * 6 + 16 and whole == resumed
     with pytest.raises(ValueError, match="other settings"):
         cv.cross_validate(TrainConfig(**{**cut.to_dict(), "lr": 1e-3}), report=False)
+
+
+def test_a_cache_without_folds_is_one_clear_line(cache: Path, tiny_model: str, tmp_path: Path) -> None:
+    from headct.cli import main
+
+    with pytest.raises(SystemExit, match=r"^headct cv: .*no folds; run `headct prepare --folds K`$"):
+        main(["cv", "--data", str(cache), "--model", tiny_model, "--task", "rsna", "--out", str(tmp_path / "cv")])
+    with pytest.raises(SystemExit, match="--folds takes fold numbers"):
+        main(["cv", "--data", str(cache), "--model", tiny_model, "--task", "rsna", "--out", str(tmp_path / "cv"),
+              "--folds", "a,b"])
+    assert not any((tmp_path / "cv").glob("fold*"))

@@ -103,3 +103,12 @@ def test_sensitivity_thresholds_pick_the_most_specific_point() -> None:
     assert sensitivity_thresholds(y, p, 1.0)[0] <= 0.3
     with pytest.raises(ValueError, match="target sensitivity"):
         sensitivity_thresholds(y, p, 0.0)
+
+
+def test_calibrate_command_refuses_a_bad_target_in_one_line(trained_best: Path, site: Path, tmp_path: Path) -> None:
+    from headct.cli import main
+
+    with pytest.raises(SystemExit, match=r"^headct calibrate: target sensitivity must be in \(0, 1\]"):
+        main(["calibrate", str(trained_best), "--data", str(site), "--split", "test", "--target-sensitivity", "1.5",
+              "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

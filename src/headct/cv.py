@@ -38,6 +38,7 @@ import numpy as np
 
 from headct import atomic
 from headct.calibrate import apply_temperature
+from headct.errors import HeadCTError
 from headct.training.config import (
     TrainConfig,
     check_complete,
@@ -69,7 +70,10 @@ def cv_command(args: argparse.Namespace) -> int:
         folds = parse_folds(args.folds)
     except ValueError as err:
         raise SystemExit(f"headct cv: {err}") from None
-    paths = cross_validate(config, folds=folds, n_bootstrap=args.bootstrap)
+    try:
+        paths = cross_validate(config, folds=folds, n_bootstrap=args.bootstrap)
+    except (ValueError, HeadCTError) as err:  # one line: no folds, another run's DIR, an unreadable cache
+        raise SystemExit(f"headct cv: {err}") from None
     print(f"out-of-fold metrics: {paths['metrics']}")
     if "report" in paths:
         print(f"report: {paths['report']}")

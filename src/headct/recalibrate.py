@@ -45,9 +45,14 @@ OUTPUT_FOLDER = "calibration"
 
 def calibrate_command(args: argparse.Namespace) -> int:
     """``headct calibrate``: refit, write the new checkpoint, print ECE before/after and where it is."""
-    summary = recalibrate(args.checkpoint, args.data, args.out, split=args.split,
-                          target_sensitivity=args.target_sensitivity, batch_size=args.batch_size,
-                          device=args.device)
+    from headct.errors import HeadCTError
+
+    try:
+        summary = recalibrate(args.checkpoint, args.data, args.out, split=args.split,
+                              target_sensitivity=args.target_sensitivity, batch_size=args.batch_size,
+                              device=args.device)
+    except (ValueError, HeadCTError) as err:  # one line: bad checkpoint, cache, split or target
+        raise SystemExit(f"headct calibrate: {err}") from None
     for level in ("slice", "study"):
         ece = summary["ece"][level]
         print(f"{level} ECE: {ece['before']:.4f} -> {ece['after']:.4f}")
@@ -80,6 +85,8 @@ def recalibrate(
     checkpoint, out = Path(checkpoint), Path(out)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     if out.resolve() == checkpoint.resolve():
         raise ValueError(f"{out}: write the recalibrated checkpoint to a new directory, not over its source")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
