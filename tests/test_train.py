@@ -366,3 +366,12 @@ def test_class_balance_weights_rare_labels_by_their_frequency(cache: Path, tmp_p
     monkeypatch.setattr(train_module, "balanced_weights", lambda *a, **k: seen.setdefault("w", real(*a, **k)))
     train(_config(cache, tmp_path / "run", epochs=1, max_steps_per_epoch=1, class_balance=True))
     np.testing.assert_allclose(seen["w"], [1, 3, 1, 1, 1, 3])
+
+
+def test_train_fold_on_a_cache_without_folds_is_one_line(cache: Path, tmp_path: Path) -> None:
+    from headct.cli import main
+
+    with pytest.raises(SystemExit, match=r"^headct train: .*no fold 1; the cache has no folds"):
+        main(["train", "--data", str(cache), "--model", TINY, "--task", "rsna", "--out", str(tmp_path / "run"),
+              "--fold", "1"])
+    assert not (tmp_path / "run").exists()

@@ -104,12 +104,28 @@ def train_command(args: argparse.Namespace) -> int:
         config = resolve_config(args.config, flags)
     try:
         check_complete(config)
+        _check_fold(config)
     except ValueError as err:
         raise SystemExit(f"headct train: {err}") from None
     best = train(config, resume=bool(args.resume))
     if best is not None:
         print(f"best checkpoint: {best}")
     return 0
+
+
+def _check_fold(config: TrainConfig) -> None:
+    """``--fold K`` needs a cache with that fold (``headct prepare --folds``); one line otherwise."""
+    if config.fold is None:
+        return
+    from headct.data.cache import Cache
+    from headct.data.folds import cache_folds
+
+    cache = Cache(config.data)
+    available = cache_folds(cache)
+    if config.fold not in available:
+        raise ValueError(f"{cache.path}: no fold {config.fold}; "
+                         + (f"the cache has folds {available}" if available
+                            else "the cache has no folds; run `headct prepare --folds K`"))
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path | None:
