@@ -26,7 +26,7 @@ TINY_MODEL = "tiny-test-effnet"
 
 def _tiny_builder(num_classes: int, *, input_kind: str = "hu", drop_rate: float = 0.0, pretrained: bool = False):
     return SliceClassifier("test_efficientnet", num_classes, target_layers=["encoder.conv_head"],
-                           input_kind=input_kind, drop_rate=drop_rate)
+                           input_kind=input_kind, drop_rate=drop_rate, pretrained=pretrained)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,21 @@ def tiny_model() -> Iterator[str]:
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny RSNA-style cache (see :func:`_tiny_cache`), one per test module."""
     return _tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def fold_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cache with 3 folds over its train and val studies (study s → fold s % 3; test → -1)."""
+    path = _tiny_cache(tmp_path_factory.mktemp("fold_cache"))
+    index = path / "index.csv"
+    lines = index.read_text().splitlines()
+    header = lines[0].split(",")
+    split_col, fold_col, study_col = header.index("split"), header.index("fold"), header.index("study")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[fold_col] = "-1" if row[split_col] == "test" else str(int(row[study_col].removeprefix("study")) % 3)
+    index.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return path
 
 
 def _tiny_cache(path: Path, n_series: int = 20, slices: int = 6, size: int = 32) -> Path:

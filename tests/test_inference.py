@@ -53,3 +53,32 @@ def test_series_model_gets_the_whole_series() -> None:
     out = series_logits(_SeriesModel(), pixels)
     assert out.slice_logits.flatten().tolist() == [3, 9, 5]
     assert out.series_logits.tolist() == [9]
+
+
+
+
+class _LeftHalf(nn.Module):
+    """Logit = mean of the left half of the centre slice: a mirror image reads the right half."""
+
+    def __init__(self, level: str = "slice") -> None:
+        super().__init__()
+        self.spec = ModelSpec(context=0, level=level)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : x.shape[-1] // 2].mean(dim=(2, 3)) + self.dummy
+
+    def forward_series(self, x: torch.Tensor, mask: torch.Tensor | None):
+        per_slice = x[..., : x.shape[-1] // 2].mean(dim=(2, 3))[..., None]
+        return per_slice, per_slice.amax(dim=1)
+
+
+def test_flip_tta_averages_the_series_and_its_mirror_image() -> None:
+    pixels = np.zeros((2, 4, 4), dtype=np.int16)
+    pixels[0, :, :2] = 8   # slice 0: bright left half
+    pixels[1, :, 2:] = 4   # slice 1: bright right half
+    plain = series_logits(_LeftHalf(), pixels)
+    assert plain.slice_logits.flatten().tolist() == [8, 0]
+    assert series_logits(_LeftHalf(), pixels, tta_flip=True).slice_logits.flatten().tolist() == [4, 2]
+    series = series_logits(_LeftHalf("series"), pixels, tta_flip=True)
+    assert series.slice_logits.flatten().tolist() == [4, 2] and series.series_logits.tolist() == [6]  # (8+4)/2

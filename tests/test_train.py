@@ -342,3 +342,91 @@ def test_the_optimizer_step_scales_by_accumulation_and_takes_an_adamw_step() -> 
     # AdamW's first step: decay by lr * wd, then lr against the gradient's sign (clipping keeps the sign)
     torch.testing.assert_close(model.weight.detach(), before * (1 - 0.1 * 0.5) - 0.1 * grad.sign(), atol=1e-4,
                                rtol=0)
+
+
+def test_pretrained_local_file_initialises_the_backbone_and_stays_out_of_the_checkpoint(
+        cache: Path, tiny_model: str, tmp_path: Path) -> None:
+    import json
+
+    import safetensors.torch
+    import timm
+
+    from headct.checkpoint import load_checkpoint
+    from headct.train import train
+
+    torch.manual_seed(99)
+    source = timm.create_model("test_efficientnet")
+    weights = tmp_path / "secret-site-name" / "weights.safetensors"
+    weights.parent.mkdir()
+    safetensors.torch.save_file(source.state_dict(), str(weights))
+    best = train(_config(cache, tmp_path / "run", model=tiny_model, epochs=1, max_steps_per_epoch=1, lr=1e-9,
+                         pretrained=str(weights), model_kwargs={}))
+    model, config = load_checkpoint(best)
+    torch.testing.assert_close(model.encoder.conv_stem.weight, source.conv_stem.weight, atol=1e-6, rtol=0)
+    assert config.training["pretrained"].startswith("file sha256 ")
+    assert "secret-site-name" not in json.dumps(config.to_dict())
+
+
+def test_ema_checkpoint_holds_the_warmed_up_average_of_the_training_weights(cache: Path, tmp_path: Path) -> None:
+    from headct.checkpoint import load_checkpoint
+    from headct.train import train
+
+    def run(name: str, steps: int) -> tuple[dict, dict]:
+        config = _config(cache, tmp_path / name, epochs=1, max_steps_per_epoch=steps, ema_decay=0.9)
+        train(config)
+        trained = load_train_state(tmp_path / name)["model"]  # the raw training weights
+        saved, _ = load_checkpoint(tmp_path / name / "last")
+        return trained, saved.state_dict()
+
+    first, first_saved = run("one", 1)   # after one step the average is that step's weights (decay 0)
+    second, second_saved = run("two", 2)  # the same first step (same seed, same lr), then a second one
+    decay = min(1 - 2 ** (-2 / 3), 0.9)    # ModelEmaV3's warm-up decay at step 2
+    for name, value in second.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(first_saved[name], first[name], msg=name)
+            torch.testing.assert_close(second_saved[name], decay * first[name] + (1 - decay) * value,
+                                       rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(second_saved["encoder.conv_stem.weight"], second["encoder.conv_stem.weight"])
+
+
+def test_early_stopping_can_monitor_the_study_level_metric(cache: Path, tmp_path: Path) -> None:
+    from headct.checkpoint import read_checkpoint_config
+    from headct.train import train
+
+    best = train(_config(cache, tmp_path / "run", epochs=3, monitor="study_macro_auroc"))
+    rows = list(csv_rows(tmp_path / "run" / "metrics.csv"))
+    scores = [float(r["val_study_macro_auroc"]) for r in rows]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    training = read_checkpoint_config(best).training
+    assert training["monitor"] == "study_macro_auroc"
+    assert training["best_score"] == pytest.approx(max(scores))
+    assert training["best_epoch"] == scores.index(max(scores))
+
+
+def test_class_balance_weights_rare_labels_by_their_frequency(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    from headct.train import balanced_weights, train
+
+    multilabel = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]] * 4)
+    np.testing.assert_allclose(balanced_weights(multilabel, "multilabel", 3), [4.0, 1.0, 4.0])
+    skewed = np.array([[1, 0]] + [[0, 0]] * 99)
+    assert balanced_weights(skewed, "multilabel", 2)[0] == 10.0  # capped
+    classes = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    np.testing.assert_allclose(balanced_weights(classes, "multiclass", 4), [12 / 24, 12 / 8, 12 / 16, 1.0])
+
+    # the tiny cache's training split: 18 of 72 slices bleed (intraparenchymal, any), the rest never
+    import headct.train as train_module
+
+    seen = {}
+    real = train_module.balanced_weights
+    monkeypatch.setattr(train_module, "balanced_weights", lambda *a, **k: seen.setdefault("w", real(*a, **k)))
+    train(_config(cache, tmp_path / "run", epochs=1, max_steps_per_epoch=1, class_balance=True))
+    np.testing.assert_allclose(seen["w"], [1, 3, 1, 1, 1, 3])
+
+
+def test_train_fold_on_a_cache_without_folds_is_one_line(cache: Path, tmp_path: Path) -> None:
+    from headct.cli import main
+
+    with pytest.raises(SystemExit, match=r"^headct train: .*no fold 1; the cache has no folds"):
+        main(["train", "--data", str(cache), "--model", TINY, "--task", "rsna", "--out", str(tmp_path / "run"),
+              "--fold", "1"])
+    assert not (tmp_path / "run").exists()

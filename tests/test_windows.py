@@ -1,4 +1,5 @@
-"""Windows: presets, numpy/torch agreement, range and channel layout."""
+"""Windows: presets, numpy/torch agreement, range and channel layout, parsing window lists, and
+HU → 8-bit grey as pre-windowed datasets made it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from headct.windows import WINDOWS, Windowing, apply_windows, resolve_windows
+from headct.windows import (
+    WINDOWS,
+    Windowing,
+    apply_windows,
+    parse_windows,
+    resolve_windows,
+    to_uint8,
+)
 
 
 def test_presets_are_the_seeds_and_stroke_windows() -> None:
@@ -63,3 +71,22 @@ def test_windowing_channels_are_slice_major() -> None:
 def test_windowing_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError, match=r"\[B, K, H, W\]"):
         Windowing()(torch.zeros(2, 8, 8))
+
+
+@given(st.lists(st.one_of(st.sampled_from(sorted(WINDOWS)),
+                          st.tuples(st.integers(-1000, 3000), st.integers(1, 4000))), min_size=1, max_size=4))
+def test_parse_windows_round_trips_names_and_pairs(windows) -> None:
+    text = ",".join(w if isinstance(w, str) else f"{w[0]}/{w[1]}" for w in windows)
+    assert parse_windows(text) == [w if isinstance(w, str) else (float(w[0]), float(w[1])) for w in windows]
+
+
+@pytest.mark.parametrize("text", ["", "brian", "40/0", "40/80/2", "a/b"])
+def test_parse_windows_refuses_what_is_not_a_window(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_windows(text)
+
+
+def test_to_uint8_maps_the_window_onto_0_255() -> None:
+    hu = np.array([[-1000, 0, 40, 80, 1000]], dtype=np.int16)  # brain: 40/80 → [0, 80] HU
+    np.testing.assert_array_equal(to_uint8(hu, "brain"), np.array([[0, 0, 128, 255, 255]], dtype=np.uint8))
+    assert to_uint8(hu, (0.0, 2000.0)).tolist() == [[0, 128, 133, 138, 255]]

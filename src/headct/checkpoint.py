@@ -49,6 +49,7 @@ import headct
 from headct import atomic
 from headct.errors import CheckpointError
 from headct.models import ModelSpec, build_model, list_models
+from headct.windows import resolve_windows
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class CheckpointConfig:
     provenance: Provenance = field(default_factory=Provenance)
     intended_use: str = INTENDED_USE_UNKNOWN
     weights_sha256: str | None = None
+    tta_flip: bool = False  # evaluate and predict average each series' logits with its mirror image's
+    input_windows: list[Any] | None = None  # 8-bit models: the HU window that made the images (predict windows DICOM so)
     versions: dict[str, str] = field(default_factory=dict)
     headct_version: str = headct.__version__
     format_version: int = FORMAT_VERSION
@@ -309,6 +312,8 @@ def config_from_dict(raw: Any, where: str) -> CheckpointConfig:
         provenance=provenance,
         intended_use=check.text("intended_use", raw.get("intended_use") or intended_use_for(provenance)),
         weights_sha256=check.digest("weights_sha256", raw.get("weights_sha256")),
+        tta_flip=check.flag("tta_flip", raw.get("tta_flip", False)),
+        input_windows=_input_windows(check, raw.get("input_windows")),
         versions={str(k): str(v) for k, v in check.mapping("versions", raw.get("versions") or {}).items()},
         headct_version=check.text("headct_version", raw.get("headct_version") or "unknown"),
         format_version=FORMAT_VERSION,
@@ -334,6 +339,20 @@ def _migrate(raw: dict[str, Any], where: str) -> dict[str, Any]:
         raw["weights_sha256"] = None
     raw["format_version"] = FORMAT_VERSION
     return raw
+
+
+def _input_windows(check: _Checker, raw: Any) -> list[Any] | None:
+    """Preset names or [center, width] pairs, each a window ``headct.windows`` can apply."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise check.fail("input_windows", "must be a non-empty list of windows")
+    windows = [w if isinstance(w, str) else tuple(check.numbers("input_windows", w)) for w in raw]
+    try:
+        resolve_windows(windows)
+    except ValueError as err:
+        raise check.fail("input_windows", str(err)) from None
+    return [w if isinstance(w, str) else list(w) for w in windows]
 
 
 def _model_config(check: _Checker, raw: Any) -> ModelConfig:
@@ -412,6 +431,11 @@ class _Checker:
 
     def fail(self, name: str, fault: str) -> CheckpointError:
         return CheckpointError(f"{self.where}: {name} {fault}")
+
+    def flag(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
 
     def mapping(self, name: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):

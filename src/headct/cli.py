@@ -121,6 +121,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _add_cv(p: argparse.ArgumentParser) -> None:
+    _add_train(p)  # every training flag; --resume and --fold are refused by the command
+    p.add_argument("--folds", default=None, metavar="K,K", help="run only these folds (default: all the cache has)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of patients for the intervals")
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from headct.cv import cv_command
+
+    return cv_command(args)
+
+
 # --- evaluate / compare ----------------------------------------------------
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -150,6 +162,24 @@ def _run_compare(args: argparse.Namespace) -> int:
     from headct.compare import compare_command
 
     return compare_command(args)
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="cache of the site's labelled studies")
+    p.add_argument("--split", choices=["val", "test", "all"], default="val", help="the studies to calibrate on")
+    p.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                   help="per class, the most specific study-level threshold with sensitivity >= S "
+                        "(default: F1-best thresholds)")
+    p.add_argument("--out", required=True, help="the new checkpoint directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from headct.recalibrate import calibrate_command
+
+    return calibrate_command(args)
 
 
 # --- explain / predict / serve / export ------------------------------------
@@ -325,8 +355,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "phantom": ("synthetic head CT with known lesions", _add_phantom, _run_phantom),
     "prepare": ("read a dataset once into a memory-mapped cache with a split", _add_prepare, _run_prepare),
     "train": ("train a model on a cache", _add_train, _run_train),
+    "cv": ("k-fold cross-validation over the cache's patient folds", _add_cv, _run_cv),
     "evaluate": ("metrics, predictions and a report for a checkpoint", _add_evaluate, _run_evaluate),
     "compare": ("paired tests between two evaluations", _add_compare, _run_compare),
+    "calibrate": ("refit temperature and thresholds on a site's labelled studies", _add_calibrate,
+                  _run_calibrate),
     "explain": ("Grad-CAM maps, scored against lesion masks", _add_explain, _run_explain),
     "predict": ("predict studies with a checkpoint", _add_predict, _run_predict),
     "serve": ("HTTP prediction service", _add_serve, _run_serve),

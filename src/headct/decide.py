@@ -35,6 +35,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
+from headct.inference import SplitPredictions
+from headct.tasks import Task
+
 log = logging.getLogger(__name__)
 
 KINDS = ("multilabel", "multiclass")
@@ -115,6 +118,24 @@ def sweep_thresholds(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
     if y.shape != p.shape:
         raise ValueError(f"y_true {y.shape} and prob {p.shape} differ in shape")
     return np.array([_best_f1_threshold(y[:, c], p[:, c], c) for c in range(p.shape[1])])
+
+
+def sensitivity_thresholds(y_true: np.ndarray, prob: np.ndarray, target: float) -> np.ndarray:
+    """Per-class threshold of the most specific operating point whose sensitivity reaches ``target``.
+
+    ``y_true`` and ``prob`` are [N, C]. For each class: the highest threshold
+    with ``mean(prob[positives] >= t) >= target``, placed in the middle of the
+    interval that gives the same decisions (as :func:`sweep_thresholds`), so a
+    rounding of the probabilities does not flip one. A class with no positive
+    example gets 0.5 and a warning.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    y = as_columns(np.asarray(y_true), "y_true")
+    p = as_columns(np.asarray(prob, dtype=np.float64), "prob")
+    if y.shape != p.shape:
+        raise ValueError(f"y_true {y.shape} and prob {p.shape} differ in shape")
+    return np.array([_sensitivity_threshold(y[:, c].astype(bool), p[:, c], target, c) for c in range(p.shape[1])])
 
 
 def fit_thresholds(logits: Any, targets: np.ndarray, labels: Sequence[str], kind: str,
@@ -215,6 +236,18 @@ def _best_f1_threshold(y: np.ndarray, p: np.ndarray, column: int) -> float:
     return float((values[pick] + lower[pick]) / 2.0)
 
 
+def _sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float, column: int) -> float:
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        log.warning("class %d has no positive example; threshold left at 0.5", column)
+        return DEFAULT_THRESHOLD
+    needed = int(np.ceil(target * n_pos - 1e-9))          # positives that must sit at or above t
+    value = np.sort(p[y])[::-1][needed - 1]
+    below = p[p < value]
+    lower = float(below.max()) if below.size else min(0.0, value)
+    return float((value + lower) / 2.0)
+
+
 def check_kind(kind: str) -> None:
     """Refuse a label kind other than "multilabel" or "multiclass" (also used by headct.metrics)."""
     if kind not in KINDS:
@@ -240,3 +273,36 @@ def _to_numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):          # torch tensor, without importing torch here
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=np.float64)
+
+
+# --- a split's studies -------------------------------------------------------------
+
+@dataclass
+class StudyTable:
+    """One row per study: probabilities and truth (same conventions as the slices)."""
+
+    studies: np.ndarray        # str [M]
+    prob: np.ndarray           # float [M, n]
+    targets: np.ndarray
+
+
+def study_table(pred: SplitPredictions, task: Task, temperature: float) -> StudyTable:
+    """One row per study: aggregated slice probabilities (or the series model's own) and truth."""
+    slice_prob = probabilities(pred.logits, task.kind, temperature)
+    studies = list(dict.fromkeys(pred.studies.tolist()))
+    probs, targets = [], []
+    for study in studies:
+        members = pred.studies == study
+        targets.append(aggregate_truth(pred.targets[members], task.kind, task.num_outputs))
+        if pred.series_logits is not None:
+            series_prob = probabilities(pred.series_logits[pred.series_studies == study], task.kind,
+                                        temperature)
+            probs.append(aggregate_probabilities(series_prob, task.kind))
+        else:
+            probs.append(aggregate_probabilities(slice_prob[members], task.kind))
+    n = task.num_outputs
+    return StudyTable(
+        studies=np.asarray(studies, dtype=str),
+        prob=np.stack(probs) if probs else np.zeros((0, n)),
+        targets=np.stack(targets) if targets else np.zeros((0, n) if task.kind == "multilabel" else 0),
+    )

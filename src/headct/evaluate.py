@@ -33,7 +33,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,13 @@ from headct.checkpoint import (
 )
 from headct.data.cache import Cache
 from headct.decide import (
-    aggregate_probabilities,
-    aggregate_truth,
+    StudyTable,
     decisions,
     fit_calibration,
     fit_thresholds,
     one_hot,
     probabilities,
+    study_table,
 )
 from headct.distributed import (
     DistInfo,
@@ -76,15 +75,6 @@ from headct.tasks import Task, get_task
 log = logging.getLogger(__name__)
 
 N_BOOTSTRAP = 1000
-
-
-@dataclass
-class StudyTable:
-    """One row per study: probabilities and truth (same conventions as the slices)."""
-
-    studies: np.ndarray        # str [M]
-    prob: np.ndarray           # float [M, n]
-    targets: np.ndarray
 
 
 # --- the command ----------------------------------------------------------------
@@ -125,11 +115,12 @@ def evaluate(
     model, config = load_checkpoint(checkpoint)
     model = model.to(device).eval()
     cache = Cache(data)
-    task = _task_for(config, cache)
+    task = task_for(config, cache)
 
     thresholds, temperature, source = _frozen_or_fitted(model, config, checkpoint, cache, task,
                                                         batch_size=batch_size, device=device, dist=info)
-    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device, dist=info)
+    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device, dist=info,
+                         tta_flip=config.tta_flip)
     close_distributed(info)
     if not info.is_main:
         return {}
@@ -206,28 +197,6 @@ def level_metrics(
     return block
 
 
-def study_table(pred: SplitPredictions, task: Task, temperature: float) -> StudyTable:
-    """One row per study: aggregated slice probabilities (or the series model's own) and truth."""
-    slice_prob = probabilities(pred.logits, task.kind, temperature)
-    studies = list(dict.fromkeys(pred.studies.tolist()))
-    probs, targets = [], []
-    for study in studies:
-        members = pred.studies == study
-        targets.append(aggregate_truth(pred.targets[members], task.kind, task.num_outputs))
-        if pred.series_logits is not None:
-            series_prob = probabilities(pred.series_logits[pred.series_studies == study], task.kind,
-                                        temperature)
-            probs.append(aggregate_probabilities(series_prob, task.kind))
-        else:
-            probs.append(aggregate_probabilities(slice_prob[members], task.kind))
-    n = task.num_outputs
-    return StudyTable(
-        studies=np.asarray(studies, dtype=str),
-        prob=np.stack(probs) if probs else np.zeros((0, n)),
-        targets=np.stack(targets) if targets else np.zeros((0, n) if task.kind == "multilabel" else 0),
-    )
-
-
 def split_summary(cache: Cache, split: str) -> dict[str, Any]:
     """How the cache was split and its sizes (studies), plus the evaluated split."""
     meta = dict(cache.meta.get("split", {}))
@@ -272,7 +241,7 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def _task_for(config: CheckpointConfig, cache: Cache) -> Task:
+def task_for(config: CheckpointConfig, cache: Cache) -> Task:
     if config.task is None:
         raise ValueError("the checkpoint names no task; evaluate needs one")
     task = get_task(config.task, cache.labels)
@@ -293,7 +262,8 @@ def _frozen_or_fitted(
         return {k: float(v) for k, v in thresholds.items()}, float(temperature), "checkpoint"
     log.info("checkpoint has no %s: fitting on the validation split",
              "thresholds" if not thresholds else "temperature")
-    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device, dist=dist)
+    val = predict_split(model, cache, task, "val", batch_size=batch_size, device=device, dist=dist,
+                        tta_flip=config.tta_flip)
     if len(val.rows) == 0:
         raise ValueError(f"{cache.path}: no validation slices to fit thresholds/temperature on")
     if temperature is None:

@@ -54,13 +54,24 @@ def series_logits(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     amp: str | None = None,
+    tta_flip: bool = False,
 ) -> SeriesOutput:
-    """Logits for every slice of one series (and the series logit where the model has one)."""
+    """Logits for every slice of one series (and the series logit where the model has one).
+
+    ``tta_flip``: test-time augmentation, the mean of the logits of the series
+    and of its left-right mirror image (a head is near-symmetric; lesions are not).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     series = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
     if series.dim() != 3:
         raise ValueError(f"a series is [S, H, W], got shape {tuple(series.shape)}")
     series = series.to(device, non_blocking=True)
+    if tta_flip:
+        views = [series_logits(model, view, batch_size=batch_size, device=device, amp=amp)
+                 for view in (series, series.flip(-1))]
+        mirrored = views[1].series_logits
+        return SeriesOutput((views[0].slice_logits + views[1].slice_logits) / 2,
+                            None if mirrored is None else (views[0].series_logits + mirrored) / 2)
     spec = model.spec
     with autocast_context(device, amp):
         if spec.level == "series":
@@ -112,8 +123,11 @@ def predict_split(
     max_series: int | None = None,
     progress: bool = True,
     dist: DistInfo | None = None,
+    tta_flip: bool = False,
 ) -> SplitPredictions:
     """Logits for every usable slice of ``split``, series by series (whole series per forward path).
+
+    ``tta_flip`` averages with the mirrored series (:func:`series_logits`).
 
     With ``dist`` (torchrun), this process runs every world_size-th series and
     the parts are merged back into series order on every process.
@@ -133,7 +147,7 @@ def predict_split(
         if not keep.any():
             continue
         out = series_logits(model, np.array(cache.series_slices(shard)), batch_size=batch_size,
-                            device=device, amp=amp)
+                            device=device, amp=amp, tta_flip=tta_flip)
         series = out.series_logits.numpy() if out.series_logits is not None else None
         parts.append((position, (shard, series_rows[keep], out.slice_logits.numpy()[keep], series)))
     parts = merge_in_order(parts, dist)

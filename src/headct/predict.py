@@ -78,6 +78,7 @@ from headct.io.png import IMAGE_SUFFIXES
 from headct.io.privacy import short_hash
 from headct.io.series import SelectionRules, load_rules, select_series
 from headct.io.volume import Volume
+from headct.windows import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,8 @@ class Predictor:
         """Calibrated probabilities of one series: per slice ``[S, n]``, and ``[n]`` for series models."""
         pixels = self.model_input(volume, source)
         with self._lock:
-            out = series_logits(self.model, pixels, batch_size=self.batch_size, device=self.device)
+            out = series_logits(self.model, pixels, batch_size=self.batch_size, device=self.device,
+                                tta_flip=self.config.tta_flip)
         probs = self.rule.probabilities(out.slice_logits)
         series = self.rule.probabilities(out.series_logits[None]) if out.series_logits is not None else None
         return probs, series
@@ -276,10 +278,17 @@ class Predictor:
     def model_input(self, volume: Volume, source: str = "") -> np.ndarray:
         """The volume resampled to the model's input size, after checking its kind fits the model."""
         expected = self.config.input.kind
+        windows = self.config.input_windows or []
+        if volume.kind == "hu" and expected == "uint8" and len(windows) == 1:
+            # an 8-bit model trained on pre-windowed images: window the HU as those images were made
+            window = windows[0] if isinstance(windows[0], str) else tuple(windows[0])
+            return resample_slices(to_uint8(volume.pixels, window), self.input_size)
         if volume.kind != expected:
             what = {"hu": "Hounsfield units (DICOM or NIfTI CT)", "uint8": "8-bit windowed images (PNG)"}
+            unmatched = " and records no single input window to apply to HU" if volume.kind == "hu" else ""
             raise InputError(source or None, f"this is {what.get(volume.kind, volume.kind)}, but the model reads "
-                                             f"{what.get(expected, expected)}; use a model trained on that input")
+                                             f"{what.get(expected, expected)}{unmatched}; "
+                                             "use a model trained on that input")
         return resample_slices(volume.pixels, self.input_size)
 
     def overlay_images(self, study: StudyInput, result: dict[str, Any]) -> Iterator[tuple[Volume, int, str, np.ndarray]]:

@@ -8,12 +8,17 @@ One run trains one model on one task of a prepared cache and writes, under ``RUN
 - ``metrics.csv``: one row per epoch (losses, validation metrics, lr, images/s);
 - ``tb/``: TensorBoard events, when TensorBoard is installed.
 
-Recipe: AdamW, linear warm-up then cosine decay per optimizer step, AMP
-(bf16, or fp16 with a GradScaler), gradient accumulation and clipping, CT
-augmentations on the device (``headct.training.augment``), early stopping on a
-validation metric. Multi-label tasks use BCE weighted per label (the RSNA
+Recipe: AdamW (lr 2e-3), linear warm-up then cosine decay per optimizer step,
+AMP (bf16, or fp16 with a GradScaler), gradient accumulation and clipping, CT
+augmentations on the device (``headct.training.augment``), the best epoch by a
+validation metric (slice or ``study_`` level) kept, early stopping optional
+(``patience``). Multi-label tasks use BCE weighted per label (the RSNA
 competition's 2 on "any"); multi-class tasks use cross-entropy with label
-smoothing (0.1 by default, as StrokeNeXt).
+smoothing (0.1 by default, as StrokeNeXt). Options, off by default until a
+comparison shows they help: ``class_balance`` (rare-label loss weights),
+``ema_decay`` (an EMA of the weights), ``tta_flip`` (mirror test-time
+augmentation, recorded in the checkpoint), ``pretrained`` (timm weights or a
+file), ``fold`` (cross-validation, ``headct.cv``).
 
 Series-level models (``study-seq``) train on whole series with a per-slice and
 a series loss, end to end, or two-stage (``encoder_checkpoint``): slice
@@ -39,7 +44,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ from headct.checkpoint import (
 )
 from headct.data.cache import Cache
 from headct.data.datasets import SeriesDataset, SliceDataset, collate_series, loader_workers
-from headct.decide import fit_calibration, probabilities
+from headct.decide import fit_calibration, probabilities, study_table
 from headct.distributed import (
     DistInfo,
     barrier,
@@ -71,7 +76,7 @@ from headct.distributed import (
     sum_scalar,
 )
 from headct.errors import ConfigError
-from headct.inference import autocast_context, predict_split, resolve_amp
+from headct.inference import SplitPredictions, autocast_context, predict_split, resolve_amp
 from headct.metrics import classification_metrics
 from headct.models import build_model, builder_parameters
 from headct.models.registry import check_model_name
@@ -97,6 +102,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 LOWER_IS_BETTER = ("loss", "ece", "rsna_log_loss")  # monitored with a minus sign
+PRETRAINED_HUB = ("imagenet", "true", "timm")  # --pretrained values that mean timm's default weights
 PROGRESS_EVERY = 10  # batches between progress-bar loss updates (each one is a device sync)
 
 
@@ -116,10 +122,26 @@ def train_command(args: argparse.Namespace) -> int:
         config = resolve_config(args.config, flags)
     check_complete(config)
     check_model_name(config.model)  # before the cache loads, so a typo fails at once
+    _check_fold(config)
     best = train(config, resume=bool(args.resume))
     if best is not None:
         print(f"best checkpoint: {best}")
     return 0
+
+
+def _check_fold(config: TrainConfig) -> None:
+    """``--fold K`` needs a cache with that fold (``headct prepare --folds``); one line otherwise."""
+    if config.fold is None:
+        return
+    from headct.data.cache import Cache
+    from headct.data.folds import cache_folds
+
+    cache = Cache(config.data)
+    available = cache_folds(cache)
+    if config.fold not in available:
+        raise ValueError(f"{cache.path}: no fold {config.fold}; "
+                         + (f"the cache has folds {available}" if available
+                            else "the cache has no folds; run `headct prepare --folds K`"))
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path | None:
@@ -142,9 +164,15 @@ class Trainer:
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.out)
         self.cache = Cache(config.data)
+        if config.fold is not None:  # train on the other folds, validate on a share of them
+            from headct.data.folds import fold_view
+
+            self.cache = fold_view(self.cache, config.fold, seed=config.seed)
         self.task = get_task(config.task, self.cache.labels)
+        self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
+        self.pretrained = _pretrained_summary(config.pretrained)
         self.spec = self.model.spec
         if self.spec.input_kind != self.cache.kind:
             raise ValueError(f"{config.model} reads {self.spec.input_kind} input but the cache holds "
@@ -152,6 +180,8 @@ class Trainer:
         self.mode = training_mode(self.spec.level, config.encoder_checkpoint)
         self.amp = resolve_amp(config.amp, self.device)
         self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
+        self.balance = (torch.tensor(balanced_weights(self._train_targets(), self.task.kind, self.task.num_outputs),
+                                     dtype=torch.float32, device=self.device) if config.class_balance else None)
         self.smoothing = (config.label_smoothing if config.label_smoothing is not None
                           else (0.1 if self.task.kind == "multiclass" else 0.0))
         self.augment = AugmentConfig(config.flip_p, config.rotate_deg, config.scale, config.shift,
@@ -166,6 +196,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.stepper = OptimizerStep(self.model, self.optimizer, self.scaler, scheduler=self.scheduler,
                                      clip_grad=config.clip_grad, accum=config.grad_accum)
+        self.ema = _ema(self.model, config.ema_decay)
         self.net = self._wrap()
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.best_score, self.best_epoch, self.bad_epochs = 0, None, -1, 0
@@ -189,7 +220,8 @@ class Trainer:
             started = time.perf_counter()
             train_loss, seen = self._train_epoch(epoch, generator)
             elapsed = time.perf_counter() - started
-            val = self._validate()
+            with self._averaged_weights():
+                val = self._validate()
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["val_loss"],
                    **{f"val_{k}": v for k, v in val["metrics"].items()},
                    "lr": self.optimizer.param_groups[0]["lr"],
@@ -228,6 +260,8 @@ class Trainer:
                 self.stepper.backward(loss)
             if last_micro:
                 self.stepper.step()
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.scheduler.last_epoch)  # optimizer steps so far
             total, count, seen = total + loss.detach().float(), count + 1, seen + n
             if not bar.disable and (count % PROGRESS_EVERY == 0 or count == limit):
                 bar.set_postfix(loss=f"{float(total) / count:.4f}")  # reading the loss waits for the device
@@ -258,7 +292,7 @@ class Trainer:
 
     def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The task's loss (``headct.training.step.task_loss``) with this run's weights and smoothing."""
-        return task_loss(logits, targets, self.task.kind, self.loss_weights, self.smoothing)
+        return task_loss(logits, targets, self.task.kind, self.loss_weights, self.smoothing, self.balance)
 
     # -- validation --
 
@@ -280,11 +314,28 @@ class Trainer:
         _, first = np.unique(rows, return_index=True)  # the DistributedSampler pads with repeats
         logits, targets = logits[first], targets[first]
         val_loss = sum_scalar(loss_sum, self.info) / max(sum_scalar(batches, self.info), 1.0)
+        rows = rows[first]
         prob = probabilities(logits, self.task.kind)
         metrics = classification_metrics(targets, prob, labels=list(self.task.labels), kind=self.task.kind)
-        keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece")
+        metrics.update(self._study_metrics(rows, logits, targets))
+        keep = ("micro_auroc", "macro_auroc", "f1_macro", "accuracy", "ece", "study_macro_auroc")
         return {"val_loss": val_loss, "metrics": {k: metrics.get(k) for k in keep if k in metrics},
                 "all": metrics}
+
+    def _study_metrics(self, rows: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Validation metrics per study (slices aggregated as evaluate does), keys prefixed ``study_``:
+        ``--monitor study_macro_auroc`` stops early on what a study-level reader sees."""
+        index = self.cache.index
+        empty = np.zeros(0, dtype=str)
+        pred = SplitPredictions(rows=rows, uids=index["uid"][rows], studies=index["study"][rows],
+                                series=index["shard"][rows], logits=logits, targets=targets,
+                                series_keys=empty, series_studies=empty)
+        studies = study_table(pred, self.task, 1.0)
+        if len(studies.studies) == 0:
+            return {}
+        metrics = classification_metrics(studies.targets, studies.prob, labels=list(self.task.labels),
+                                         kind=self.task.kind)
+        return {f"study_{k}": v for k, v in metrics.items() if isinstance(v, float | int) or v is None}
 
     def _slice_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-slice logits, targets and cache rows of one validation batch (on the CPU)."""
@@ -317,9 +368,10 @@ class Trainer:
         if self.info.is_main:
             fields = self._checkpoint_fields(epoch)
 
-            save_checkpoint(self.model, self.run_dir / "last", **fields)
-            if improved:
-                save_checkpoint(self.model, self.run_dir / "best", **fields)
+            with self._averaged_weights():
+                save_checkpoint(self.model, self.run_dir / "last", **fields)
+                if improved:
+                    save_checkpoint(self.model, self.run_dir / "best", **fields)
             write_history(self.run_dir / METRICS_FILE, self.history)
             save_train_state(self.run_dir, {
                 "epoch": epoch, "model": self.model.state_dict(),
@@ -327,6 +379,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "best_score": self.best_score,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped": self.stopped,
                 "history": self.history,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             })
         if self.stopped:
             log.info("early stop after epoch %d: %s did not improve for %d epochs",
@@ -343,28 +396,36 @@ class Trainer:
         self.best_score, self.best_epoch = state["best_score"], int(state["best_epoch"])
         self.bad_epochs, self.stopped = int(state["bad_epochs"]), bool(state["stopped"])
         self.history = list(state["history"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         log.info("resuming %s after epoch %d", self.run_dir, self.start_epoch - 1)
 
     def _checkpoint_fields(self, epoch: int) -> dict[str, Any]:
         provenance = cache_provenance(self.cache)
-        return {
+        fields = {
             "size": self.cache.size, "task": self.task.name, "labels": list(self.task.labels),
             "label_kind": self.task.kind, "training": self.training_summary(epoch),
             "provenance": provenance, "intended_use": intended_use_for(provenance),
+            "tta_flip": self.config.tta_flip,
         }
+        if self.input_windows is not None:  # which HU window made the 8-bit images: predict applies it to DICOM
+            fields["input_windows"] = self.input_windows
+        return fields
 
     def training_summary(self, epoch: int) -> dict[str, Any]:
         """What the checkpoint was trained on and how (no paths: the cache is named by hashes)."""
         meta_file = self.cache.path / "meta.json"
         split = self.cache.meta.get("split", {})
-        hidden = {"data", "out", "encoder_checkpoint"}
+        hidden = {"data", "out", "encoder_checkpoint", "pretrained"}  # paths: never in a checkpoint
         return {
             "cache": {"path_sha256": _sha256(str(self.cache.path.resolve()).encode()),
                       "meta_sha256": _sha256(meta_file.read_bytes()), "kind": self.cache.kind,
                       "size": self.cache.size, "source_format": self.cache.meta.get("source_format")},
-            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test")},
+            "split": {k: split.get(k) for k in ("how", "seed", "fractions", "n_train", "n_val", "n_test")}
+            | ({"fold": split["fold"]} if "fold" in split else {}),
             "task": self.task.name, "labels": list(self.task.labels),
             "slices": {"train": len(self.train_data), "val": len(self.val_data)},
+            "pretrained": self.pretrained,
             "mode": self.mode, "epoch": epoch, "best_epoch": self.best_epoch,
             "monitor": self.config.monitor, "best_score": self.best_score,
             "world_size": self.info.world_size, "amp": self.amp or "off",
@@ -375,7 +436,8 @@ class Trainer:
         """Fit the temperature and sweep thresholds on validation with the best weights; store both."""
         model, stored = load_checkpoint(best, map_location=self.device)
         val = predict_split(model, self.cache, self.task, "val", batch_size=self.config.batch_size,
-                            device=self.device, amp=self.amp, progress=self.config.progress)
+                            device=self.device, amp=self.amp, progress=self.config.progress,
+                            tta_flip=self.config.tta_flip)
         training = dict(stored.training, epochs_run=len(self.history))
         if len(val.rows) == 0:
             log.warning("no validation slices: thresholds 0.5 and temperature 1 are kept")
@@ -389,6 +451,25 @@ class Trainer:
                                  provenance=provenance)
         log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
                  {k: round(v, 3) for k, v in thresholds.items()})
+
+    def _train_targets(self) -> np.ndarray:
+        """The task's targets of the usable training slices (for class balance)."""
+        targets, keep = self.task.targets(self.cache.label_matrix)
+        rows = self.cache.rows("train")
+        return targets[rows[keep[rows]]]
+
+    @contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """With EMA on: the model holds the averaged weights inside, its training weights again after."""
+        if self.ema is None:
+            yield
+            return
+        training = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(training)
 
     # -- set-up helpers --
 
@@ -492,9 +573,21 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
+def input_windows(text: str | None) -> list[Any]:
+    """The checkpoint's ``input_windows`` for an 8-bit cache: one window per image channel (brain by default)."""
+    from headct.windows import parse_windows
+
+    windows = parse_windows(text or "brain")
+    if len(windows) != 1:
+        raise ValueError(f"input_windows {text!r}: the cache holds one 8-bit image per slice, so one window")
+    return [list(w) if isinstance(w, tuple) else w for w in windows]
+
+
 def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     """Build the model for the cache's input kind: its own argument, or its encoder's (study-seq)."""
     kwargs = dict(config.model_kwargs)
+    if config.pretrained:  # transient: the weights come from the file once, the checkpoint keeps them
+        kwargs["pretrained"] = True if config.pretrained.lower() in PRETRAINED_HUB else config.pretrained
     if config.encoder_checkpoint:  # the trained encoder fixes its own input kind
         kwargs.update(encoder_arguments(config.encoder_checkpoint))
     elif "input_kind" in builder_parameters(config.model):
@@ -502,6 +595,43 @@ def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
     else:
         kwargs["encoder_kwargs"] = {"input_kind": input_kind, **(kwargs.get("encoder_kwargs") or {})}
     return build_model(config.model, num_classes, **kwargs)
+
+
+BALANCE_CAP = 10.0  # the largest weight class balance gives: one positive in 10,000 must not rule the loss
+
+
+def balanced_weights(targets: np.ndarray, kind: str, num_outputs: int, cap: float = BALANCE_CAP) -> np.ndarray:
+    """Loss weights for rare labels from training targets.
+
+    Multi-label: BCE ``pos_weight`` per label = negatives / positives (1 for a
+    label without positives), in [1, cap]. Multi-class: cross-entropy class
+    weight = N / (C * n_c) (1 for an absent class), in [1/cap, cap].
+    """
+    if kind == "multilabel":
+        positives = np.asarray(targets, dtype=np.float64).sum(axis=0)
+        ratio = np.where(positives > 0, (len(targets) - positives) / np.maximum(positives, 1), 1.0)
+        return np.clip(ratio, 1.0, cap)
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_outputs).astype(np.float64)
+    weights = np.where(counts > 0, len(targets) / (num_outputs * np.maximum(counts, 1)), 1.0)
+    return np.clip(weights, 1.0 / cap, cap)
+
+
+def _ema(model: nn.Module, decay: float | None) -> nn.Module | None:
+    """timm's ModelEmaV3 with its warm-up (the decay grows with the step, so short runs still average)."""
+    if not decay:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
+def _pretrained_summary(pretrained: str | None) -> str | None:
+    """What initialised the backbone, without a path: the hub tag, or the weights file's hash."""
+    if not pretrained:
+        return None
+    if pretrained.lower() in PRETRAINED_HUB:
+        return "timm default pretrained weights"
+    return f"file sha256 {_sha256(Path(pretrained).read_bytes())}"
 
 
 def _take(loader: DataLoader, limit: int) -> Iterator[Any]:

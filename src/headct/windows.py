@@ -88,3 +88,28 @@ class Windowing(nn.Module):
 
     def extra_repr(self) -> str:
         return f"windows={self.names}"
+
+
+def parse_windows(text: str) -> list[WindowSpec]:
+    """``"brain,40/80"`` → ["brain", (40.0, 80.0)]: preset names or center/width pairs, checked."""
+    windows: list[WindowSpec] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        if "/" in part:
+            try:
+                center, width = (float(v) for v in part.split("/"))
+            except ValueError:
+                raise ValueError(f"window {part!r} is neither a preset ({', '.join(WINDOWS)}) "
+                                 "nor center/width") from None
+            windows.append((center, width))
+        else:
+            windows.append(part)
+    resolve_windows(windows)  # raises on unknown names, bad widths, or none at all
+    return windows
+
+
+def to_uint8(hu: np.ndarray, window: WindowSpec) -> np.ndarray:
+    """HU → 8-bit grey through one window, as pre-windowed datasets' PNG/JPG slices were made:
+    clip to [center - width/2, center + width/2], scale to 0..255, round."""
+    return np.rint(apply_windows(hu, [window])[0] * np.float32(255.0)).astype(np.uint8)

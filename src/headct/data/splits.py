@@ -105,8 +105,8 @@ def split_studies(studies: Sequence[str], groups: Sequence[str], labels: np.ndar
 
     split = np.asarray(SPLITS, dtype=object)[side[group_of_item]]
     counts = {name: int((split == name).sum()) for name in SPLITS}
-    for name, count in counts.items():
-        if count == 0 and n:
+    for name, count, share in zip(SPLITS, counts.values(), config.fractions, strict=True):
+        if count == 0 and n and share > 0:  # an empty side nobody asked for is no news
             log.warning("split %r is empty (%d studies in %d groups)", name, n, len(group_ids))
     return SplitResult(split=split.astype(str), fold=fold[group_of_item], how=how, counts=counts)
 

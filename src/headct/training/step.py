@@ -16,13 +16,17 @@ from torch import nn
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str, loss_weights: torch.Tensor,
-              smoothing: float) -> torch.Tensor:
-    """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy (multi-class)."""
+              smoothing: float, balance: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted BCE (multi-label: sum_c w_c * bce_c / sum_c w_c) or smoothed cross-entropy (multi-class).
+
+    ``balance`` (class balance, ``headct.train.balanced_weights``): BCE ``pos_weight``
+    per label, or cross-entropy class weights.
+    """
     if kind == "multiclass":
         if targets.dim() == logits.dim():  # one-hot (series datasets) → class indices
             targets = targets.argmax(-1)
-        return F.cross_entropy(logits, targets.long(), label_smoothing=smoothing)
-    bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
+        return F.cross_entropy(logits, targets.long(), weight=balance, label_smoothing=smoothing)
+    bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none", pos_weight=balance)
     return (bce * loss_weights).sum(-1).mean() / loss_weights.sum()
 
 
