@@ -423,10 +423,13 @@ def test_class_balance_weights_rare_labels_by_their_frequency(cache: Path, tmp_p
     np.testing.assert_allclose(seen["w"], [1, 3, 1, 1, 1, 3])
 
 
-def test_train_fold_on_a_cache_without_folds_is_one_line(cache: Path, tmp_path: Path) -> None:
+def test_train_fold_on_a_cache_without_folds_is_one_line(cache: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from headct.cli import main
 
-    with pytest.raises(SystemExit, match=r"^headct train: .*no fold 1; the cache has no folds"):
-        main(["train", "--data", str(cache), "--model", TINY, "--task", "rsna", "--out", str(tmp_path / "run"),
-              "--fold", "1"])
+    assert main(["train", "--data", str(cache), "--model", TINY, "--task", "rsna", "--out", str(tmp_path / "run"),
+                 "--fold", "1"]) == 1
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert re.match(r"^headct train: .*no fold 1; the cache has no folds$", first)
+    assert rest == ["  hint: headct prepare --folds K assigns patient folds"]
     assert not (tmp_path / "run").exists()

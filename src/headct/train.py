@@ -66,6 +66,7 @@ from headct.checkpoint import (
 )
 from headct.data.cache import Cache
 from headct.data.datasets import SeriesDataset, SliceDataset, collate_series, loader_workers
+from headct.data.folds import cache_folds, fold_view
 from headct.decide import fit_calibration, probabilities, study_table
 from headct.distributed import (
     DistInfo,
@@ -133,15 +134,12 @@ def _check_fold(config: TrainConfig) -> None:
     """``--fold K`` needs a cache with that fold (``headct prepare --folds``); one line otherwise."""
     if config.fold is None:
         return
-    from headct.data.cache import Cache
-    from headct.data.folds import cache_folds
-
     cache = Cache(config.data)
     available = cache_folds(cache)
     if config.fold not in available:
-        raise ValueError(f"{cache.path}: no fold {config.fold}; "
-                         + (f"the cache has folds {available}" if available
-                            else "the cache has no folds; run `headct prepare --folds K`"))
+        raise ConfigError(f"{cache.path}: no fold {config.fold}; "
+                          + (f"the cache has folds {available}" if available else "the cache has no folds"),
+                          hint="headct prepare --folds K assigns patient folds")
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> Path | None:
@@ -165,8 +163,6 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.cache = Cache(config.data)
         if config.fold is not None:  # train on the other folds, validate on a share of them
-            from headct.data.folds import fold_view
-
             self.cache = fold_view(self.cache, config.fold, seed=config.seed)
         self.task = get_task(config.task, self.cache.labels)
         self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
