@@ -165,15 +165,15 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder to recalibrate (RUN/best after headct train)")
     p.add_argument("--data", required=True, help="cache of the site's labelled studies")
     p.add_argument("--split", choices=["val", "test", "all"], default="val", help="the studies to calibrate on")
     p.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
                    help="per class, the most specific study-level threshold with sensitivity >= S "
                         "(default: F1-best thresholds)")
     p.add_argument("--out", required=True, help="the new checkpoint directory")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
