@@ -62,6 +62,7 @@ from headct.data.resample import resample_slices
 from headct.data.stroke import split_group
 from headct.decide import DEFAULT_THRESHOLD, DecisionRule
 from headct.distributed import (
+    barrier,
     close_distributed,
     gather_objects,
     init_distributed,
@@ -551,6 +552,7 @@ def predict_command(args: argparse.Namespace,
     out.mkdir(parents=True, exist_ok=True)
     table = out / "predictions.csv"
     finished = finished_studies(out, predictor) if getattr(args, "resume", True) else {}
+    barrier(info)  # every process lists what was there before any of them writes a study
     streaming = not info.enabled  # one process appends as it goes; several merge at the end
     if streaming:
         write_csv(table, list(finished.values()), predictor.labels)
