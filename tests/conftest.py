@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -323,6 +324,22 @@ def free_port() -> Callable[[], int]:
     return _free_port
 
 
+@pytest.fixture(scope="session")
+def stop_process() -> Callable[[subprocess.Popen, float], None]:
+    """Stops a server subprocess a test started (see :func:`_stop_process`)."""
+    return _stop_process
+
+
+def _stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout`` seconds; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def _free_port() -> int:
     """A free TCP port on 127.0.0.1 (released before use: a server started right after binds it)."""
     import socket
@@ -395,7 +412,6 @@ def orthanc_running(root: Path) -> Iterator[OrthancServer]:
     Also used by benchmarks/listen_latency.py.
     """
     import json
-    import subprocess
     import time
 
     import requests
@@ -430,12 +446,7 @@ def orthanc_running(root: Path) -> Iterator[OrthancServer]:
             raise RuntimeError("Orthanc did not answer on /system within 30 s")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        _stop_process(process, 15)
         log.close()
 
 

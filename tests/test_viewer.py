@@ -20,11 +20,10 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -89,11 +88,10 @@ def bleed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], set[int
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int],
+           stop_process: Callable[[subprocess.Popen, float], None]) -> Iterator[str]:
     """`headct serve` on a free loopback port, stopped after the module."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     runtime = "onnx" if os.environ.get("HEADCT_VIEWER_LATENCY_OUT") else "torch"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
@@ -115,12 +113,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 time.sleep(0.2)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process, 30)
         log.close()
 
 
