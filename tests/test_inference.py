@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from headct.data.datasets import neighbour_index
-from headct.inference import series_logits
+from headct.inference import prepare_for_inference, series_logits
 from headct.models import ModelSpec
 
 
@@ -82,3 +82,68 @@ def test_flip_tta_averages_the_series_and_its_mirror_image() -> None:
     assert series_logits(_LeftHalf(), pixels, tta_flip=True).slice_logits.flatten().tolist() == [4, 2]
     series = series_logits(_LeftHalf("series"), pixels, tta_flip=True)
     assert series.slice_logits.flatten().tolist() == [4, 2] and series.series_logits.tolist() == [6]  # (8+4)/2
+
+
+# --- the CPU inference path: a frozen TorchScript trace --------------------------------------------
+
+
+def _effnet_with_statistics() -> torch.nn.Module:
+    """effnet-2d with non-trivial BatchNorm statistics, so folding BN into the convs is really tested."""
+    from headct.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("effnet-2d", 6)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _random_hu(slices: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(-1000, 1500, (slices, size, size)).astype(np.int16)
+
+
+def test_the_frozen_cpu_graph_gives_the_eager_outputs_on_any_batch_size() -> None:
+    model = _effnet_with_statistics()
+    pixels = _random_hu(7, 64)
+    eager = series_logits(model, pixels, batch_size=8).slice_logits
+    fast = prepare_for_inference(model, "cpu", amp=None)
+    assert fast.freeze  # the CPU default in fp32
+    for batch_size in (3, 8):  # traced once on 2 rows, then run on 3 and on 7
+        out = series_logits(fast, pixels, batch_size=batch_size).slice_logits
+        assert torch.allclose(out, eager, atol=1e-5, rtol=1e-5)
+    (frozen,) = fast._frozen.values()
+    assert isinstance(frozen, torch.jit.ScriptModule)
+    # BatchNorm is folded away in the frozen graph: no batch_norm node is left to run
+    assert "batch_norm" not in str(frozen.graph)
+
+
+def test_the_frozen_graph_is_off_where_it_does_not_apply() -> None:
+    model = _effnet_with_statistics()
+    assert not prepare_for_inference(model, "cpu", amp="bf16").freeze  # autocast stays eager
+    assert not prepare_for_inference(model, "cpu", amp=None, freeze=False).freeze
+
+
+class _BatchBaked(torch.nn.Module):
+    """A model whose trace bakes its batch size in (a Python int from the shape): freezing must refuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec(context=0, level="slice")
+        self.linear = torch.nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = int(x.shape[0])
+        return self.linear(x.reshape(batch, 1, -1)[:, 0, :16]) * batch
+
+
+def test_a_trace_that_differs_from_the_model_leaves_it_eager() -> None:
+    model = _BatchBaked().eval()
+    fast = prepare_for_inference(model, "cpu", amp=None, channels_last=False)
+    pixels = _random_hu(5, 8)
+    out = series_logits(fast, pixels, batch_size=5).slice_logits
+    assert torch.allclose(out, series_logits(model, pixels, batch_size=5).slice_logits)
+    assert list(fast._frozen.values()) == [None]  # checked on 3 rows against the eager model, and refused

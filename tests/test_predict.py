@@ -292,3 +292,35 @@ def test_a_missing_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys: p
     assert main(["predict", str(missing), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.splitlines() == [f"headct predict: {missing}: no such file or folder"]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fast_cpu_runtimes_give_eager_fp32_probabilities_on_a_phantom_series(tmp_path: Path) -> None:
+    """The frozen TorchScript graph and onnxruntime (the CPU defaults) against eager fp32 torch: within 1e-4."""
+    from headct.checkpoint import load_checkpoint
+    from headct.inference import prepare_for_inference
+    from headct.phantom.dataset import PhantomConfig, write_phantom
+    from headct.predict import read_studies
+    from headct.tasks import RSNA_LABELS
+
+    write_phantom(PhantomConfig(out=tmp_path / "phantom", studies=1, size=64, slices=8, seed=3, difficulty=0.0))
+    (study,) = read_studies(next((tmp_path / "phantom" / "dicom").iterdir()))
+    torch.manual_seed(0)
+    model = build_model("effnet-2d", len(RSNA_LABELS))
+    with torch.no_grad():  # trained-like BatchNorm statistics, so the folded graph is really compared
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt", size=48, task="rsna", labels=list(RSNA_LABELS),
+                                 label_kind="multilabel", temperature=1.3)
+    eager_model, config = load_checkpoint(checkpoint)
+    eager = Predictor(prepare_for_inference(eager_model, "cpu", amp=None, freeze=False), config)
+    frozen = Predictor.from_checkpoint(checkpoint, device="cpu")
+    onnx = Predictor.from_checkpoint(checkpoint, runtime="onnx", threads=1)
+    (volume,) = study.volumes
+    reference, _ = eager.volume_probabilities(volume)
+    assert reference.shape == (8, len(RSNA_LABELS)) and reference.std() > 1e-3  # outputs that vary
+    for predictor in (frozen, onnx):
+        probabilities, _ = predictor.volume_probabilities(volume)
+        np.testing.assert_allclose(probabilities, reference, atol=1e-4, rtol=0)
+    assert frozen.model.freeze and onnx.batch_size == 8

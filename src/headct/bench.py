@@ -345,6 +345,31 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def cpu_machine() -> dict[str, Any]:
+    """What a CPU timing needs beside it: the CPU's name, its cores, torch's threads and the load average."""
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg())}
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's fp32 matrix-multiply rate (GFLOP/s) with torch's threads: the floor a model is judged by.
+
+    Square ``size`` matrices multiplied back to back for about ``seconds``; the
+    best of three passes, since a shared machine only ever slows a pass down.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+    torch.mm(a, b)  # warm-up: thread pool and packing buffers
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds / 3 or count == 0:
+            torch.mm(a, b)
+            count += 1
+        best = max(best, 2 * size ** 3 * count / elapsed / 1e9)
+    return best
+
+
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``result`` as indented JSON, atomically."""
     atomic.write_text(path, json.dumps(result, indent=2) + "\n")

@@ -63,7 +63,7 @@ from headct.distributed import (
     init_distributed,
 )
 from headct.explain import LABEL_BITS, ExplainConfig, cache_maps, score_cache
-from headct.inference import SplitPredictions, predict_split
+from headct.inference import SplitPredictions, predict_split, prepare_for_inference
 from headct.metrics import (
     bootstrap_metric_cis,
     classification_metrics,
@@ -114,12 +114,13 @@ def evaluate(
     device = str(info.device)
     model, config = load_checkpoint(checkpoint)
     model = model.to(device).eval()
+    fast = prepare_for_inference(model, device, amp=None)  # fp32 as trained; a frozen graph on the CPU
     cache = Cache(data)
     task = task_for(config, cache)
 
-    thresholds, temperature, source = _frozen_or_fitted(model, config, checkpoint, cache, task,
+    thresholds, temperature, source = _frozen_or_fitted(fast, config, checkpoint, cache, task,
                                                         batch_size=batch_size, device=device, dist=info)
-    pred = predict_split(model, cache, task, split, batch_size=batch_size, device=device, dist=info,
+    pred = predict_split(fast, cache, task, split, batch_size=batch_size, device=device, dist=info,
                          tta_flip=config.tta_flip)
     close_distributed(info)
     if not info.is_main:

@@ -114,14 +114,20 @@ class OnnxModel(nn.Module):
     zero-size parameter tells callers its device (CPU).
     """
 
-    def __init__(self, path: str | Path, config: CheckpointConfig, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, config: CheckpointConfig, *, threads: int | None = None,
+                 spinning: bool = False) -> None:
         super().__init__()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc layouts, fusions
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning: a spinning pool holds its
+        # cores between batches, which the DICOM reader of the next study and any
+        # other process on a shared server need (benchmarks/predict_cpu.py measures both).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.spec = config.spec()
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)

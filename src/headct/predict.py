@@ -103,6 +103,10 @@ class StudyInput:
     gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
+TORCH_BATCH = 32
+ONNX_BATCH = 8
+
+
 class Predictor:
     """A loaded checkpoint, ready to predict studies (thread-safe)."""
 
@@ -120,13 +124,19 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, *, runtime: str = "torch",
-                        device: str | torch.device | None = None, batch_size: int = 32,
+                        device: str | torch.device | None = None, batch_size: int | None = None,
                         threads: int | None = None) -> Predictor:
-        """Load a checkpoint directory for the torch or the onnx runtime (CPU for onnx)."""
+        """Load a checkpoint directory for the torch or the onnx runtime (CPU for onnx).
+
+        ``batch_size`` (slices per forward pass) defaults to 32 for torch and 8 for
+        onnxruntime, whose CPU kernels run faster on batches that stay in the
+        caches (``benchmarks/predict_cpu.py``).
+        """
+        batch_size = batch_size or (ONNX_BATCH if runtime == "onnx" else TORCH_BATCH)
         if runtime == "torch":
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model, config = load_checkpoint(checkpoint_dir, map_location=device)
-            # fp32 as evaluated; channels_last halves CPU latency of the depthwise convs
+            # fp32 as evaluated; channels_last, and on the CPU a frozen TorchScript graph (about half eager's time)
             fast = prepare_for_inference(model, device, amp=None, channels_last=True)
             return cls(fast, config, runtime="torch", device=device, batch_size=batch_size,
                        checkpoint_dir=checkpoint_dir, cam_model=model)

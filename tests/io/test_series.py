@@ -16,7 +16,9 @@ from headct.io import read_dicom
 from headct.io.series import (
     SelectionRules,
     assess_series,
+    brain_sharpness,
     contrast_evidence,
+    enhancing_fraction,
     hu_histogram_fault,
     kernel_class,
     kernel_class_by_name,
@@ -99,6 +101,40 @@ def test_contrast_without_tags_is_found_in_the_pixels(volumes: dict[str, Volume]
     assert contrast_evidence(contrast) == "ContrastBolusAgent/Route present"
     assert "no contrast tags" in contrast_evidence(untagged)
     assert contrast_evidence(volumes["thin"]) is None
+
+
+def _scipy_sharpness(pixels: np.ndarray) -> float | None:
+    """brain_sharpness written with scipy.ndimage's N-D filters, as it was before the OpenCV rewrite."""
+    from scipy import ndimage
+
+    start = max((pixels.shape[0] - 8) // 2, 0)
+    central = pixels[start:start + 8].astype(np.float32)
+    smooth = ndimage.gaussian_filter(central, sigma=(0, 2, 2))
+    brain = ndimage.binary_erosion((smooth >= 0) & (smooth <= 80), structure=np.ones((1, 5, 5), bool))
+    if brain.sum() < 200:
+        return None
+    residual = (central - ndimage.gaussian_filter(central, sigma=(0, 1, 1)))[brain]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+def _scipy_enhancing(pixels: np.ndarray) -> float | None:
+    """enhancing_fraction written with scipy.ndimage, as it was before the OpenCV rewrite."""
+    from scipy import ndimage
+
+    pixels = pixels[np.unique(np.linspace(0, pixels.shape[0] - 1, min(16, pixels.shape[0])).round().astype(int))]
+    skull = ndimage.binary_closing(pixels > 300, structure=np.ones((1, 3, 3), bool))
+    enclosed = np.stack([ndimage.binary_fill_holes(s) for s in skull])
+    inside = enclosed & ~ndimage.binary_dilation(skull, structure=np.ones((1, 5, 5), bool))
+    if inside.sum() < 500:
+        return None
+    return float(((pixels >= 150) & (pixels <= 400))[inside].mean())
+
+
+@pytest.mark.parametrize("role", ["thin", "bone", "contrast", "thick"])
+def test_the_pixel_checks_measure_what_the_scipy_definitions_measure(volumes: dict[str, Volume], role: str) -> None:
+    pixels = volumes[role].pixels
+    assert brain_sharpness(pixels) == pytest.approx(_scipy_sharpness(pixels), rel=0.05)
+    assert enhancing_fraction(pixels) == pytest.approx(_scipy_enhancing(pixels), rel=0.05, abs=5e-4)
 
 
 def test_a_missing_slice_is_reported_as_a_gap(volumes: dict[str, Volume]) -> None:
