@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -551,11 +550,7 @@ def predict_command(args: argparse.Namespace,
     """
     if not Path(args.path).exists():  # before the model loads and before anything is written
         raise InputError(args.path, "no such file or folder")
-    try:
-        rules = load_rules(getattr(args, "series_rules", None), analyse_all=getattr(args, "series", "auto") == "all")
-    except InputError as err:
-        print(f"headct predict: {err}", file=sys.stderr)
-        return 2
+    rules = load_rules(getattr(args, "series_rules", None), analyse_all=getattr(args, "series", "auto") == "all")
     info = init_distributed(args.device if args.runtime == "torch" else "cpu", backend="gloo")
     predictor = Predictor.from_checkpoint(args.model, runtime=args.runtime, device=info.device)
     out = Path(args.out).resolve()

@@ -77,7 +77,13 @@ from headct.distributed import (
     sum_scalar,
 )
 from headct.errors import ConfigError
-from headct.inference import SplitPredictions, autocast_context, predict_split, resolve_amp
+from headct.inference import (
+    SplitPredictions,
+    autocast_context,
+    predict_split,
+    resolve_amp,
+    to_channels_last,
+)
 from headct.metrics import classification_metrics
 from headct.models import build_model, builder_parameters
 from headct.models.registry import check_model_name
@@ -168,6 +174,8 @@ class Trainer:
         self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
+        if config.channels_last:
+            to_channels_last(self.model)
         self.pretrained = _pretrained_summary(config.pretrained)
         self.spec = self.model.spec
         if self.spec.input_kind != self.cache.kind:
@@ -269,6 +277,8 @@ class Trainer:
             x, y = batch[0].to(self.device, non_blocking=True).float(), batch[1].to(self.device)
             if self.augment is not None and generator is not None:
                 x = augment_batch(x, self.augment, generator, self.spec.input_kind)
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 logits = self.net(x)
             return self.criterion(logits.float(), y), x.shape[0]

@@ -62,6 +62,8 @@ class TrainConfig:
     grad_accum: int = _option(1, "batches whose gradients add up before each optimiser step")
     clip_grad: float | None = _option(1.0, "clip the gradient norm to this (none: no clipping)")
     amp: str = _option("auto", "mixed precision: auto (bf16 on a GPU that has it, else off), bf16, fp16 or off")
+    channels_last: bool = _option(True, "convolution weights and slice batches in NHWC: oneDNN's fast layout on "
+                                        "the CPU (EfficientNet-B0 steps about 1.3-1.6x faster) and Tensor Cores' on a GPU")
     label_smoothing: float | None = _option(None, "label smoothing (none: 0.1 for multi-class tasks, as "
                                                   "StrokeNeXt, 0 otherwise)")
     class_balance: bool = _option(False, "rare labels weigh more: BCE pos_weight negatives/positives per label, "
