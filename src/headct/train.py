@@ -279,8 +279,8 @@ class Trainer:
         x, y_slices, y_series, _, mask = (t.to(self.device, non_blocking=True) for t in batch)
         if self.mode == "series":
             x = x.float()
-            if self.augment is not None and generator is not None:
-                x = augment_batch(x, self.augment, generator, self.spec.input_kind)
+            if self.augment is not None and generator is not None:  # [B, S, C, H, W]: one transform per series
+                x = augment_batch(x.flatten(1, -3), self.augment, generator, self.spec.input_kind).reshape(x.shape)
         with self._autocast():
             slice_logits, series_logits = self.net(x, mask)
         usable = mask & (y_slices[..., 0] >= 0)  # padding and slices the task cannot use carry -1

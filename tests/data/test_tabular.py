@@ -246,3 +246,23 @@ def test_mismatched_windows_and_images_are_refused_in_one_line(pair_run: Path, t
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "png" / "a_001.png")
     with pytest.raises(InputError, match="one 8-bit image per slice, but the model reads 2 per slice"):
         Predictor.from_checkpoint(pair_run, device="cpu").predict(tmp_path / "png" / "a_001.png")
+
+
+def test_study_seq_trains_and_evaluates_on_brain_bone_studies(pair_csv: Path, pair_run: Path, tiny_model: str,
+                                                              tmp_path: Path) -> None:
+    from headct.evaluate import evaluate
+    from headct.train import train
+    from headct.training.config import TrainConfig
+
+    cache = pair_run.parent.parent / "cache"
+    best = train(TrainConfig(data=str(cache), model="study-seq", task="bleed", out=str(tmp_path / "run"), epochs=1,
+                             batch_size=2, max_steps_per_epoch=1, progress=False, tensorboard=False,
+                             input_windows="brain,bone", augment=True,
+                             model_kwargs={"encoder": tiny_model, "hidden": 8, "layers": 1}))
+    config = json.loads((best / "config.json").read_text())
+    assert config["input"]["image_channels"] == 2 and config["input_windows"] == ["brain", "bone"]
+    evaluate(best, cache, tmp_path / "eval", split="test", report=False, n_bootstrap=0)
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len([r for r in rows if r["level"] == "slice"]) == PAIR_SLICES * json.loads(
+        (cache / "meta.json").read_text())["split"]["n_test"]
