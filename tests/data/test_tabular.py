@@ -266,3 +266,27 @@ def test_study_seq_trains_and_evaluates_on_brain_bone_studies(pair_csv: Path, pa
         rows = list(csv.DictReader(handle))
     assert len([r for r in rows if r["level"] == "slice"]) == PAIR_SLICES * json.loads(
         (cache / "meta.json").read_text())["split"]["n_test"]
+
+
+def test_path_column_lists_are_checked_and_non_images_skip_their_row(pair_csv: Path, tmp_path: Path) -> None:
+    from headct.errors import InputError
+
+    with pytest.raises(InputError, match="no path column 'bonee'"):
+        plan_csv(pair_csv, TableColumns(path="brain,bonee"))
+    with pytest.raises(InputError, match="names a column twice"):
+        plan_csv(pair_csv, TableColumns(path="brain, BRAIN"))
+    lines = pair_csv.read_text().splitlines()
+    lines[2] = lines[2].replace("img/p0_1_bone.png", "scan.dcm")  # CSV line 3
+    (tmp_path / "scan.dcm").write_bytes(b"DICM")
+    (tmp_path / "img").symlink_to(pair_csv.parent / "img")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    plan = plan_csv(tmp_path / "labels.csv", TableColumns(path="brain,bone"))
+    assert plan.channels == ["brain", "bone"] and plan.kind == "uint8" and plan.label_names == ["bleed"]
+    assert sum(len(job.sources) for job in plan.jobs) == PAIR_PATIENTS * PAIR_SLICES - 1
+    assert plan.skipped == [{"file": "labels.csv line 3",
+                             "reason": "bone image is not a PNG/JPG (several images per row are 8-bit channels; "
+                                       "row skipped)"}]
+    source = plan.jobs[0].sources[0]
+    assert source.reader == "images" and [c for c, _ in source.channels] == ["brain", "bone"]
+    uids = {s.uid for job in plan.jobs for s in job.sources}  # each slice named by its first image
+    assert "p0_0_brain" in uids and "p0_1_brain" not in uids
