@@ -129,7 +129,7 @@ class CheckpointConfig:
     intended_use: str = INTENDED_USE_UNKNOWN
     weights_sha256: str | None = None
     tta_flip: bool = False  # evaluate and predict average each series' logits with its mirror image's
-    input_windows: list[Any] | None = None  # 8-bit models: the HU window that made each image channel (predict windows DICOM so)
+    input_windows: list[Any] | None = None  # 8-bit models: the HU window of each image (predict windows DICOM so)
     versions: dict[str, str] = field(default_factory=dict)
     headct_version: str = headct.__version__
     format_version: int = FORMAT_VERSION
@@ -148,7 +148,8 @@ class CheckpointConfig:
         """The ModelSpec this config describes (enough to feed the model, not to build it)."""
         return ModelSpec(
             name=self.model.name, kwargs=self.model.kwargs, num_classes=self.num_classes,
-            input_kind=self.input.kind, image_channels=self.input.image_channels, windows=self.input.windows, context=self.input.context,
+            input_kind=self.input.kind, image_channels=self.input.image_channels, windows=self.input.windows,
+            context=self.input.context,
             level=self.model.level, mean=list(self.input.mean), std=list(self.input.std),
             target_layers=list(self.model.target_layers), target_layout=self.model.target_layout,
             target_grid=self.model.target_grid,
@@ -511,7 +512,8 @@ def _config_for(model: nn.Module, fields: dict[str, Any]) -> dict[str, Any]:
     fixed = sorted(FIXED_FIELDS.intersection(fields))
     if fixed:
         raise CheckpointError(f"{', '.join(fixed)} come from the model and cannot be given")
-    input_info = {"kind": spec.input_kind, "image_channels": spec.image_channels, "windows": spec.windows, "size": fields.pop("size", None),
+    input_info = {"kind": spec.input_kind, "image_channels": spec.image_channels, "windows": spec.windows,
+                  "size": fields.pop("size", None),
                   "context": spec.context, "mean": spec.mean, "std": spec.std}
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -1,8 +1,8 @@
 """Run a model over whole series: the one forward path shared by train, evaluate, predict and serve.
 
 A series is ``[S, H, W]`` raw values (int16 HU or uint8) already at the model's
-input size, or ``[S, C, H, W]`` uint8 for models of C 8-bit images per slice. Slice-level models see each slice with its ``context`` neighbours
-on each side (the end slice repeats at the edges); series-level models see the
+input size, or ``[S, C, H, W]`` uint8 for models of C 8-bit images per slice.
+Slice-level models see each slice with its ``context`` neighbours on each side (the end slice repeats at the edges); series-level models see the
 whole series at once. Neighbour stacks are gathered on the device, so only the
 series itself crosses from host to device. :func:`predict_split` runs it over
 every series of one split of a cache (evaluation, and calibration after training).

@@ -171,7 +171,7 @@ class Cache:
         return self.series_slices(str(self.index["shard"][row]))[int(self.index["offset"][row])]
 
     def series_slices(self, shard: str) -> np.ndarray:
-        """All slices of one series ``[S, H, W]`` (``[S, C, H, W]`` in a C-channel cache) in scan order, memory-mapped."""
+        """All slices of one series ``[S, H, W]`` (``[S, C, H, W]`` in a C-channel cache), scan order, mapped."""
         return self._mapped("shards", shard)
 
     def series_rows(self, shard: str) -> np.ndarray:

@@ -102,8 +102,8 @@ class StudySequence(nn.Module):
         self.series_head = nn.Linear(width, num_classes)
         inner = encoder.spec
         self.spec = ModelSpec(
-            input_kind=inner.input_kind, image_channels=inner.image_channels, windows=inner.windows, context=0, level="series", mean=inner.mean,
-            std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
+            input_kind=inner.input_kind, image_channels=inner.image_channels, windows=inner.windows, context=0,
+            level="series", mean=inner.mean, std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
             target_layout=inner.target_layout, target_grid=inner.target_grid,
         )
 
