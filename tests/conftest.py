@@ -25,9 +25,11 @@ def write_ct_series() -> Callable[..., tuple[str, list[str], np.ndarray]]:
 TINY_MODEL = "tiny-test-effnet"
 
 
-def _tiny_builder(num_classes: int, *, input_kind: str = "hu", drop_rate: float = 0.0, pretrained: bool = False):
+def _tiny_builder(num_classes: int, *, input_kind: str = "hu", drop_rate: float = 0.0, pretrained: bool = False,
+                  image_channels: int = 1):
     return SliceClassifier("test_efficientnet", num_classes, target_layers=["encoder.conv_head"],
-                           input_kind=input_kind, drop_rate=drop_rate, pretrained=pretrained)
+                           input_kind=input_kind, drop_rate=drop_rate, pretrained=pretrained,
+                           image_channels=image_channels)
 
 
 @pytest.fixture(scope="module")

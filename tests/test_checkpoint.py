@@ -52,7 +52,7 @@ def test_config_records_model_input_outputs_and_versions(checkpoint) -> None:
     config = json.loads((path / "config.json").read_text())
     assert config["format_version"] == 2 and config["num_classes"] == 2
     assert config["model"]["name"] == "effnet-2d" and config["model"]["kwargs"]["input_kind"] == "uint8"
-    assert config["input"] == {"kind": "uint8", "windows": None, "size": 64, "context": 0,
+    assert config["input"] == {"kind": "uint8", "image_channels": 1, "windows": None, "size": 64, "context": 0,
                                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert config["labels"] == ["non-stroke", "stroke"] and config["thresholds"] == {"stroke": 0.25}
     assert config["temperature"] == 1.0 and config["training"] == {"epochs": 1}
@@ -183,6 +183,9 @@ def test_update_sets_thresholds_and_temperature_but_not_the_model(checkpoint) ->
         (lambda c: c["provenance"].update(n_slices=-1), "provenance.n_slices must be within"),
         (lambda c: c.update(weights_sha256="abc"), "weights_sha256 must be 64 lowercase hex digits"),
         (lambda c: c.update(colour="red"), "unknown field 'colour'"),
+        (lambda c: c["input"].update(image_channels=0), "input.image_channels must be within 1..16"),
+        (lambda c: c.update(input_windows=["brain", "bone"]), "input_windows names 2 windows for 1 8-bit images"),
+        (lambda c: c.update(input_windows=["brain", "lung"]), "unknown window 'lung'"),
     ],
 )
 def test_every_bad_field_is_refused_in_one_line_naming_it(checkpoint, change, field) -> None:

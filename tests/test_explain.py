@@ -340,3 +340,19 @@ def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.Captu
     assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(plain),
                  "--limit", "3"]) == 0
     assert len(list((plain / "overlays").glob("*.png"))) == 3
+
+
+def test_slices_of_two_8bit_images_are_explained_and_drawn_on_the_first() -> None:
+    from headct.explain import series_maps
+
+    torch.manual_seed(0)
+    model = build_model("effnet-2.5d", 2, input_kind="uint8", image_channels=2, context=1).eval()
+    series = np.random.default_rng(2).integers(0, 256, (4, 2, 96, 96)).astype(np.uint8)  # [S, C, H, W], 3x3 cells
+    cams = series_maps(model, series, [0, 3], 1, None, 8)
+    by_hand = np.stack([np.concatenate([series[0], series[0], series[1]]),  # slice-major (brain, bone) planes,
+                        np.concatenate([series[2], series[3], series[3]])])  # the end slice repeated
+    expected = gradcam_maps(model, torch.from_numpy(by_hand).float(), 1)
+    assert cams.shape == (2, 96, 96) and cams.max() > 0
+    np.testing.assert_allclose(cams, expected, atol=1e-5)
+    cam = np.zeros((96, 96), np.float32)
+    np.testing.assert_array_equal(overlay(series[1], cam, "uint8"), overlay(series[1, 0], cam, "uint8"))

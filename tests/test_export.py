@@ -126,3 +126,27 @@ def test_export_command_writes_model_and_config(checkpoint: Path, exported: Path
     config = json.loads((checkpoint / "model.config.json").read_text())
     assert config["labels"] == LABELS and config["input"]["size"] == SIZE
     assert not [p for p in checkpoint.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("level", ["slice", "series"])
+def test_models_of_two_8bit_images_per_slice_export(tmp_path: Path, level: str) -> None:
+    torch.manual_seed(2)
+    if level == "slice":
+        model = build_model("mobilenetv2", 2, input_kind="uint8", image_channels=2).eval()
+        shapes = [(1, 2, SIZE, SIZE), (3, 2, SIZE, SIZE)]  # [B, K*C, H, W]: brain, bone
+    else:
+        model = build_model("study-seq", 2, encoder="mobilenetv2", hidden=8, layers=1,
+                            encoder_kwargs={"input_kind": "uint8", "image_channels": 2}).eval()
+        shapes = [(1, 4, 2, SIZE, SIZE), (2, 6, 2, SIZE, SIZE)]  # [B, S, C, H, W]
+    _randomise_batchnorm(model)
+    result = export_onnx(model, tmp_path / "m.onnx", size=SIZE)
+    assert json.loads(read_metadata(result.path)["headct_spec"])["image_channels"] == 2
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for seed, shape in enumerate(shapes):
+        x = np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32)
+        with torch.no_grad():
+            expected = (model(torch.from_numpy(x)) if level == "slice"
+                        else model.forward_series(torch.from_numpy(x), None)[1]).numpy()
+        got = session.run(None, {"x": x})[0 if level == "slice" else 1]
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        assert np.abs(expected).max() > 1e-3

@@ -64,6 +64,7 @@ TARGET_LAYOUTS = ("nchw", "nhwc")
 TARGET_GRIDS = ("centred", "padded")
 SIZE_RANGE = (8, 2048)          # input side in pixels: a typo must not ask for terabytes
 CONTEXT_RANGE = (0, 32)         # neighbours on each side
+IMAGE_CHANNELS_RANGE = (1, 16)  # 8-bit images per slice (one per window, e.g. brain and bone)
 NUM_CLASSES_RANGE = (0, 10_000)  # 0: a headless encoder
 SYNTHETIC_WARNING = "trained on synthetic phantom data — not for clinical use"
 INTENDED_USE_SYNTHETIC = "Research only. Trained on synthetic phantom data — not for clinical use."
@@ -91,6 +92,7 @@ class InputConfig:
     """What the model reads: raw kind, windows, side, neighbours, normalisation."""
 
     kind: str = "hu"
+    image_channels: int = 1  # uint8: 8-bit images per slice (one per entry of input_windows)
     windows: list[Any] | None = None
     size: int | None = None
     context: int = 0
@@ -127,7 +129,7 @@ class CheckpointConfig:
     intended_use: str = INTENDED_USE_UNKNOWN
     weights_sha256: str | None = None
     tta_flip: bool = False  # evaluate and predict average each series' logits with its mirror image's
-    input_windows: list[Any] | None = None  # 8-bit models: the HU window that made the images (predict windows DICOM so)
+    input_windows: list[Any] | None = None  # 8-bit models: the HU window of each image (predict windows DICOM so)
     versions: dict[str, str] = field(default_factory=dict)
     headct_version: str = headct.__version__
     format_version: int = FORMAT_VERSION
@@ -146,7 +148,8 @@ class CheckpointConfig:
         """The ModelSpec this config describes (enough to feed the model, not to build it)."""
         return ModelSpec(
             name=self.model.name, kwargs=self.model.kwargs, num_classes=self.num_classes,
-            input_kind=self.input.kind, windows=self.input.windows, context=self.input.context,
+            input_kind=self.input.kind, image_channels=self.input.image_channels, windows=self.input.windows,
+            context=self.input.context,
             level=self.model.level, mean=list(self.input.mean), std=list(self.input.std),
             target_layers=list(self.model.target_layers), target_layout=self.model.target_layout,
             target_grid=self.model.target_grid,
@@ -298,10 +301,15 @@ def config_from_dict(raw: Any, where: str) -> CheckpointConfig:
             raise CheckpointError(f"{where}: labels has {len(labels)} names for {num_classes} outputs")
     provenance = _provenance(check, raw.get("provenance"))
     temperature = raw.get("temperature", 1.0)
+    input_config = _input_config(check, raw.get("input"))
+    input_windows = _input_windows(check, raw.get("input_windows"))
+    if input_windows is not None and len(input_windows) != input_config.image_channels:
+        raise CheckpointError(f"{where}: input_windows names {len(input_windows)} windows for "
+                              f"{input_config.image_channels} 8-bit images per slice")
     return CheckpointConfig(
         model=model,
         num_classes=num_classes,
-        input=_input_config(check, raw.get("input")),
+        input=input_config,
         task=check.optional_text("task", raw.get("task")),
         labels=labels,
         label_kind=check.choice("label_kind", raw.get("label_kind") or ("multilabel" if labels else None),
@@ -313,7 +321,7 @@ def config_from_dict(raw: Any, where: str) -> CheckpointConfig:
         intended_use=check.text("intended_use", raw.get("intended_use") or intended_use_for(provenance)),
         weights_sha256=check.digest("weights_sha256", raw.get("weights_sha256")),
         tta_flip=check.flag("tta_flip", raw.get("tta_flip", False)),
-        input_windows=_input_windows(check, raw.get("input_windows")),
+        input_windows=input_windows,
         versions={str(k): str(v) for k, v in check.mapping("versions", raw.get("versions") or {}).items()},
         headct_version=check.text("headct_version", raw.get("headct_version") or "unknown"),
         format_version=FORMAT_VERSION,
@@ -379,6 +387,7 @@ def _input_config(check: _Checker, raw: Any) -> InputConfig:
         raise CheckpointError(f"{check.where}: input.std must be > 0")
     return InputConfig(
         kind=check.choice("input.kind", raw.get("kind", "hu"), INPUT_KINDS),
+        image_channels=check.integer("input.image_channels", raw.get("image_channels", 1), *IMAGE_CHANNELS_RANGE),
         windows=windows,
         size=None if size is None else check.integer("input.size", size, *SIZE_RANGE),
         context=check.integer("input.context", raw.get("context", 0), *CONTEXT_RANGE),
@@ -503,7 +512,8 @@ def _config_for(model: nn.Module, fields: dict[str, Any]) -> dict[str, Any]:
     fixed = sorted(FIXED_FIELDS.intersection(fields))
     if fixed:
         raise CheckpointError(f"{', '.join(fixed)} come from the model and cannot be given")
-    input_info = {"kind": spec.input_kind, "windows": spec.windows, "size": fields.pop("size", None),
+    input_info = {"kind": spec.input_kind, "image_channels": spec.image_channels, "windows": spec.windows,
+                  "size": fields.pop("size", None),
                   "context": spec.context, "mean": spec.mean, "std": spec.std}
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

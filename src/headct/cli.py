@@ -75,7 +75,9 @@ def _add_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=0, help="also assign k folds (0: none)")
     p.add_argument("--class-map", default=None,
                    help="png-folders: folder=class pairs, e.g. 'normal=non-stroke,bleed=hemorrhagic'")
-    p.add_argument("--path-column", default=None, help="csv: image path column (default: path, image, file, ...)")
+    p.add_argument("--path-column", default=None,
+                   help="csv: image path column (default: path, image, file, ...); several, comma-separated "
+                        "(e.g. brain,bone), stack each row's images as channels")
     p.add_argument("--patient-column", default=None,
                    help="csv/nifti: patient column, hashed before storing (default: patient, PatientNumber, ...)")
     p.add_argument("--study-column", default=None, help="csv: study column (default: study, study_id, ...)")

@@ -47,7 +47,7 @@ from headct.checkpoint import (
     read_checkpoint_config,
     update_checkpoint_config,
 )
-from headct.data.cache import Cache
+from headct.data.cache import Cache, display_plane
 from headct.decide import (
     StudyTable,
     decisions,
@@ -354,7 +354,7 @@ def _gradcam(out: Path, model: nn.Module, config: CheckpointConfig, cache: Cache
             if mask is not None and truth[i, c]:
                 lesion = (np.asarray(mask) & LABEL_BITS[label]) > 0
                 outline = lesion & ~ndimage.binary_erosion(lesion)
-            tiles.append(report.GradcamTile(np.asarray(cache.slice(row)), cam, label, float(slice_prob[i, c]),
+            tiles.append(report.GradcamTile(display_plane(cache.slice(row)), cam, label, float(slice_prob[i, c]),
                                             bool(truth[i, c]), bool(called[i, c]), cache.kind, outline))
     if not tiles:
         return None, localisation

@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from headct import atomic
 from headct.checkpoint import CheckpointConfig, load_checkpoint
-from headct.data.cache import Cache
-from headct.data.datasets import neighbour_index
+from headct.data.cache import Cache, display_plane
+from headct.data.datasets import flatten_channels, neighbour_index
 from headct.decide import probabilities
 from headct.inference import autocast_context, series_logits
 from headct.labels import HEMORRHAGE_BITS, LESION_BITS
@@ -148,11 +148,12 @@ def padded_grid_resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def series_stacks(series: np.ndarray, context: int, positions: Sequence[int] | None = None) -> torch.Tensor:
-    """Raw neighbour stacks ``[b, 2*context+1, H, W]`` (float) of a series, as the model saw them."""
+    """Raw neighbour stacks ``[b, 2*context+1, H, W]`` (float) of a series, as the model saw them
+    (``[b, (2*context+1)*C, H, W]`` for a series of C 8-bit images per slice)."""
     index = neighbour_index(series.shape[0], context)
     if positions is not None:
         index = index[torch.as_tensor(list(positions), dtype=torch.long)]
-    return torch.from_numpy(np.asarray(series)[index.numpy()]).float()
+    return flatten_channels(torch.from_numpy(np.asarray(series)[index.numpy()])).float()
 
 
 def to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -169,7 +170,9 @@ def to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(slice_pixels: np.ndarray, cam: np.ndarray, kind: str = "hu", image_weight: float = 0.5) -> np.ndarray:
-    """Jet false colour of ``cam`` (0..1) on the slice's brain window: uint8 RGB ``[H, W, 3]``."""
+    """Jet false colour of ``cam`` (0..1) on the slice's brain window: uint8 RGB ``[H, W, 3]``
+    (a slice of C 8-bit images ``[C, H, W]`` shows its first, :func:`headct.data.cache.display_plane`)."""
+    slice_pixels = display_plane(slice_pixels)
     if kind == "hu":
         grey = apply_windows(slice_pixels, ["brain"])[0]
     else:

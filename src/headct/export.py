@@ -169,9 +169,10 @@ class _SeriesOutputs(nn.Module):
 
 def _export_form(model: nn.Module, spec: ModelSpec, size: int) -> tuple[nn.Module, torch.Tensor, list[str], list[str], dict[str, dict[int, str]]]:
     if spec.level == "series":
-        example = torch.full((2, EXAMPLE_SLICES, size, size), 40.0)  # sizes of 1 would be specialised
+        images = [spec.image_channels] if spec.image_channels > 1 else []  # [B, S, C, H, W] for C 8-bit images
+        example = torch.full((2, EXAMPLE_SLICES, *images, size, size), 40.0)  # sizes of 1 would be specialised
         return _SeriesOutputs(model), example, ["x"], ["slice_logits", "series_logits"], {"x": {0: "batch", 1: "slices"}}
-    example = torch.full((2, spec.slices, size, size), 40.0)
+    example = torch.full((2, spec.planes, size, size), 40.0)
     return model, example, ["x"], ["logits"], {"x": {0: "batch"}}
 
 

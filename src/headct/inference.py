@@ -1,8 +1,8 @@
 """Run a model over whole series: the one forward path shared by train, evaluate, predict and serve.
 
 A series is ``[S, H, W]`` raw values (int16 HU or uint8) already at the model's
-input size. Slice-level models see each slice with its ``context`` neighbours
-on each side (the end slice repeats at the edges); series-level models see the
+input size, or ``[S, C, H, W]`` uint8 for models of C 8-bit images per slice.
+Slice-level models see each slice with its ``context`` neighbours on each side (the end slice repeats at the edges); series-level models see the
 whole series at once. Neighbour stacks are gathered on the device, so only the
 series itself crosses from host to device. :func:`predict_split` runs it over
 every series of one split of a cache (evaluation, and calibration after training).
@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from headct.data.cache import Cache
-from headct.data.datasets import neighbour_index
+from headct.data.datasets import flatten_channels, neighbour_index
 from headct.distributed import DistInfo, merge_in_order, rank_share
 from headct.tasks import Task
 
@@ -64,8 +64,9 @@ def series_logits(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     series = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
-    if series.dim() != 3:
-        raise ValueError(f"a series is [S, H, W], got shape {tuple(series.shape)}")
+    if series.dim() != 3 + (model.spec.image_channels > 1):
+        raise ValueError(f"a series is [S, H, W] ([S, C, H, W] for C 8-bit images per slice), "
+                         f"got shape {tuple(series.shape)}")
     series = series.to(device, non_blocking=True)
     if tta_flip:
         views = [series_logits(model, view, batch_size=batch_size, device=device, amp=amp)
@@ -85,7 +86,7 @@ def series_logits(
 def _neighbour_batches(series: torch.Tensor, context: int, batch_size: int) -> Iterator[torch.Tensor]:
     index = neighbour_index(series.shape[0], context).to(series.device)
     for start in range(0, series.shape[0], batch_size):
-        yield series[index[start : start + batch_size]].float()  # [b, K, H, W]
+        yield flatten_channels(series[index[start : start + batch_size]]).float()  # [b, K(*C), H, W]
 
 
 # --- a split of a cache -------------------------------------------------------------

@@ -289,13 +289,19 @@ class Predictor:
         """The volume resampled to the model's input size, after checking its kind fits the model."""
         expected = self.config.input.kind
         windows = self.config.input_windows or []
-        if volume.kind == "hu" and expected == "uint8" and len(windows) == 1:
-            # an 8-bit model trained on pre-windowed images: window the HU as those images were made
-            window = windows[0] if isinstance(windows[0], str) else tuple(windows[0])
-            return resample_slices(to_uint8(volume.pixels, window), self.input_size)
+        if volume.kind == "hu" and expected == "uint8" and windows:
+            # an 8-bit model trained on pre-windowed images: window the HU as those images were made,
+            # one image per recorded window in the model's channel order ([S, C, H, W] for several)
+            images = [to_uint8(volume.pixels, w if isinstance(w, str) else tuple(w)) for w in windows]
+            return resample_slices(images[0] if len(images) == 1 else np.stack(images, axis=1), self.input_size)
+        images_per_slice = self.config.input.image_channels
+        if volume.kind == "uint8" and images_per_slice > 1:
+            raise InputError(source or None, f"this series has one 8-bit image per slice, but the model reads "
+                                             f"{images_per_slice} per slice (windows {windows or 'not recorded'}); "
+                                             "give it the CT study in Hounsfield units (DICOM or NIfTI) to window")
         if volume.kind != expected:
             what = {"hu": "Hounsfield units (DICOM or NIfTI CT)", "uint8": "8-bit windowed images (PNG)"}
-            unmatched = " and records no single input window to apply to HU" if volume.kind == "hu" else ""
+            unmatched = " and records no input window to apply to HU" if volume.kind == "hu" else ""
             raise InputError(source or None, f"this is {what.get(volume.kind, volume.kind)}, but the model reads "
                                              f"{what.get(expected, expected)}{unmatched}; "
                                              "use a model trained on that input")
@@ -342,7 +348,7 @@ class Predictor:
         (An onnx Predictor loads it lazily; torch's first backward pass costs seconds of setup.)
         """
         blank = Volume(np.full((3, self.input_size, self.input_size), -1000, np.int16), kind=self.config.input.kind)
-        if blank.kind == "uint8":
+        if blank.kind == "uint8" and self.config.input.image_channels == 1:  # several images: windowed from HU
             blank = Volume(np.zeros(blank.pixels.shape, np.uint8), kind="uint8")
         self.class_maps(blank, self.labels[0], [1])
 

@@ -171,9 +171,10 @@ class Trainer:
         if config.fold is not None:  # train on the other folds, validate on a share of them
             self.cache = fold_view(self.cache, config.fold, seed=config.seed)
         self.task = get_task(config.task, self.cache.labels)
-        self.input_windows = input_windows(config.input_windows) if self.cache.kind == "uint8" else None
+        self.input_windows = (input_windows(config.input_windows, self.cache.channels)
+                              if self.cache.kind == "uint8" else None)
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = _build(config, self.task.num_outputs, self.cache.kind).to(self.device)
+        self.model = _build(config, self.task.num_outputs, self.cache.kind, self.cache.channels).to(self.device)
         if config.channels_last:
             to_channels_last(self.model)
         self.pretrained = _pretrained_summary(config.pretrained)
@@ -181,6 +182,9 @@ class Trainer:
         if self.spec.input_kind != self.cache.kind:
             raise ValueError(f"{config.model} reads {self.spec.input_kind} input but the cache holds "
                              f"{self.cache.kind}; set input_kind in --model-kwargs")
+        if self.spec.image_channels != self.cache.channels:
+            raise ConfigError(f"{config.model} reads {self.spec.image_channels} 8-bit images per slice but the "
+                              f"cache holds {self.cache.channels}")
         self.mode = training_mode(self.spec.level, config.encoder_checkpoint)
         self.amp = resolve_amp(config.amp, self.device)
         self.loss_weights = torch.tensor(self.task.loss_weights, dtype=torch.float32, device=self.device)
@@ -285,8 +289,8 @@ class Trainer:
         x, y_slices, y_series, _, mask = (t.to(self.device, non_blocking=True) for t in batch)
         if self.mode == "series":
             x = x.float()
-            if self.augment is not None and generator is not None:
-                x = augment_batch(x, self.augment, generator, self.spec.input_kind)
+            if self.augment is not None and generator is not None:  # [B, S, C, H, W]: one transform per series
+                x = augment_batch(x.flatten(1, -3), self.augment, generator, self.spec.input_kind).reshape(x.shape)
         with self._autocast():
             slice_logits, series_logits = self.net(x, mask)
         usable = mask & (y_slices[..., 0] >= 0)  # padding and slices the task cannot use carry -1
@@ -414,7 +418,7 @@ class Trainer:
             "provenance": provenance, "intended_use": intended_use_for(provenance),
             "tta_flip": self.config.tta_flip,
         }
-        if self.input_windows is not None:  # which HU window made the 8-bit images: predict applies it to DICOM
+        if self.input_windows is not None:  # which HU window made each 8-bit image: predict applies them to DICOM
             fields["input_windows"] = self.input_windows
         return fields
 
@@ -579,28 +583,42 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
-def input_windows(text: str | None) -> list[Any]:
-    """The checkpoint's ``input_windows`` for an 8-bit cache: one window per image channel (brain by default)."""
+def input_windows(text: str | None, channels: int = 1) -> list[Any]:
+    """The checkpoint's ``input_windows`` for an 8-bit cache: one window per image channel, in the cache's
+    channel order (default: brain, for a cache of one image per slice)."""
     from headct.windows import parse_windows
 
     windows = parse_windows(text or "brain")
-    if len(windows) != 1:
-        raise ValueError(f"input_windows {text!r}: the cache holds one 8-bit image per slice, so one window")
+    if len(windows) != channels:
+        raise ConfigError(f"--input-windows names {len(windows)} window{'s' if len(windows) != 1 else ''} "
+                          f"but the cache holds {channels} 8-bit image{'s' if channels != 1 else ''} per slice; "
+                          "name one window per image, in the order of prepare's --path-column")
     return [list(w) if isinstance(w, tuple) else w for w in windows]
 
 
-def _build(config: TrainConfig, num_classes: int, input_kind: str) -> nn.Module:
-    """Build the model for the cache's input kind: its own argument, or its encoder's (study-seq)."""
+def _build(config: TrainConfig, num_classes: int, input_kind: str, image_channels: int = 1) -> nn.Module:
+    """Build the model for the cache's input kind and images per slice: its own arguments, or its encoder's
+    (study-seq)."""
     kwargs = dict(config.model_kwargs)
     if config.pretrained:  # transient: the weights come from the file once, the checkpoint keeps them
         kwargs["pretrained"] = True if config.pretrained.lower() in PRETRAINED_HUB else config.pretrained
     if config.encoder_checkpoint:  # the trained encoder fixes its own input kind
         kwargs.update(encoder_arguments(config.encoder_checkpoint))
     elif "input_kind" in builder_parameters(config.model):
-        kwargs = {"input_kind": input_kind, **kwargs}
+        kwargs = {"input_kind": input_kind, **_channels_argument(config.model, image_channels), **kwargs}
     else:
-        kwargs["encoder_kwargs"] = {"input_kind": input_kind, **(kwargs.get("encoder_kwargs") or {})}
+        images = {"image_channels": image_channels} if image_channels > 1 else {}  # the encoder's to refuse
+        kwargs["encoder_kwargs"] = {"input_kind": input_kind, **images, **(kwargs.get("encoder_kwargs") or {})}
     return build_model(config.model, num_classes, **kwargs)
+
+
+def _channels_argument(model: str, image_channels: int) -> dict[str, int]:
+    """``image_channels`` for a cache of several 8-bit images per slice (none for one: the model's default)."""
+    if image_channels == 1:
+        return {}
+    if "image_channels" not in builder_parameters(model):
+        raise ConfigError(f"{model} reads one image per slice; the cache holds {image_channels} per slice")
+    return {"image_channels": image_channels}
 
 
 BALANCE_CAP = 10.0  # the largest weight class balance gives: one positive in 10,000 must not rule the loss

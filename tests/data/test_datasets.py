@@ -69,3 +69,46 @@ def test_series_dataset_marks_unusable_slices_and_subsamples(tmp_path, build_cac
     np.testing.assert_array_equal(y_slices[0].numpy(), [0, 1])  # row 4 hemorrhagic → class 1
     multilabel = SeriesDataset(cache, "test", get_task("ischemic", cache.labels))
     assert multilabel[0][2].tolist() == [1.0]
+
+
+def _two_image_cache(path):
+    """Series of 3 and 2 slices, each slice a brain image (value 10*row) and a bone image (10*row + 1)."""
+    import json
+
+    from headct.data.cache import Cache, write_index, write_shard
+
+    labels = ("bleed",)
+    columns = {name: [] for name in ("row", "study", "patient", "series", "slice_index", "uid", "shard",
+                                     "offset", "split", "fold", *labels)}
+    row = 0
+    for i, length in enumerate((3, 2)):
+        key = f"series{i}"
+        pixels = np.stack([np.stack([np.full((4, 4), 10 * (row + k) + c, np.uint8) for c in range(2)])
+                           for k in range(length)])  # [S, 2, 4, 4]
+        write_shard(path, key, pixels, None, {"key": key, "slices": length,
+                                              "uids": [f"u{row + k}" for k in range(length)]})
+        for k in range(length):
+            values = dict(row=row, study=f"st{i}", patient=f"p{i}", series=key, slice_index=k, uid=f"u{row}",
+                          shard=key, offset=k, split="train", fold=-1, bleed=row % 2)
+            for name, value in values.items():
+                columns[name].append(value)
+            row += 1
+    write_index(path, columns, list(labels))
+    (path / "meta.json").write_text(json.dumps({"format_version": 1, "kind": "uint8", "size": 4, "labels": ["bleed"],
+                                                "channels": ["brain", "bone"], "split": {}, "summary": {}}))
+    return Cache(path)
+
+
+def test_several_images_per_slice_stack_slice_major(tmp_path):
+    cache = _two_image_cache(tmp_path)
+    assert cache.channels == 2 and cache.slice(1).shape == (2, 4, 4)
+    task = get_task("bleed", cache.labels)
+    x, _, row = SliceDataset(cache, "train", task, context=1)[0]  # row 0: the first slice repeats below it
+    assert row == 0 and x.shape == (6, 4, 4) and x.dtype == torch.uint8
+    np.testing.assert_array_equal(x[:, 0, 0].numpy(), [0, 1, 0, 1, 10, 11])  # (brain, bone) per slice
+    x, _, _ = SliceDataset(cache, "train", task)[4]
+    np.testing.assert_array_equal(x[:, 0, 0].numpy(), [40, 41])
+    series = SeriesDataset(cache, "train", task)
+    x, _, _, _, mask = collate_series([series[0], series[1]])
+    assert x.shape == (2, 3, 2, 4, 4) and mask.tolist() == [[True] * 3, [True, True, False]]
+    np.testing.assert_array_equal(x[1, :, :, 0, 0].numpy(), [[30, 31], [40, 41], [0, 0]])

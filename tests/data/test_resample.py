@@ -113,3 +113,12 @@ def test_upsampling_is_bilinear():
     bilinear = F.interpolate(torch.from_numpy(pixels).float()[None], size=(100, 100), mode="bilinear",
                              align_corners=False)[0].numpy()
     assert np.abs(out - bilinear).max() <= 0.51
+
+
+def test_several_images_per_slice_are_each_resampled_alike():
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 256, (2, 3, 40, 30), dtype=np.uint8)  # [S, C, H, W]
+    out = resample_slices(stack, 16)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, c], resample_slices(np.ascontiguousarray(stack[:, c]), 16))

@@ -48,3 +48,25 @@ def test_wrong_slice_count_and_bad_statistics_are_refused() -> None:
         InputLayer("hu", mean=[0.5])
     with pytest.raises(ValueError, match="input_kind"):
         InputLayer("png")
+
+
+def test_several_8bit_images_per_slice_are_cycled_to_three_channels() -> None:
+    layer = InputLayer("uint8", windows=None, slices=2, image_channels=2)
+    # slice 0: brain image white, bone black; slice 1: the other way round (slice-major planes)
+    x = torch.tensor([255.0, 0.0, 0.0, 255.0]).view(1, 4, 1, 1).expand(1, 4, 2, 2)
+    out = layer(x)[0, :, 0, 0]
+    expected = [_normalised(v, c) for c, v in enumerate((1.0, 0.0, 1.0))]  # brain, bone, brain
+    expected += [_normalised(v, c) for c, v in enumerate((0.0, 1.0, 0.0))]
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+    assert layer.out_channels == 6
+    one = InputLayer("uint8", windows=None, slices=1)
+    assert torch.equal(one(torch.full((1, 1, 2, 2), 51.0)), InputLayer("uint8", windows=None, slices=1,
+                                                                       image_channels=1)(torch.full((1, 1, 2, 2), 51.0)))
+    assert InputLayer("uint8", windows=None, image_channels=4).out_channels == 4  # more than 3: each once
+
+
+def test_image_count_mismatches_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[B, 1\*2, H, W\]"):
+        InputLayer("uint8", windows=None, image_channels=2)(torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="must be 1 for HU input"):
+        InputLayer("hu", image_channels=2)

@@ -29,7 +29,7 @@ def test_spec_records_every_argument_with_defaults_and_no_pretrained(tmp_path) -
     model = build_model("effnet-2.5d", 5, context=2, windows=["brain", [60, 40]])
     spec = model.spec
     assert isinstance(spec, ModelSpec)
-    assert spec.kwargs == {"context": 2, "input_kind": "hu", "windows": ["brain", [60, 40]],
+    assert spec.kwargs == {"context": 2, "input_kind": "hu", "image_channels": 1, "windows": ["brain", [60, 40]],
                            "drop_rate": 0.2, "drop_path_rate": 0.0}
     assert (spec.name, spec.num_classes, spec.context, spec.slices, spec.level) == ("effnet-2.5d", 5, 2, 5, "slice")
     assert spec.windows == ["brain", [60, 40]] and len(spec.mean) == 2

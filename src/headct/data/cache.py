@@ -5,7 +5,8 @@ Layout (docs/internals.md, "The cache")::
     CACHE/
       meta.json          format_version, source_format, kind, size, labels, split {...}, summary {...}, has_masks
       index.csv          one row per slice, series by series in scan order
-      shards/<key>.npy   one series [S, size, size], int16 HU or uint8
+      shards/<key>.npy   one series [S, size, size], int16 HU or uint8; [S, C, size, size] uint8 when
+                         meta.json lists C > 1 ``channels`` (several images per CSV row, e.g. brain, bone)
       shards/<key>.json  the shard's sidecar: its slice uids and sources, skipped files
       masks/<key>.npy    optional uint8 lesion bit flags, same shape as the shard
       work/              DICOM inputs: staged chunks (see headct.data.dicom_series); their
@@ -146,6 +147,11 @@ class Cache:
         return int(self.meta["size"])
 
     @property
+    def channels(self) -> int:
+        """8-bit images per slice: 1, or C for a cache of C-channel shards ``[S, C, H, W]``."""
+        return len(self.meta.get("channels") or []) or 1
+
+    @property
     def has_masks(self) -> bool:
         return bool(self.meta.get("has_masks"))
 
@@ -161,11 +167,11 @@ class Cache:
         return self.index["row"][self.index["split"] == split]
 
     def slice(self, row: int) -> np.ndarray:
-        """One slice ``[H, W]`` (int16 HU or uint8), a view into the memory-mapped shard."""
+        """One slice ``[H, W]`` (int16 HU or uint8; ``[C, H, W]`` in a C-channel cache), a memory-mapped view."""
         return self.series_slices(str(self.index["shard"][row]))[int(self.index["offset"][row])]
 
     def series_slices(self, shard: str) -> np.ndarray:
-        """All slices of one series ``[S, H, W]`` in scan order, memory-mapped."""
+        """All slices of one series ``[S, H, W]`` (``[S, C, H, W]`` in a C-channel cache), scan order, mapped."""
         return self._mapped("shards", shard)
 
     def series_rows(self, shard: str) -> np.ndarray:
@@ -202,6 +208,13 @@ class Cache:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
         return state
+
+
+def display_plane(pixels: np.ndarray) -> np.ndarray:
+    """The ``[H, W]`` plane drawn under a heatmap: the slice itself, or a multi-image slice's first
+    channel (its first window, e.g. brain, as with HU slices)."""
+    pixels = np.asarray(pixels)
+    return pixels[0] if pixels.ndim == 3 else pixels
 
 
 def _read_index(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray]:

@@ -8,11 +8,14 @@ views of memory-mapped shards, so an item costs one small copy and no file
 opens beyond the first touch of a shard.
 
 - :class:`SliceDataset`: ``(x [K, H, W], y, row)`` with K = 2*context+1
-  neighbours centred on the slice (edges repeat the end slice); y is float32
+  neighbours centred on the slice (edges repeat the end slice); a C-channel
+  cache (several 8-bit images per slice) gives ``x [K*C, H, W]``, slice-major
+  (:func:`flatten_channels`); y is float32
   ``[n]`` for multi-label tasks, an int64 class for multi-class ones. Rows the
   task cannot use (unknown labels, excluded classes) are left out.
 - :class:`SeriesDataset`: ``(x [S, H, W], y_slices [S, n], y_series [n], rows [S])``
-  for whole-series models; :func:`collate_series` pads a batch.
+  (``x [S, C, H, W]`` in a C-channel cache) for whole-series models;
+  :func:`collate_series` pads a batch.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ def neighbour_index(num_slices: int, context: int, device: torch.device | str | 
     return (centres + offsets[None, :]).clamp_(0, num_slices - 1)
 
 
+def flatten_channels(stacks: torch.Tensor) -> torch.Tensor:
+    """Neighbour stacks ``[b, K, C, H, W]`` of a C-channel series → ``[b, K*C, H, W]``, slice-major
+    (slice 0's C images, then slice 1's, ...: the layout the input layer reads); ``[b, K, H, W]`` as is.
+
+    The one place where a stack's channels meet its slices: datasets, the forward path and Grad-CAM use it.
+    """
+    return stacks.flatten(1, 2) if stacks.dim() == 5 else stacks
+
+
 class SliceDataset(Dataset):
     """Slices of one split as ``(x [K, H, W], y, row)``, ``x`` in the cache's dtype; see the module docstring.
 
@@ -88,6 +100,7 @@ class SliceDataset(Dataset):
             x = torch.from_numpy(np.ascontiguousarray(series[positions]))
         else:
             x = torch.from_numpy(np.array(series[offset:offset + 1]))
+        x = flatten_channels(x[None])[0]
         if self.augment is not None:
             x = self.augment(x.float())
         return x, torch.as_tensor(self.targets[row]), row
@@ -151,15 +164,16 @@ class SeriesDataset(Dataset):
 
 def collate_series(batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad series to the longest: ``(x [B, S, H, W], y_slices [B, S, n], y_series [B, n], rows [B, S], mask [B, S])``.
+    """Pad series to the longest: ``(x [B, S, H, W], y_slices [B, S, n], y_series [B, n], rows [B, S], mask [B, S])``
+    (``x [B, S, C, H, W]`` for a C-channel cache).
 
     Padding is at the end of each row: x 0, y_slices -1, rows -1, mask False; x keeps the items' dtype.
     """
     longest = max(item[0].shape[0] for item in batch)
-    height, width = batch[0][0].shape[1:]
+    plane = batch[0][0].shape[1:]
     n = batch[0][2].shape[0]
     b = len(batch)
-    x = torch.zeros(b, longest, height, width, dtype=batch[0][0].dtype)
+    x = torch.zeros(b, longest, *plane, dtype=batch[0][0].dtype)
     y_slices = torch.full((b, longest, n), -1.0)
     rows = torch.full((b, longest), -1, dtype=torch.int64)
     mask = torch.zeros(b, longest, dtype=torch.bool)

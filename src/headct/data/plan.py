@@ -32,10 +32,13 @@ class SliceSource:
 
     path: str
     name: str
-    reader: str  # "dicom" | "image" | "nifti" | "staged" (DICOM already read, see dicom_series)
+    reader: str  # "dicom" | "image" | "images" (one slice as C images) | "nifti" | "staged" (see dicom_series)
     labels: tuple[int, ...] | None = None
     uid: str | None = None
     header: dict[str, Any] | None = None  # staged DICOM: UIDs, geometry, chunk and row
+    channels: list[tuple[str, str]] | None = None
+    """"images": (column, file) per channel, in channel order (``path`` is the first file; ``name`` names
+    the CSV row, so a fault names the row and the column)."""
 
 
 @dataclass
@@ -76,7 +79,8 @@ class SeriesJob:
             self.content = [_source_fingerprint(s) for s in self.sources]
             self.content.append(file_fingerprint(self.mask_file) if self.mask_file else "")
         described = [size, self.assemble, self.mask_file is not None,
-                     [(s.name, s.reader) for s in self.sources], self.content]
+                     [(s.name, s.reader, *([[c for c, _ in s.channels]] if s.channels else []))
+                      for s in self.sources], self.content]
         return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
 
@@ -91,11 +95,14 @@ class Plan:
     skipped: list[dict[str, str]] = field(default_factory=list)
     image_level: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
+    channels: list[str] | None = None  # several 8-bit images per slice: their names (CSV columns), in order
 
 
 def _source_fingerprint(source: SliceSource) -> str:
     if source.header is not None and "fingerprint" in source.header:
         return str(source.header["fingerprint"])
+    if source.channels:
+        return "+".join(file_fingerprint(path) for _, path in source.channels)
     return file_fingerprint(source.path)
 
 

@@ -133,6 +133,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "kind": plan.kind, "size": config.size, "labels": plan.label_names, "split": split_meta,
         "summary": summary, "has_masks": any(r.get("has_mask") for r in records),
         "synthetic": _is_phantom(Path(config.input)),
+        **({"channels": plan.channels} if plan.channels else {}),  # C images per slice: shards [S, C, H, W]
     })
     if skipped:
         log.warning("%d files skipped: %s", len(skipped),
@@ -235,8 +236,8 @@ def build_series(job: SeriesJob, cache_dir: str, size: int) -> dict[str, Any]:
             kept = [(i, None, job.sources[i].uid or headers[i]["sop"]) for i in order]
             pieces.append((pixels, kept, tuple(headers[order[0]]["shape"])))
     else:
-        pieces = [(resample_slices(stack, size), kept, stack.shape[1:])
-                  for stack, kept in _read_each(job, skipped, warnings)]
+        pieces = [(resample_slices(stack, size), kept, stack.shape[-2:])
+                  for stack, kept in _read_each(job, skipped, warnings, size)]
     mask_lookup = _MaskLookup(job.mask_file, warnings)
     pixels_out, masks_out, kept_all = [], [], []
     for pixels, kept, source_shape in pieces:
@@ -292,18 +293,38 @@ Kept = list[tuple[int, int | None, str]]  # (source index, frame, uid) per slice
 Piece = tuple[np.ndarray, Kept, tuple[int, ...]]  # pixels [s, size, size], their slices, source slice shape
 
 
-def _read_each(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str]
+def _read_each(job: SeriesJob, skipped: list[dict[str, str]], warnings: list[str], size: int
                ) -> list[tuple[np.ndarray, Kept]]:
-    """Sources read one by one, in job order (PNG/JPG, NIfTI volumes, listed DICOM files)."""
+    """Sources read one by one, in job order (PNG/JPG, NIfTI volumes, listed DICOM files, rows of C images)."""
     pieces: list[tuple[np.ndarray, Kept]] = []
     for index, source in enumerate(job.sources):
         try:
-            pixels, uids, frames = _read_source(source.reader, source.path, source.uid, job.study)
+            if source.reader == "images":
+                pixels, uids, frames = read_channels(source.channels or [], size), [source.uid or ""], [None]
+            else:
+                pixels, uids, frames = _read_source(source.reader, source.path, source.uid, job.study)
         except InputError as err:
             skipped.append({"file": source.name, "reason": err.fault})
             continue
         pieces.append((pixels, [(index, frame, uid) for uid, frame in zip(uids, frames, strict=True)]))
     return pieces
+
+
+def read_channels(channels: list[tuple[str, str]], size: int) -> np.ndarray:
+    """One slice of C 8-bit images ``[1, C, size, size]``, each image padded and resampled on its own
+    (the images of a row may differ in size). An unusable image raises an InputError naming its column."""
+    from headct.io.png import read_image
+
+    planes = []
+    for column, path in channels:
+        try:
+            volume = read_image(path)
+        except InputError as err:
+            raise InputError(path, f"{column} image: {err.fault} (row skipped)") from None
+        if volume.num_slices != 1:
+            raise InputError(path, f"{column} image holds {volume.num_slices} frames, not one (row skipped)")
+        planes.append(resample_slices(volume.pixels, size)[0])
+    return np.stack(planes)[None]
 
 
 def _read_source(reader: str, path: str, uid: str | None, study: str

@@ -27,9 +27,16 @@ AIR_HU = -1024
 
 
 def resample_slices(pixels: np.ndarray, size: int) -> np.ndarray:
-    """``[S, H, W]`` int16 HU or uint8 → ``[S, size, size]``, same dtype, area-averaged when shrinking."""
+    """``[S, H, W]`` int16 HU or uint8 → ``[S, size, size]``, same dtype, area-averaged when shrinking.
+
+    ``[S, C, H, W]`` (C images per slice, e.g. brain and bone windows) → ``[S, C, size, size]``,
+    each image resampled alike.
+    """
+    if pixels.ndim == 4:
+        planes = resample_slices(pixels.reshape(-1, *pixels.shape[2:]), size)
+        return planes.reshape(*pixels.shape[:2], size, size)
     if pixels.ndim != 3:
-        raise ValueError(f"expected [S, H, W] pixels, got shape {pixels.shape}")
+        raise ValueError(f"expected [S, H, W] or [S, C, H, W] pixels, got shape {pixels.shape}")
     if pixels.dtype not in (np.int16, np.uint8):
         raise ValueError(f"expected int16 or uint8 pixels, got {pixels.dtype}")
     fill = 0 if pixels.dtype == np.uint8 else AIR_HU

@@ -12,6 +12,11 @@ Columns (flags of ``headct prepare``; names are matched case-insensitively):
   filepath, image_path): the image, relative to the CSV's folder. PNG or JPG
   (8-bit; cache kind uint8) or DICOM (anything else; kind hu). One
   cache holds one kind: rows of the minority kind are skipped.
+  Several columns (``--path-column brain,bone``: data sets that ship each
+  window as its own pre-windowed image, as PhysioNet CT-ICH does) make one
+  slice of C 8-bit images, the cache's C channels in column order; every
+  image of such a row must be a PNG/JPG, and a row with a missing, empty or
+  (when read) unusable image is skipped as a whole, named by its line.
 - ``--patient-column`` (default: patient, patient_id, patientid,
   patientnumber): optional; hashed with the site salt, never stored raw.
 - ``--study-column`` (default: study, study_id, studyinstanceuid): optional.
@@ -52,7 +57,7 @@ _FALSE = {"0", "0.0", "false", "no", "n", "f"}
 class TableColumns:
     """Which CSV columns hold what; None picks the first present default name."""
 
-    path: str | None = None
+    path: str | None = None  # one column, or several separated by commas (one 8-bit channel each)
     patient: str | None = None
     study: str | None = None
     slice: str | None = None
@@ -112,11 +117,11 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
     if not csv_path.is_file():
         raise InputError(csv_path, "CSV not found")
     header, rows = read_table(csv_path)
-    path_col = resolve_column(header, columns.path, PATH_NAMES, what="path", source=csv_path, required=True)
+    path_cols = path_columns(header, columns.path, csv_path)
     patient_col = resolve_column(header, columns.patient, PATIENT_NAMES, what="patient", source=csv_path)
     study_col = resolve_column(header, columns.study, STUDY_NAMES, what="study", source=csv_path)
     slice_col = resolve_column(header, columns.slice, SLICE_NAMES, what="slice", source=csv_path)
-    roles = {path_col, patient_col, study_col, slice_col} - {None}
+    roles = {*path_cols, patient_col, study_col, slice_col} - {None}
     if columns.labels is not None:
         label_cols = [resolve_column(header, name, (), what="label", source=csv_path) for name in columns.labels]
     else:
@@ -126,15 +131,10 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
     base = csv_path.parent
     skipped: list[dict[str, str]] = []
     bad_values: list[str] = []
-    entries = []  # (group, patient key, order, source)
+    entries = []  # (group, patient key, order, source, the row's first image relative to the CSV)
     for line, row in enumerate(rows, start=2):
-        rel = (row.get(path_col) or "").strip()
-        if not rel:
-            skipped.append({"file": f"{csv_path.name} line {line}", "reason": "empty path"})
-            continue
-        file = (base / rel) if not Path(rel).is_absolute() else Path(rel)
-        if not file.is_file():
-            skipped.append({"file": rel, "reason": "label row for a missing image"})
+        found = _row_images(row, path_cols, base, f"{csv_path.name} line {line}", skipped)
+        if found is None:
             continue
         vector = label_vector(row, label_names, line, bad_values)
         patient_raw = (row.get(patient_col) or "").strip() if patient_col else ""
@@ -142,15 +142,13 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
         study_raw = (row.get(study_col) or "").strip() if study_col else ""
         group = study_raw or (f"p-{pkey}" if pkey else "")
         order = _order(row.get(slice_col) if slice_col else None, line)
-        reader_name = "image" if file.suffix.lower() in IMAGE_SUFFIXES else "dicom"
-        entries.append((group, pkey, order, SliceSource(path=str(file), name=rel, reader=reader_name,
-                                                        labels=vector)))
+        entries.append((group, pkey, order, _row_source(found, f"{csv_path.name} line {line}", vector), found[0][1]))
     if bad_values:
         log.warning("%s: %d label values are not 1/0/true/false/yes/no/empty (read as unknown): %s",
                     csv_path, len(bad_values), report_examples(bad_values))
 
-    kinds = [source.reader for *_, source in entries]
-    reader_kind = max(("dicom", "image"), key=kinds.count) if kinds else "image"
+    kinds = [entry[3].reader for entry in entries]
+    reader_kind = "images" if len(path_cols) > 1 else (max(("dicom", "image"), key=kinds.count) if kinds else "image")
     kept = []
     for entry in entries:
         if entry[3].reader != reader_kind:
@@ -159,15 +157,15 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
         else:
             kept.append(entry)
 
-    grouped: dict[str, list[tuple[str, tuple[float, int], SliceSource]]] = {}
-    for group, pkey, order, source in kept:
-        grouped.setdefault(group or f"image:{source.name}", []).append((pkey, order, source))
+    grouped: dict[str, list[tuple[str, tuple[float, int], SliceSource, str]]] = {}
+    for group, pkey, order, source, first in kept:
+        grouped.setdefault(group or f"image:{first}", []).append((pkey, order, source, first))
     jobs: list[SeriesJob] = []
     taken: set[str] = set()
     for group in sorted(grouped):
         members = sorted(grouped[group], key=lambda m: m[1])
         sources = [m[2] for m in members]
-        stems = [Path(s.name).stem for s in sources]
+        stems = [Path(m[3]).stem for m in members]
         for i, source in enumerate(sources):  # DICOM slices get their SOPInstanceUID when read
             source.uid = stems[i] if len(set(stems)) == len(stems) else f"{stems[i]}_{i:04d}"
         study = group[len("image:"):] if group.startswith("image:") else group
@@ -175,8 +173,55 @@ def plan_csv(csv_path: Path, columns: TableColumns) -> Plan:
         jobs.append(SeriesJob(key=series_key(study, taken), study=study, patient=patient, series=study,
                               sources=sources))
     notes = {"bad_label_values": len(bad_values)} if bad_values else {}
-    return Plan(source_format="csv", kind="uint8" if reader_kind == "image" else "hu", label_names=label_names,
-                jobs=jobs, skipped=skipped, image_level=study_col is None and patient_col is None, notes=notes)
+    return Plan(source_format="csv", kind="hu" if reader_kind == "dicom" else "uint8", label_names=label_names,
+                jobs=jobs, skipped=skipped, image_level=study_col is None and patient_col is None, notes=notes,
+                channels=path_cols if len(path_cols) > 1 else None)
+
+
+def path_columns(header: list[str], given: str | None, source: Path) -> list[str]:
+    """The image column(s): ``--path-column`` split at commas (each must exist, none twice), else the default."""
+    names = [name.strip() for name in (given or "").split(",") if name.strip()]
+    if not names:
+        return [str(resolve_column(header, None, PATH_NAMES, what="path", source=source, required=True))]
+    resolved = [str(resolve_column(header, name, (), what="path", source=source)) for name in names]
+    if len(set(resolved)) != len(resolved):
+        raise InputError(source, f"--path-column names a column twice: {given!r}")
+    return resolved
+
+
+def _row_images(row: dict[str, str], path_cols: list[str], base: Path, where: str,
+                skipped: list[dict[str, str]]) -> list[tuple[str, str, Path]] | None:
+    """(column, relative path, file) of each image of a row; None (and a ``skipped`` entry) when one is unusable.
+
+    One column keeps its historical entries (naming the image); several name the row and the column.
+    """
+    found = []
+    several = len(path_cols) > 1
+    for column in path_cols:
+        rel = (row.get(column) or "").strip()
+        file = (base / rel) if not Path(rel).is_absolute() else Path(rel)
+        if not rel:
+            fault = f"empty {column} path" if several else "empty path"
+        elif not file.is_file():
+            fault = f"no {column} image (row skipped)" if several else "label row for a missing image"
+        elif several and file.suffix.lower() not in IMAGE_SUFFIXES:
+            fault = f"{column} image is not a PNG/JPG (several images per row are 8-bit channels; row skipped)"
+        else:
+            found.append((column, rel, file))
+            continue
+        skipped.append({"file": where if several or not rel else rel, "reason": fault})
+        return None
+    return found
+
+
+def _row_source(found: list[tuple[str, str, Path]], where: str, labels: tuple[int, ...]) -> SliceSource:
+    """One slice from a row's image(s): the file itself, or (several columns) its C images as channels."""
+    if len(found) > 1:
+        return SliceSource(path=str(found[0][2]), name=where, reader="images", labels=labels,
+                           channels=[(column, str(file)) for column, _, file in found])
+    _, rel, file = found[0]
+    reader_name = "image" if file.suffix.lower() in IMAGE_SUFFIXES else "dicom"
+    return SliceSource(path=str(file), name=rel, reader=reader_name, labels=labels)
 
 
 def _order(value: str | None, line: int) -> tuple[float, int]:

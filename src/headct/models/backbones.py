@@ -91,10 +91,11 @@ class SliceClassifier(nn.Module):
         drop_rate: float = 0.2,
         target_layout: str = "nchw",
         target_grid: str = "centred",
+        image_channels: int = 1,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.input_layer = InputLayer(input_kind, windows, slices=2 * context + 1)
+        self.input_layer = InputLayer(input_kind, windows, slices=2 * context + 1, image_channels=image_channels)
         self.encoder = create_encoder(timm_name, pretrained, in_chans=self.input_layer.out_channels, **timm_kwargs)
         self.num_features = feature_width(self.encoder)
         self.head = make_head(head, self.num_features, num_classes, drop_rate)
@@ -118,6 +119,7 @@ def spec_for(input_layer: InputLayer, **fields: Any) -> ModelSpec:
     """The spec fields an input layer determines, plus ``fields`` (context, level, targets)."""
     return ModelSpec(
         input_kind=input_layer.kind,
+        image_channels=input_layer.image_channels,
         windows=input_layer.windows,
         mean=list(input_layer.mean),
         std=list(input_layer.std),

@@ -38,13 +38,14 @@ def _register_cnn(name: str, timm_name: str, target: str, grid: str) -> None:
         *,
         pretrained: Pretrained = False,
         input_kind: str = "hu",
+        image_channels: int = 1,
         windows: Sequence[Any] | None = DEFAULT_WINDOWS,
         head: str = "linear",
         drop_rate: float = 0.2,
     ) -> nn.Module:
         return SliceClassifier(
             timm_name, num_classes, target_layers=[target], target_grid=grid, pretrained=pretrained,
-            input_kind=input_kind, windows=windows, head=head, drop_rate=drop_rate,
+            input_kind=input_kind, image_channels=image_channels, windows=windows, head=head, drop_rate=drop_rate,
         )
 
     build.__doc__ = f"Baseline: timm {timm_name}."
@@ -57,6 +58,7 @@ def _register_swin(name: str, timm_name: str) -> None:
         *,
         pretrained: Pretrained = False,
         input_kind: str = "hu",
+        image_channels: int = 1,
         windows: Sequence[Any] | None = DEFAULT_WINDOWS,
         head: str = "linear",
         drop_rate: float = 0.2,
@@ -65,7 +67,8 @@ def _register_swin(name: str, timm_name: str) -> None:
     ) -> nn.Module:
         return SliceClassifier(
             timm_name, num_classes, target_layers=["encoder.layers.3"], target_layout="nhwc",
-            pretrained=pretrained, input_kind=input_kind, windows=windows, head=head, drop_rate=drop_rate,
+            pretrained=pretrained, input_kind=input_kind, image_channels=image_channels, windows=windows, head=head,
+            drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, img_size=img_size,
         )
 

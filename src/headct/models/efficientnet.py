@@ -40,6 +40,7 @@ def effnet_2d(
     *,
     pretrained: Pretrained = False,
     input_kind: str = "hu",
+    image_channels: int = 1,
     windows: Sequence[Any] | None = DEFAULT_WINDOWS,
     drop_rate: float = 0.2,
     drop_path_rate: float = 0.0,
@@ -47,7 +48,8 @@ def effnet_2d(
     """EfficientNet-B0 on one slice (3 windows as channels)."""
     return SliceClassifier(
         TIMM_NAME, num_classes, target_layers=TARGET_LAYERS, target_grid=TARGET_GRID, pretrained=pretrained,
-        input_kind=input_kind, windows=windows, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+        input_kind=input_kind, image_channels=image_channels, windows=windows, drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -58,6 +60,7 @@ def effnet_25d(
     context: int = 1,
     pretrained: Pretrained = False,
     input_kind: str = "hu",
+    image_channels: int = 1,
     windows: Sequence[Any] | None = DEFAULT_WINDOWS,
     drop_rate: float = 0.2,
     drop_path_rate: float = 0.0,
@@ -67,7 +70,8 @@ def effnet_25d(
         raise ValueError(f"effnet-2.5d needs context >= 1, got {context}")
     return SliceClassifier(
         TIMM_NAME, num_classes, target_layers=TARGET_LAYERS, target_grid=TARGET_GRID, pretrained=pretrained,
-        input_kind=input_kind, windows=windows, context=context, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+        input_kind=input_kind, image_channels=image_channels, windows=windows, context=context, drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -80,6 +84,7 @@ def effnet_lstm(
     bidirectional: bool = False,
     pretrained: Pretrained = False,
     input_kind: str = "hu",
+    image_channels: int = 1,
     windows: Sequence[Any] | None = DEFAULT_WINDOWS,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
@@ -87,7 +92,8 @@ def effnet_lstm(
     """Shared EfficientNet-B0 per slice → LSTM over the 2k+1 slices in scan order."""
     return SliceSequenceLSTM(
         num_classes, context=context, hidden=hidden, bidirectional=bidirectional, pretrained=pretrained,
-        input_kind=input_kind, windows=windows, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+        input_kind=input_kind, image_channels=image_channels, windows=windows, drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -106,9 +112,10 @@ class SliceSequenceLSTM(nn.Module):
         windows: list[Any] | None,
         drop_rate: float,
         drop_path_rate: float,
+        image_channels: int = 1,
     ) -> None:
         super().__init__()
-        self.input_layer = InputLayer(input_kind, windows, slices=2 * context + 1)
+        self.input_layer = InputLayer(input_kind, windows, slices=2 * context + 1, image_channels=image_channels)
         channels = self.input_layer.channels_per_slice
         self.encoder = create_encoder(TIMM_NAME, pretrained, in_chans=channels, drop_path_rate=drop_path_rate)
         self.lstm = nn.LSTM(feature_width(self.encoder), hidden, num_layers=1, batch_first=True, bidirectional=bidirectional)

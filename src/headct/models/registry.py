@@ -38,6 +38,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 0
     input_kind: str = "hu"  # "hu" (Hounsfield units) | "uint8" (0..255 grey)
+    image_channels: int = 1  # uint8: 8-bit images per slice (e.g. brain, bone); x holds slices*image_channels planes
     windows: list[Any] | None = None  # window names or [center, width]; None for uint8
     context: int = 0  # neighbours on each side: the model reads 2*context+1 slices
     level: str = "slice"  # "slice" | "series"
@@ -54,6 +55,11 @@ class ModelSpec:
     def slices(self) -> int:
         """Slices per input stack (K in ``x [B, K, H, W]``) for slice-level models."""
         return 2 * self.context + 1
+
+    @property
+    def planes(self) -> int:
+        """Raw planes per input (x's dim 1 for slice-level models): slices times 8-bit images per slice."""
+        return self.slices * self.image_channels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

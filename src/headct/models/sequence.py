@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from headct.data.datasets import neighbour_index
+from headct.data.datasets import flatten_channels, neighbour_index
 from headct.models.registry import ModelSpec, build_model, register_model
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -102,8 +102,8 @@ class StudySequence(nn.Module):
         self.series_head = nn.Linear(width, num_classes)
         inner = encoder.spec
         self.spec = ModelSpec(
-            input_kind=inner.input_kind, windows=inner.windows, context=0, level="series", mean=inner.mean,
-            std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
+            input_kind=inner.input_kind, image_channels=inner.image_channels, windows=inner.windows, context=0,
+            level="series", mean=inner.mean, std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
             target_layout=inner.target_layout, target_grid=inner.target_grid,
         )
 
@@ -129,14 +129,15 @@ class StudySequence(nn.Module):
 
     def encode_slices(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Slice embeddings ``[B, S, d]`` (zeros at padded slices, which are never encoded)."""
-        if x.dim() != 4:
-            raise ValueError(f"study-seq expects raw series [B, S, H, W], got shape {tuple(x.shape)}")
+        if x.dim() != 4 + (self.spec.image_channels > 1):
+            raise ValueError(f"study-seq expects raw series [B, S, H, W] ([B, S, C, H, W] for C 8-bit images "
+                             f"per slice), got shape {tuple(x.shape)}")
         if mask is None:  # no data-dependent indexing: traceable for ONNX and shape-only (meta) runs
             return self._encode_whole(x)
         batch, slices = x.shape[:2]
         mask = _check_mask(mask, batch, slices, x.device)
         stacks = _neighbour_stacks(x, mask.sum(1), self.context)
-        features = self.encoder.encode(stacks[mask])  # only the real slices: [N, d]
+        features = self.encoder.encode(flatten_channels(stacks[mask]))  # only the real slices: [N, d]
         embeddings = features.new_zeros(batch, slices, features.shape[-1])
         embeddings[mask] = features
         return embeddings
@@ -158,8 +159,8 @@ class StudySequence(nn.Module):
     def _encode_whole(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[B, S, d]`` of every slice of whole series, each with its neighbours."""
         batch, slices = x.shape[0], x.shape[1]
-        stacks = x[:, neighbour_index(slices, self.context, x.device)]  # [B, S, K, H, W]
-        return self.encoder.encode(stacks.flatten(0, 1)).reshape(batch, slices, -1)
+        stacks = x[:, neighbour_index(slices, self.context, x.device)]  # [B, S, K, H, W] (or [B, S, K, C, H, W])
+        return self.encoder.encode(flatten_channels(stacks.flatten(0, 1))).reshape(batch, slices, -1)
 
     def _pool_all(self, outputs: torch.Tensor) -> torch.Tensor:
         """The series vector from RNN outputs ``[B, S, w]`` over all slices (no padding)."""

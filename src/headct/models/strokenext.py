@@ -43,6 +43,7 @@ class StrokeNeXt(nn.Module):
         size: str = "tiny",
         pretrained: Pretrained = False,
         input_kind: str = "hu",
+        image_channels: int = 1,
         windows: Sequence[Any] | None = DEFAULT_WINDOWS,
         fusion_hidden: int | None = None,
         fusion_dropout: float = 0.5,
@@ -56,10 +57,12 @@ class StrokeNeXt(nn.Module):
         if branch_inputs not in BRANCH_INPUTS:
             raise ValueError(f"branch_inputs must be one of {BRANCH_INPUTS}, got {branch_inputs!r}")
         self.branch_inputs = branch_inputs
-        self.input_layer = InputLayer(input_kind, windows, slices=1)
+        self.input_layer = InputLayer(input_kind, windows, slices=1, image_channels=image_channels)
         timm_name = f"convnext_{size}"
-        self.encoder_a = create_encoder(timm_name, pretrained, drop_path_rate=drop_path_rate)
-        self.encoder_b = None if shared_encoder else create_encoder(timm_name, pretrained, drop_path_rate=drop_path_rate)
+        chans = self.input_layer.out_channels
+        self.encoder_a = create_encoder(timm_name, pretrained, in_chans=chans, drop_path_rate=drop_path_rate)
+        self.encoder_b = None if shared_encoder else create_encoder(timm_name, pretrained, in_chans=chans,
+                                                                     drop_path_rate=drop_path_rate)
         d = self.num_features = feature_width(self.encoder_a)
         self.fusion = fusion_block(d, fusion_hidden or d, fusion_dropout)
         self.head = make_head("mlp", d, num_classes, head_dropout, hidden=head_hidden)

@@ -48,8 +48,8 @@ class TrainConfig:
                                            "the network) or a local weights file; only its hash is recorded")
     fold: int | None = _option(None, "cross-validation: hold out this fold of the cache (headct prepare --folds)")
     input_windows: str | None = _option(None, "8-bit caches: the HU window that made the images (e.g. brain or "
-                                              "40/80), recorded so predict windows DICOM the same way "
-                                              "(none: brain)")
+                                              "40/80; one per image for several per slice, e.g. brain,bone), "
+                                              "recorded so predict windows DICOM the same way (none: brain)")
 
     # optimisation
     epochs: int = _option(10, "passes over the training split")
