@@ -65,11 +65,11 @@ from headct.labels import LESION_BITS
 LAYER_SETS = {  # per model family: the candidate target layers, alone and combined (stride at 192 px)
     "effnet": [
         ["encoder.conv_head"],                     # stride 32, 1280 ch: the seed's layer
-        ["encoder.blocks.5"],                      # stride 32, before the 1x1 head conv
         ["encoder.blocks.4"],                      # stride 16: a 12x12 map
+        ["encoder.blocks.5"],                      # stride 32, before the 1x1 head conv
+        ["encoder.blocks.4", "encoder.conv_head"],
         ["encoder.blocks.2"],                      # stride 8: a 24x24 map
         ["encoder.blocks.4", "encoder.blocks.5"],
-        ["encoder.blocks.4", "encoder.conv_head"],
         ["encoder.blocks.2", "encoder.blocks.4", "encoder.conv_head"],
     ],
     "strokenext": [
@@ -186,6 +186,10 @@ def _score_once(report: dict[str, Any], model: torch.nn.Module, labels: list[str
               f"energy {pooled['energy_share']:.3f} (random {pooled['random_energy_share']:.3f}) {seconds} s", flush=True)
 
 
+RANDOM_BASELINE: dict[tuple[str, bool], dict[str, float]] = {}
+"""The random maps' scores per (lesion type, head mask): the same slices and seed for every choice, so made once."""
+
+
 def score_choice(model: torch.nn.Module, labels: list[str], cache: Cache, method: str, layers: list[str],
                  limit: int) -> dict[bool, dict[str, Any]]:
     """Per-type and pooled scores of one map choice, bare (False) and head-masked (True)."""
@@ -201,9 +205,15 @@ def score_choice(model: torch.nn.Module, labels: list[str], cache: Cache, method
         slices = np.stack([np.asarray(cache.slice(r)) for r in chosen])
         cams = cache_maps(model, cache, chosen, class_index, layers, 16, method=method, head_only=False)
         heads = head_mask(slices, cache.kind)
-        per_class[False][label] = score_maps(cams, masks, tolerance=tolerance).__dict__
-        per_class[True][label] = score_maps(mask_to_head(cams, slices, cache.kind), masks, tolerance=tolerance,
-                                            within=heads).__dict__
+        for head_only, maps in ((False, cams), (True, mask_to_head(cams, slices, cache.kind))):
+            baseline = RANDOM_BASELINE.get((label, head_only))
+            score = score_maps(maps, masks, tolerance=tolerance, random_per_slice=0 if baseline else 8,
+                               within=heads if head_only else None).__dict__
+            if baseline:
+                score.update(baseline)
+            else:
+                RANDOM_BASELINE[label, head_only] = {k: score[k] for k in ("random_pointing_game", "random_energy_share")}
+            per_class[head_only][label] = score
     return {head_only: {"tolerance_px": tolerance, "per_class": scores, "pooled": pooled_score(scores)}
             for head_only, scores in per_class.items()}
 

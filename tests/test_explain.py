@@ -375,6 +375,19 @@ def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None
     assert "intraparenchymal" in table and "1.000" in table
 
 
+def test_random_baseline_confined_to_a_region_and_left_out() -> None:
+    masks = np.zeros((3, 32, 32), bool)
+    masks[:, 10:20, 5:15] = True
+    cams = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    free = score_maps(cams, masks, tolerance=0)
+    assert free.random_energy_share == pytest.approx(0.1, abs=0.05)  # the mask is a tenth of the slice
+    confined = score_maps(cams, masks, tolerance=0, within=masks)  # random maps only where the lesion is
+    assert confined.random_energy_share == pytest.approx(1.0) and confined.random_pointing_game == 1.0
+    assert confined.pointing_game == free.pointing_game  # the maps' own scores do not move
+    skipped = score_maps(cams, masks, tolerance=0, random_per_slice=0)
+    assert np.isnan(skipped.random_pointing_game) and skipped.pointing_game == free.pointing_game
+
+
 def test_score_maps_empty_is_nan() -> None:
     score = score_maps(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool))
     assert score.n_slices == 0 and np.isnan(score.pointing_game)
@@ -436,6 +449,7 @@ def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.Captu
                  "--score", "--limit", "2"]) == 0
     result = json.loads((out / "localisation.json").read_text())
     assert result["target_layers"] == ["encoder.conv_head"] and result["split"] == "test"
+    assert result["method"] == "gradcam" and result["head_only"] is False  # mobilenetv2's defaults
     assert "any" in result["per_class"]  # the phantom puts a bleed in most studies
     for scores in result["per_class"].values():
         assert 1 <= scores["n_slices"] <= 2
@@ -444,5 +458,10 @@ def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.Captu
     assert list((out / "overlays").glob("gallery_*.png"))
     plain = tmp_path / "plain"  # without --score: overlays of the predicted class, no masks needed
     assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(plain),
-                 "--limit", "3"]) == 0
+                 "--limit", "3", "--method", "layercam", "--head-mask"]) == 0
     assert len(list((plain / "overlays").glob("*.png"))) == 3
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(tmp_path / "bad"),
+                 "--method", "scorecam"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "unknown map method 'scorecam'" in error and "\n" not in error

@@ -356,8 +356,10 @@ def score_maps(cams: np.ndarray, masks: np.ndarray, *, tolerance: int = 3, rando
         for noise in noises if region is None or not region.any() else noises * region:
             random_hits.append(pointing_hit(noise, mask, tolerance))
             random_shares.append(energy_inside(noise, mask))
+    random_pointing = float(np.mean(random_hits)) if random_hits else float("nan")  # nan: random_per_slice=0
+    random_energy = float(np.mean(random_shares)) if random_shares else float("nan")
     return LocalisationScore(len(cams), empty, float(np.mean(hits)), float(np.mean(shares)),
-                             float(np.mean(random_hits)), float(np.mean(random_shares)))
+                             random_pointing, random_energy)
 
 
 @dataclass
