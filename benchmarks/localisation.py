@@ -243,17 +243,30 @@ def _draw_best(model: torch.nn.Module, labels: list[str], cache: Cache, best: di
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The choices as a markdown table, best first."""
-    lines = ["| method | layers | placement | head mask | pointing | random | energy | random |",
-             "|---|---|---|---|---|---|---|---|"]
-    ranked = sorted(report["choices"], key=lambda r: (-r["pooled"]["pointing_game"], -r["pooled"]["energy_share"]))
-    for row in ranked:
-        p = row["pooled"]
-        layers = " + ".join(name.removeprefix("encoder.") for name in row["layers"])
-        lines.append(f"| {row['method']} | {layers} | {row['placement']} | {'yes' if row['head_mask'] else 'no'} | "
-                     f"{p['pointing_game']:.3f} | {p['random_pointing_game']:.3f} | {p['energy_share']:.3f} | "
-                     f"{p['random_energy_share']:.3f} |")
+    """The choices as a markdown table (bare and head-masked side by side), best first, with the random baselines."""
+    pairs: dict[tuple[str, tuple[str, ...], str], dict[bool, dict[str, Any]]] = {}
+    for row in report["choices"]:
+        pairs.setdefault((row["method"], tuple(row["layers"]), row["placement"]), {})[row["head_mask"]] = row["pooled"]
+    lines = ["| method | layers | placement | pointing | pointing, head mask | energy | energy, head mask |",
+             "|---|---|---|---|---|---|---|"]
+    ranked = sorted(pairs.items(), key=lambda kv: -max(p["pointing_game"] + p["energy_share"] / 100
+                                                       for p in kv[1].values()))
+    for (method, layers, placement), by_mask in ranked:
+        bare, head = by_mask.get(False, {}), by_mask.get(True, {})
+        names = " + ".join(name.removeprefix("encoder.") for name in layers)
+        lines.append(f"| {method} | {names} | {placement} | {_fmt(bare, 'pointing_game')} | "
+                     f"{_fmt(head, 'pointing_game')} | {_fmt(bare, 'energy_share')} | {_fmt(head, 'energy_share')} |")
+    if report["choices"]:
+        lines.append("")
+        for head_only, what in ((False, "random maps"), (True, "random maps confined to the head")):
+            p = next(row["pooled"] for row in report["choices"] if row["head_mask"] == head_only)
+            lines.append(f"{what}: pointing {p['random_pointing_game']:.3f}, energy {p['random_energy_share']:.3f} "
+                         f"({p['n_slices']} slices)  ")
     return "\n".join(lines)
+
+
+def _fmt(pooled: dict[str, Any], key: str) -> str:
+    return f"{pooled[key]:.3f}" if key in pooled else "-"
 
 
 def _write(report: dict, out: Path) -> None:
