@@ -49,7 +49,7 @@ from headct.explain import (
     CAM_METHODS,
     LABEL_BITS,
     ExplainConfig,
-    cache_maps,
+    cache_method_maps,
     default_tolerance,
     format_table,
     head_mask,
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the demo's")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--methods", default=",".join(CAM_METHODS), help="comma-separated CAM_METHODS names")
-    parser.add_argument("--runs", type=int, default=None, help="score only the first N (method, layers) choices")
+    parser.add_argument("--runs", type=int, default=None, help="score only the first N layer sets")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds (see above)")
     parser.add_argument("--work", default=None, help="keep the phantom, cache and run here (default: a temp dir)")
     parser.add_argument("--gallery", default=None, help="draw the best choice's 'any' overlay gallery here")
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> None:
         model = model.float().cpu().eval()  # maps: plain fp32 eager
         cache = Cache(work / "cache")
         family = "strokenext" if args.model.startswith("strokenext") else "effnet"
-        choices = [(method, layers) for layers in LAYER_SETS[family] for method in args.methods.split(",")]
-        for method, layers in choices[: args.runs]:
-            _score_once(report, model, config.labels or [], cache, method, layers, "padded", args.limit, deadline, out)
+        methods = args.methods.split(",")
+        for layers in LAYER_SETS[family][: args.runs]:
+            _score_once(report, model, config.labels or [], cache, methods, layers, "padded", args.limit, deadline, out)
         for row in best_rows(report["choices"], CENTRED_CHECKS, placement="padded"):
-            _score_once(report, model, config.labels or [], cache, row["method"], row["layers"], "centred",
+            _score_once(report, model, config.labels or [], cache, [row["method"]], row["layers"], "centred",
                         args.limit, deadline, out)
         report["best"] = best_rows(report["choices"], 1)[0] if report["choices"] else None
         if args.gallery and report["best"]:
@@ -163,38 +163,41 @@ def _trained(work: Path, settings: DemoSettings, earlier: dict[str, Any], limit:
             "train_and_evaluate_s": trained_s, "choices": earlier.get("choices", []), "skipped": []}
 
 
-def _score_once(report: dict[str, Any], model: torch.nn.Module, labels: list[str], cache: Cache, method: str,
-                layers: list[str], placement: str, limit: int, deadline: float, out: Path) -> None:
-    """Score one (method, layers, placement), bare and head-masked, unless the JSON has it already."""
-    key = {"method": method, "layers": layers, "placement": placement}
-    if any({k: row[k] for k in key} == key for row in report["choices"]):
+def _score_once(report: dict[str, Any], model: torch.nn.Module, labels: list[str], cache: Cache,
+                methods: list[str], layers: list[str], placement: str, limit: int, deadline: float, out: Path) -> None:
+    """Score (method, layers, placement) for each method not in the JSON yet, bare and head-masked."""
+    done = {(row["method"], tuple(row["layers"]), row["placement"]) for row in report["choices"]}
+    methods = [method for method in methods if (method, tuple(layers), placement) not in done]
+    if not methods:
         return
     if time.monotonic() > deadline:
-        report["skipped"].append(key)
+        report["skipped"] += [{"method": method, "layers": layers, "placement": placement} for method in methods]
         return
     started = time.perf_counter()
     model.spec = replace(model.spec, target_grid=placement)
-    scores = score_choice(model, labels, cache, method, layers, limit)
+    scores = score_choices(model, labels, cache, methods, layers, limit)
     seconds = round(time.perf_counter() - started, 1)
-    for head_only, result in scores.items():
-        report["choices"].append({**key, "head_mask": head_only, "seconds": seconds, **result})
+    for method in methods:
+        for head_only, result in scores[method].items():
+            report["choices"].append({"method": method, "layers": layers, "placement": placement,
+                                      "head_mask": head_only, "seconds_all_methods": seconds, **result})
+            pooled = result["pooled"]
+            print(f"{method:<10} {'+'.join(layers):<50} {placement:<8} head={head_only!s:<5} "
+                  f"pointing {pooled['pointing_game']:.3f} (random {pooled['random_pointing_game']:.3f}) "
+                  f"energy {pooled['energy_share']:.3f} (random {pooled['random_energy_share']:.3f})", flush=True)
+    print(f"{len(methods)} methods on {'+'.join(layers)} ({placement}) in {seconds} s", flush=True)
     _write(report, out)
-    for head_only, result in scores.items():
-        pooled = result["pooled"]
-        print(f"{method:<10} {'+'.join(layers):<50} {placement:<8} head={head_only!s:<5} "
-              f"pointing {pooled['pointing_game']:.3f} (random {pooled['random_pointing_game']:.3f}) "
-              f"energy {pooled['energy_share']:.3f} (random {pooled['random_energy_share']:.3f}) {seconds} s", flush=True)
 
 
 RANDOM_BASELINE: dict[tuple[str, bool], dict[str, float]] = {}
 """The random maps' scores per (lesion type, head mask): the same slices and seed for every choice, so made once."""
 
 
-def score_choice(model: torch.nn.Module, labels: list[str], cache: Cache, method: str, layers: list[str],
-                 limit: int) -> dict[bool, dict[str, Any]]:
-    """Per-type and pooled scores of one map choice, bare (False) and head-masked (True)."""
+def score_choices(model: torch.nn.Module, labels: list[str], cache: Cache, methods: list[str], layers: list[str],
+                  limit: int) -> dict[str, dict[bool, dict[str, Any]]]:
+    """Per-type and pooled scores of each method on ``layers``, bare (False) and head-masked (True)."""
     rows, tolerance = cache.rows("test"), default_tolerance(cache.size)
-    per_class: dict[bool, dict[str, Any]] = {False: {}, True: {}}
+    per_class: dict[str, dict[bool, dict[str, Any]]] = {method: {False: {}, True: {}} for method in methods}
     for class_index, label in enumerate(labels):
         if label not in LESION_BITS:  # the pooled figure is over lesion types; unions like "any" are left out
             continue
@@ -203,19 +206,21 @@ def score_choice(model: torch.nn.Module, labels: list[str], cache: Cache, method
             continue
         masks = lesion_masks(cache, chosen, LABEL_BITS[label])
         slices = np.stack([np.asarray(cache.slice(r)) for r in chosen])
-        cams = cache_maps(model, cache, chosen, class_index, layers, 16, method=method, head_only=False)
         heads = head_mask(slices, cache.kind)
-        for head_only, maps in ((False, cams), (True, mask_to_head(cams, slices, cache.kind))):
-            baseline = RANDOM_BASELINE.get((label, head_only))
-            score = score_maps(maps, masks, tolerance=tolerance, random_per_slice=0 if baseline else 8,
-                               within=heads if head_only else None).__dict__
-            if baseline:
-                score.update(baseline)
-            else:
-                RANDOM_BASELINE[label, head_only] = {k: score[k] for k in ("random_pointing_game", "random_energy_share")}
-            per_class[head_only][label] = score
-    return {head_only: {"tolerance_px": tolerance, "per_class": scores, "pooled": pooled_score(scores)}
-            for head_only, scores in per_class.items()}
+        cams = cache_method_maps(model, cache, chosen, class_index, methods, layers=layers, head_only=False)
+        for method in methods:
+            for head_only, maps in ((False, cams[method]), (True, mask_to_head(cams[method], slices, cache.kind))):
+                baseline = RANDOM_BASELINE.get((label, head_only))
+                score = score_maps(maps, masks, tolerance=tolerance, random_per_slice=0 if baseline else 8,
+                                   within=heads if head_only else None).__dict__
+                if baseline:
+                    score.update(baseline)
+                else:
+                    RANDOM_BASELINE[label, head_only] = {k: score[k] for k in ("random_pointing_game",
+                                                                               "random_energy_share")}
+                per_class[method][head_only][label] = score
+    return {method: {head_only: {"tolerance_px": tolerance, "per_class": scores, "pooled": pooled_score(scores)}
+                     for head_only, scores in by_mask.items()} for method, by_mask in per_class.items()}
 
 
 def best_rows(choices: list[dict[str, Any]], count: int, placement: str | None = None) -> list[dict[str, Any]]:

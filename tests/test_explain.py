@@ -21,6 +21,7 @@ from headct.explain import (
     format_table,
     gradcam_maps,
     head_mask,
+    method_maps,
     overlay,
     pointing_hit,
     pooled_score,
@@ -172,6 +173,16 @@ def test_elementwise_methods_leave_out_evidence_the_output_ignores() -> None:
     for method in ("hirescam", "layercam"):
         cell = gradcam_maps(model, x, 0, method=method)[0]
         assert cell[8, 52] < 0.05 and cell[16, 16] > 0.9
+
+
+def test_several_methods_from_one_pass_equal_each_method_alone() -> None:
+    x, _ = _two_blobs()
+    x = x.repeat(3, 1, 1, 1)
+    together = method_maps(RegionModel(), x, 0, list(CAM_METHODS), batch_size=2, head_only=True)
+    assert list(together) == list(CAM_METHODS)
+    for method, maps in together.items():
+        np.testing.assert_allclose(maps, gradcam_maps(RegionModel(), x, 0, method=method, head_only=True), atol=1e-6)
+    assert not np.allclose(together["gradcam"], together["hirescam"])
 
 
 def test_unknown_method_is_refused_with_the_choices() -> None:

@@ -105,33 +105,62 @@ def gradcam_maps(
     the head (default: the spec's ``target_head_mask``). ``amp`` ("bf16",
     "fp16") runs the forward pass under autocast.
     """
-    layer_names = list(layers) if layers else target_layer_names(model)
     method = method or target_method(model)
+    return method_maps(model, x, class_index, [method], layers=layers, head_only=head_only,
+                       batch_size=batch_size, amp=amp)[method]
+
+
+def method_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_index: int,
+    methods: Sequence[str],
+    *,
+    layers: Sequence[str] | None = None,
+    head_only: bool | None = None,
+    batch_size: int = 16,
+    amp: str | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`gradcam_maps` for several methods at once: ``{method: [B, H, W]}``.
+
+    One forward and backward pass per batch serves every method: the methods
+    differ only in how they weigh the same activations and gradients, so the
+    first method's recorder is shared with the others.
+    """
+    layer_names = list(layers) if layers else target_layer_names(model)
     head_only = _head_only(model, head_only)
     series_level = model.spec.level == "series"
     network: nn.Module = _SeriesAsSlices(model) if series_level else model
     target_modules = [model.get_submodule(name) for name in layer_names]
-    nhwc = model.spec.target_layout == "nhwc"
+    reshape = _to_float_nchw if model.spec.target_layout == "nhwc" else _to_float
     device = next(model.parameters()).device
     was_training = model.training
     if series_level:  # one series is one forward pass: its slices are the batch
         x, batch_size = x[:, None], max(int(x.shape[0]), 1)
-    maps = []
+    maps: dict[str, list[np.ndarray]] = {method: [] for method in methods}
+    cams = [placed_cam_class(method)(model=network, target_layers=target_modules, grid=model.spec.target_grid,
+                                     reshape_transform=reshape) for method in methods]
+    for cam in cams[1:]:  # one set of hooks: the others read the first one's recordings
+        cam.activations_and_grads.release()
+        cam.activations_and_grads = cams[0].activations_and_grads
     try:
-        with torch.enable_grad(), placed_cam_class(method)(
-                model=network, target_layers=target_modules, grid=model.spec.target_grid,
-                reshape_transform=_to_float_nchw if nhwc else _to_float) as cam:
+        with torch.enable_grad():
             for start in range(0, x.shape[0], batch_size):
                 chunk = x[start:start + batch_size].to(device).float()
                 targets = [ClassifierOutputTarget(int(class_index))] * chunk.shape[0]
                 with autocast_context(device, amp):
-                    chunk_maps = _centre_slice_maps(cam(input_tensor=chunk, targets=targets), chunk.shape[0])
-                if head_only:
-                    chunk_maps = mask_to_head(chunk_maps, centre_slices(chunk), model.spec.input_kind)
-                maps.append(chunk_maps)
+                    first = cams[0](input_tensor=chunk, targets=targets)
+                heads = head_mask(centre_slices(chunk), model.spec.input_kind) if head_only else None
+                for method, cam in zip(methods, cams, strict=True):
+                    chunk_maps = first if cam is cams[0] else cam.aggregate_multi_layers(
+                        cam.compute_cam_per_layer(chunk, targets, False))
+                    chunk_maps = _centre_slice_maps(chunk_maps, chunk.shape[0])
+                    maps[method].append(_zero_outside(chunk_maps, heads) if heads is not None else chunk_maps)
     finally:
+        cams[0].activations_and_grads.release()
         model.train(was_training)
-    return np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, *x.shape[-2:]), np.float32)
+    empty = np.zeros((0, *x.shape[-2:]), np.float32)
+    return {method: np.concatenate(parts).astype(np.float32) if parts else empty for method, parts in maps.items()}
 
 
 class PlacedCAM:
@@ -214,7 +243,11 @@ def mask_to_head(cams: np.ndarray, slices: np.ndarray, kind: str = "hu") -> np.n
     A map with no evidence inside the head becomes empty (all zero); a slice
     with no head at all (nothing above the air threshold) keeps its map.
     """
-    inside = head_mask(slices, kind)
+    return _zero_outside(cams, head_mask(slices, kind))
+
+
+def _zero_outside(cams: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """:func:`mask_to_head` with the head masks ``inside`` already made."""
     masked = np.where(inside, cams, 0.0)
     masked = masked / np.maximum(masked.max(axis=(1, 2), keepdims=True), 1e-7)
     return np.where(inside.any(axis=(1, 2), keepdims=True), masked, cams).astype(np.float32)
@@ -563,28 +596,47 @@ def series_maps(model: nn.Module, series: np.ndarray, positions: Sequence[int], 
 
     ``layers``, ``method``, ``head_only``: as :func:`gradcam_maps` (None: the model's defaults).
     """
-    choice = {"layers": layers, "method": method, "head_only": head_only}
+    method = method or target_method(model)
+    return series_method_maps(model, series, positions, class_index, [method], layers=layers,
+                              batch_size=batch_size, head_only=head_only)[method]
+
+
+def series_method_maps(model: nn.Module, series: np.ndarray, positions: Sequence[int], class_index: int,
+                       methods: Sequence[str], *, layers: Sequence[str] | None = None, batch_size: int = 16,
+                       head_only: bool | None = None) -> dict[str, np.ndarray]:
+    """:func:`series_maps` for several methods from one pass (:func:`method_maps`)."""
+    choice = {"layers": layers, "head_only": head_only}
     if model.spec.level == "series":
-        cams = gradcam_maps(model, torch.from_numpy(np.asarray(series)).float(), class_index, **choice)
-        return cams[list(positions)]
+        cams = method_maps(model, torch.from_numpy(np.asarray(series)).float(), class_index, methods, **choice)
+        return {method: maps[list(positions)] for method, maps in cams.items()}
     stacks = series_stacks(series, model.spec.context, positions)
-    return gradcam_maps(model, stacks, class_index, batch_size=batch_size, **choice)
+    return method_maps(model, stacks, class_index, methods, batch_size=batch_size, **choice)
 
 
 def cache_maps(model: nn.Module, cache: Cache, rows: Sequence[int], class_index: int,
                layers: Sequence[str] | None, batch_size: int, *, method: str | None = None,
                head_only: bool | None = None) -> np.ndarray:
     """Maps for cache rows, series by series, returned in the order of ``rows``."""
+    method = method or target_method(model)
+    return cache_method_maps(model, cache, rows, class_index, [method], layers=layers, batch_size=batch_size,
+                             head_only=head_only)[method]
+
+
+def cache_method_maps(model: nn.Module, cache: Cache, rows: Sequence[int], class_index: int,
+                      methods: Sequence[str], *, layers: Sequence[str] | None = None, batch_size: int = 16,
+                      head_only: bool | None = None) -> dict[str, np.ndarray]:
+    """:func:`cache_maps` for several methods from one pass per series: ``{method: [len(rows), H, W]}``."""
     by_shard: dict[str, list[int]] = {}
     for row in rows:
         by_shard.setdefault(str(cache.index["shard"][row]), []).append(int(row))
-    maps: dict[int, np.ndarray] = {}
+    maps: dict[str, dict[int, np.ndarray]] = {method: {} for method in methods}
     for shard, shard_rows in by_shard.items():
         positions = [int(cache.index["offset"][r]) for r in shard_rows]
-        cams = series_maps(model, np.asarray(cache.series_slices(shard)), positions, class_index, layers, batch_size,
-                           method=method, head_only=head_only)
-        maps.update(zip(shard_rows, cams, strict=True))
-    return np.stack([maps[int(r)] for r in rows])
+        cams = series_method_maps(model, np.asarray(cache.series_slices(shard)), positions, class_index, methods,
+                                  layers=layers, batch_size=batch_size, head_only=head_only)
+        for method in methods:
+            maps[method].update(zip(shard_rows, cams[method], strict=True))
+    return {method: np.stack([by_row[int(r)] for r in rows]) for method, by_row in maps.items()}
 
 
 def lesion_masks(cache: Cache, rows: Sequence[int], bits: int) -> np.ndarray:
