@@ -71,6 +71,8 @@ LAYER_SETS = {  # per model family: the candidate target layers, alone and combi
         ["encoder.blocks.2"],                      # stride 8: a 24x24 map
         ["encoder.blocks.4", "encoder.blocks.5"],
         ["encoder.blocks.2", "encoder.blocks.4", "encoder.conv_head"],
+        ["encoder.bn2"],                           # conv_head after its BatchNorm and SiLU: positive activations
+        ["encoder.blocks.4", "encoder.bn2"],
     ],
     "strokenext": [
         ["encoder_a.stages.3", "encoder_b.stages.3"],  # stride 32, both encoders (the default)
