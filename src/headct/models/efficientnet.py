@@ -30,11 +30,11 @@ from headct.models.registry import register_model
 from headct.windows import DEFAULT_WINDOWS
 
 TIMM_NAME = "efficientnet_b0"
-TARGETS: dict[str, Any] = {  # Grad-CAM defaults (ModelSpec.target_*)
-    "target_layers": ["encoder.conv_head"],  # the last conv layer, as in the seed's Grad-CAM
+TARGETS: dict[str, Any] = {  # map defaults (ModelSpec.target_*): the best pooled pointing on the hard phantom
+    "target_layers": ["encoder.blocks.4", "encoder.conv_head"],  # stride 16 and 32, averaged (docs/results.md)
     "target_grid": "padded",  # stride-2 3x3/5x5 convs with symmetric padding (see ModelSpec.target_grid)
-    "target_method": "gradcam",
-    "target_head_mask": False,
+    "target_method": "gradcam++",
+    "target_head_mask": True,  # a bleed cannot lie in air
 }
 
 
