@@ -80,8 +80,9 @@ LAYER_SETS = {  # per model family: the candidate target layers, alone and combi
         ["encoder_a.stages.2", "encoder_a.stages.3", "encoder_b.stages.2", "encoder_b.stages.3"],
     ],
 }
-CENTRED_CHECKS = 3
-"""The best choices scored again with the library's own ("centred") resize instead of the padded placement."""
+PLACEMENT_CHECKS = 3
+"""The best choices scored again with the other placement (for EfficientNet: the library's own "centred"
+resize instead of the "padded" one its geometry gives); the default is chosen among the model's own placement."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,15 +131,18 @@ def main(argv: list[str] | None = None) -> None:
         _write(report, out)
         model, config = load_checkpoint(work / "run" / "best")
         model = model.float().cpu().eval()  # maps: plain fp32 eager
+        grid = model.spec.target_grid
         cache = Cache(work / "cache")
         family = "strokenext" if args.model.startswith("strokenext") else "effnet"
         methods = args.methods.split(",")
+        other = "centred" if grid == "padded" else "padded"
         for layers in LAYER_SETS[family][: args.runs]:
-            _score_once(report, model, config.labels or [], cache, methods, layers, "padded", args.limit, deadline, out)
-        for row in best_rows(report["choices"], CENTRED_CHECKS, placement="padded"):
-            _score_once(report, model, config.labels or [], cache, [row["method"]], row["layers"], "centred",
+            _score_once(report, model, config.labels or [], cache, methods, layers, grid, args.limit, deadline, out)
+        for row in best_rows(report["choices"], PLACEMENT_CHECKS, placement=grid):
+            _score_once(report, model, config.labels or [], cache, [row["method"]], row["layers"], other,
                         args.limit, deadline, out)
-        report["best"] = best_rows(report["choices"], 1)[0] if report["choices"] else None
+        own = [row for row in report["choices"] if row["placement"] == grid]  # the architecture fixes the placement
+        report["best"] = best_rows(own, 1)[0] if own else None
         if args.gallery and report["best"]:
             _draw_best(model, config.labels or [], cache, report["best"], work, Path(args.gallery))
     _write(report, out)
