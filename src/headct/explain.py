@@ -204,10 +204,6 @@ def placed_cam_class(method: str) -> type[BaseCAM]:
     return type(f"Placed{base.__name__}", (PlacedCAM, base), {})
 
 
-PlacedGradCAM = placed_cam_class("gradcam")
-"""Grad-CAM with the placement above (the default method)."""
-
-
 def centre_slices(x: torch.Tensor) -> np.ndarray:
     """The predicted slice of each raw input ``[B, K, H, W]`` (its centre channel): ``[B, H, W]``."""
     flat = x.detach().float().reshape(x.shape[0], -1, *x.shape[-2:])
