@@ -13,12 +13,15 @@ from PIL import Image
 from torch import nn
 
 from headct.explain import (
+    CAM_METHODS,
     LABEL_BITS,
     ExplainConfig,
     default_tolerance,
     energy_inside,
     format_table,
     gradcam_maps,
+    head_mask,
+    method_maps,
     overlay,
     pointing_hit,
     pooled_score,
@@ -112,6 +115,120 @@ def test_padded_grid_maps_are_placed_on_the_evidence_not_half_a_cell_off() -> No
     assert np.abs(np.subtract(np.unravel_index(placed.argmax(), placed.shape), (24, 24))).max() <= 1
     assert np.abs(np.subtract(np.unravel_index(naive.argmax(), naive.shape), (24, 24))).min() >= 3
     assert placed.min() >= 0 and placed.max() == pytest.approx(1.0, abs=1e-5)
+
+
+class RegionModel(nn.Module):
+    """Class 0 is the mean of stride-8 features inside a known window (pixels 8..31 of 64); class 1 its negative.
+
+    The features are local brightness through three 3x3 stride-2 convs with
+    symmetric padding (a "padded" grid), so only evidence inside the window
+    moves the output.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*[nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) for _ in range(2)],
+                                      nn.Conv2d(1, 2, 3, stride=2, padding=1, bias=False))
+        for conv in self.features:
+            nn.init.constant_(conv.weight, 1.0 / 9)
+        window = torch.zeros(8, 8)
+        window[1:4, 1:4] = 1.0  # cells 1..3 look at pixels 8, 16, 24 (cell o at 8*o)
+        self.register_buffer("window", window)
+        self.spec = ModelSpec(name="region", target_layers=["features"], target_grid="padded")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (torch.relu(self.features(x / 100.0)) * self.window).sum(dim=(1, 2, 3)) / self.window.sum()
+        return torch.stack([inside, -inside], dim=1)
+
+
+def _two_blobs(outside_hu: float = 70.0) -> tuple[torch.Tensor, np.ndarray]:
+    """A 64-px HU slice with a 70 HU blob in RegionModel's window, another blob out of it (first in raster
+    order, so an arg-max tie would land there); the window's mask."""
+    yy, xx = np.mgrid[:64, :64]
+    hu = np.full((64, 64), 30.0, np.float32)
+    for (cy, cx), value in (((16, 16), 70.0), ((8, 52), outside_hu)):
+        hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = value
+    window = (yy >= 4) & (yy <= 28) & (xx >= 4) & (xx <= 28)  # the window's cells, half a cell either side
+    return torch.from_numpy(hu)[None, None], window
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_every_method_peaks_inside_the_region_the_output_reads(method: str) -> None:
+    x, window = _two_blobs(outside_hu=55.0)  # fainter outside: even channel-weighted Grad-CAM must prefer the read blob
+    cams = gradcam_maps(RegionModel(), x.repeat(2, 1, 1, 1), 0, method=method)
+    assert cams.shape == (2, 64, 64) and cams.dtype == np.float32
+    assert cams.min() >= 0 and cams.max() == pytest.approx(1.0, abs=1e-5)
+    peak = np.unravel_index(cams[0].argmax(), cams[0].shape)
+    assert window[peak] and np.abs(np.subtract(peak, (16, 16))).max() <= 2  # on the blob the output reads
+    assert gradcam_maps(RegionModel(), x, 1, method=method).max() < 1e-3  # no positive evidence for class 1
+
+
+def test_elementwise_methods_leave_out_evidence_the_output_ignores() -> None:
+    """Grad-CAM weighs whole channels, so the ignored blob lights up as much as the read one; HiResCAM and
+    LayerCAM weigh each cell by its own gradient, so it stays dark: the method choice reaches the maps."""
+    x, _ = _two_blobs()
+    model = RegionModel()
+    channel = gradcam_maps(model, x, 0, method="gradcam")[0]
+    assert channel[8, 52] > 0.8 * channel[16, 16]
+    for method in ("hirescam", "layercam"):
+        cell = gradcam_maps(model, x, 0, method=method)[0]
+        assert cell[8, 52] < 0.05 and cell[16, 16] > 0.9
+
+
+def test_several_methods_from_one_pass_equal_each_method_alone() -> None:
+    x, _ = _two_blobs()
+    x = x.repeat(3, 1, 1, 1)
+    together = method_maps(RegionModel(), x, 0, list(CAM_METHODS), batch_size=2, head_only=True)
+    assert list(together) == list(CAM_METHODS)
+    for method, maps in together.items():
+        np.testing.assert_allclose(maps, gradcam_maps(RegionModel(), x, 0, method=method, head_only=True), atol=1e-6)
+    assert not np.allclose(together["gradcam"], together["hirescam"])
+
+
+def test_unknown_method_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown map method 'scorecam'.*hirescam"):
+        gradcam_maps(BlobModel(), torch.zeros(1, 1, 8, 8), 0, method="scorecam")
+
+
+def _head_slice() -> np.ndarray:
+    """64-px HU slice: air, a head disk (30 HU) holding a dark hole (-600 HU), a bright table strip (70 HU) apart."""
+    yy, xx = np.mgrid[:64, :64]
+    hu = np.full((64, 64), -1000, np.int16)
+    hu[(yy - 28) ** 2 + (xx - 32) ** 2 <= 20**2] = 30
+    hu[(yy - 28) ** 2 + (xx - 32) ** 2 <= 3**2] = -600  # air-dark, but inside the skull
+    hu[58:62, 4:60] = 70  # the table: tissue-bright, outside the head
+    return hu
+
+
+def test_head_mask_is_the_head_with_its_holes_not_the_air_or_the_table() -> None:
+    hu = _head_slice()
+    inside = head_mask(hu)
+    assert inside[28, 32] and inside[28, 14]  # the hole and the brain
+    assert not inside[0, 0] and not inside[60, 10] and not inside[28, 55]  # air, table, air beside the head
+    assert head_mask(np.stack([hu, hu])).shape == (2, 64, 64)
+    grey = np.where(hu > 0, 120, 0).astype(np.uint8)  # an 8-bit slice: air and the hole at 0
+    assert head_mask(grey, "uint8")[28, 32] and not head_mask(grey, "uint8")[0, 0]
+    assert not head_mask(np.full((8, 8), -1000, np.int16)).any()
+
+
+def test_head_mask_zeroes_the_map_in_air() -> None:
+    """BlobModel's evidence is brightness: the table is the brightest thing, so the bare map peaks there;
+    the head-masked map is zero outside the head and peaks inside it."""
+    hu = _head_slice()
+    x = torch.from_numpy(hu).float()[None, None]
+    bare = gradcam_maps(BlobModel(), x, 0, head_only=False)[0]
+    assert not head_mask(hu)[np.unravel_index(bare.argmax(), bare.shape)]
+    masked = gradcam_maps(BlobModel(), x, 0, head_only=True)[0]
+    assert masked[~head_mask(hu)].max() == 0.0 and masked.max() == pytest.approx(1.0, abs=1e-5)
+    assert head_mask(hu)[np.unravel_index(masked.argmax(), masked.shape)]
+
+
+def test_model_defaults_choose_the_method_and_the_head_mask() -> None:
+    hu = _head_slice()
+    x = torch.from_numpy(hu).float()[None, None]
+    model = BlobModel()
+    model.spec = ModelSpec(name="blob", target_layers=["features"], target_method="hirescam", target_head_mask=True)
+    assert np.array_equal(gradcam_maps(model, x, 0), gradcam_maps(model, x, 0, method="hirescam", head_only=True))
 
 
 class NhwcModel(BlobModel):
@@ -269,6 +386,19 @@ def test_score_cache_beats_the_random_baseline_and_draws(tmp_path: Path) -> None
     assert "intraparenchymal" in table and "1.000" in table
 
 
+def test_random_baseline_confined_to_a_region_and_left_out() -> None:
+    masks = np.zeros((3, 32, 32), bool)
+    masks[:, 10:20, 5:15] = True
+    cams = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    free = score_maps(cams, masks, tolerance=0)
+    assert free.random_energy_share == pytest.approx(0.1, abs=0.05)  # the mask is a tenth of the slice
+    confined = score_maps(cams, masks, tolerance=0, within=masks)  # random maps only where the lesion is
+    assert confined.random_energy_share == pytest.approx(1.0) and confined.random_pointing_game == 1.0
+    assert confined.pointing_game == free.pointing_game  # the maps' own scores do not move
+    skipped = score_maps(cams, masks, tolerance=0, random_per_slice=0)
+    assert np.isnan(skipped.random_pointing_game) and skipped.pointing_game == free.pointing_game
+
+
 def test_score_maps_empty_is_nan() -> None:
     score = score_maps(np.zeros((0, 4, 4)), np.zeros((0, 4, 4), bool))
     assert score.n_slices == 0 and np.isnan(score.pointing_game)
@@ -330,6 +460,7 @@ def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.Captu
                  "--score", "--limit", "2"]) == 0
     result = json.loads((out / "localisation.json").read_text())
     assert result["target_layers"] == ["encoder.conv_head"] and result["split"] == "test"
+    assert result["method"] == "gradcam" and result["head_only"] is False  # mobilenetv2's defaults
     assert "any" in result["per_class"]  # the phantom puts a bleed in most studies
     for scores in result["per_class"].values():
         assert 1 <= scores["n_slices"] <= 2
@@ -338,8 +469,13 @@ def test_explain_command_on_a_phantom_cache(tmp_path: Path, capsys: pytest.Captu
     assert list((out / "overlays").glob("gallery_*.png"))
     plain = tmp_path / "plain"  # without --score: overlays of the predicted class, no masks needed
     assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(plain),
-                 "--limit", "3"]) == 0
+                 "--limit", "3", "--method", "layercam", "--head-mask"]) == 0
     assert len(list((plain / "overlays").glob("*.png"))) == 3
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path / "ckpt"), "--data", str(tmp_path / "cache"), "--out", str(tmp_path / "bad"),
+                 "--method", "scorecam"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "unknown map method 'scorecam'" in error and "\n" not in error
 
 
 def test_slices_of_two_8bit_images_are_explained_and_drawn_on_the_first() -> None:

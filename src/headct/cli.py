@@ -194,7 +194,12 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", action="store_true", help="score maps against lesion masks")
     p.add_argument("--limit", type=int, default=64, help="slices to explain")
     p.add_argument("--layer", action="append", default=None, metavar="MODULE",
-                   help="Grad-CAM target layer by module path (repeatable); default: the model's")
+                   help="Grad-CAM target layer by module path (repeatable: the maps are averaged); default: the model's")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="map method (pytorch-grad-cam): gradcam, hirescam, layercam, gradcam++ or xgradcam; "
+                        "default: the model's")
+    p.add_argument("--head-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero the maps outside the head (air); default: the model's")
     p.add_argument("--tolerance", type=int, default=None,
                    help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the cache size)")
 

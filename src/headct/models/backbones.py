@@ -92,6 +92,8 @@ class SliceClassifier(nn.Module):
         target_layout: str = "nchw",
         target_grid: str = "centred",
         image_channels: int = 1,
+        target_method: str = "gradcam",
+        target_head_mask: bool = False,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -100,7 +102,8 @@ class SliceClassifier(nn.Module):
         self.num_features = feature_width(self.encoder)
         self.head = make_head(head, self.num_features, num_classes, drop_rate)
         self.spec = spec_for(self.input_layer, context=context, target_layers=target_layers,
-                             target_layout=target_layout, target_grid=target_grid)
+                             target_layout=target_layout, target_grid=target_grid,
+                             target_method=target_method, target_head_mask=target_head_mask)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, num_features]`` of raw slices ``[B, K, H, W]``."""

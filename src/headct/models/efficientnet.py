@@ -30,8 +30,12 @@ from headct.models.registry import register_model
 from headct.windows import DEFAULT_WINDOWS
 
 TIMM_NAME = "efficientnet_b0"
-TARGET_LAYERS = ["encoder.conv_head"]  # the last conv layer, as in the seed's Grad-CAM
-TARGET_GRID = "padded"  # stride-2 3x3/5x5 convs with symmetric padding (see ModelSpec.target_grid)
+TARGETS: dict[str, Any] = {  # map defaults (ModelSpec.target_*): the best pooled pointing on the hard phantom
+    "target_layers": ["encoder.blocks.4", "encoder.conv_head"],  # stride 16 and 32, averaged (docs/results.md)
+    "target_grid": "padded",  # stride-2 3x3/5x5 convs with symmetric padding (see ModelSpec.target_grid)
+    "target_method": "gradcam++",
+    "target_head_mask": True,  # a bleed cannot lie in air
+}
 
 
 @register_model("effnet-2d")
@@ -47,7 +51,7 @@ def effnet_2d(
 ) -> nn.Module:
     """EfficientNet-B0 on one slice (3 windows as channels)."""
     return SliceClassifier(
-        TIMM_NAME, num_classes, target_layers=TARGET_LAYERS, target_grid=TARGET_GRID, pretrained=pretrained,
+        TIMM_NAME, num_classes, **TARGETS, pretrained=pretrained,
         input_kind=input_kind, image_channels=image_channels, windows=windows, drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
@@ -69,7 +73,7 @@ def effnet_25d(
     if context < 1:
         raise ValueError(f"effnet-2.5d needs context >= 1, got {context}")
     return SliceClassifier(
-        TIMM_NAME, num_classes, target_layers=TARGET_LAYERS, target_grid=TARGET_GRID, pretrained=pretrained,
+        TIMM_NAME, num_classes, **TARGETS, pretrained=pretrained,
         input_kind=input_kind, image_channels=image_channels, windows=windows, context=context, drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
@@ -121,7 +125,7 @@ class SliceSequenceLSTM(nn.Module):
         self.lstm = nn.LSTM(feature_width(self.encoder), hidden, num_layers=1, batch_first=True, bidirectional=bidirectional)
         self.num_features = hidden * (2 if bidirectional else 1)
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.num_features, num_classes)) if num_classes else nn.Identity()
-        self.spec = spec_for(self.input_layer, context=context, target_layers=TARGET_LAYERS, target_grid=TARGET_GRID)
+        self.spec = spec_for(self.input_layer, context=context, **TARGETS)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Last LSTM hidden state ``[B, hidden * directions]`` of raw slices ``[B, K, H, W]``."""

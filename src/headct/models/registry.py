@@ -50,6 +50,8 @@ class ModelSpec:
     """Where cell ``o`` of a stride-``s`` target map looks: "centred", at pixel ``s*(o+1/2)`` (patchify stems
     and 2x2 pooling: ConvNeXt, Swin, VGG); "padded", at ``s*o + 1/2`` (odd kernels with symmetric padding at
     every stride-2 step: EfficientNet, MobileNet, ResNet), half a cell up and left of a plain resize's guess."""
+    target_method: str = "gradcam"  # the map method by default (a headct.explain.CAM_METHODS name)
+    target_head_mask: bool = False  # zero maps outside the head (air) by default
 
     @property
     def slices(self) -> int:

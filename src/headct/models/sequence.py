@@ -105,6 +105,7 @@ class StudySequence(nn.Module):
             input_kind=inner.input_kind, image_channels=inner.image_channels, windows=inner.windows, context=0,
             level="series", mean=inner.mean, std=inner.std, target_layers=[f"encoder.{name}" for name in inner.target_layers],
             target_layout=inner.target_layout, target_grid=inner.target_grid,
+            target_method=inner.target_method, target_head_mask=inner.target_head_mask,
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
