@@ -433,3 +433,28 @@ def test_train_fold_on_a_cache_without_folds_is_one_line(cache: Path, tmp_path: 
     assert re.match(r"^headct train: .*no fold 1; the cache has no folds$", first)
     assert rest == ["  hint: headct prepare --folds K assigns patient folds"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_resumed_with_tta_flip_is_rescored_as_if_trained_with_it(cache: Path,
+                                                                               tmp_path: Path) -> None:
+    """tta_flip changes no training step: resuming a finished run with it on refits the calibration on
+    mirrored validation predictions and records the flag, as a run trained with it from the start."""
+    import shutil
+
+    from headct.checkpoint import load_checkpoint, read_checkpoint_config
+    from headct.train import train
+
+    train(_config(cache, tmp_path / "plain", epochs=1, max_steps_per_epoch=2))
+    direct = read_checkpoint_config(train(_config(cache, tmp_path / "direct", epochs=1, max_steps_per_epoch=2,
+                                                  tta_flip=True)))
+    shutil.copytree(tmp_path / "plain", tmp_path / "rescored")
+    rescored_best = train(_config(cache, tmp_path / "rescored", epochs=1, max_steps_per_epoch=2, tta_flip=True),
+                          resume=True)
+    plain, rescored = read_checkpoint_config(tmp_path / "plain" / "best"), read_checkpoint_config(rescored_best)
+    assert not plain.tta_flip and rescored.tta_flip and rescored.training["config"]["tta_flip"]
+    assert rescored.temperature == pytest.approx(direct.temperature, rel=1e-5)
+    assert rescored.thresholds == pytest.approx(direct.thresholds, rel=1e-5)
+    assert rescored.training["epochs_run"] == 1
+    for a, b in zip(load_checkpoint(rescored_best)[0].state_dict().values(),
+                    load_checkpoint(tmp_path / "direct" / "best")[0].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)  # no step was taken again: the weights are those of one training

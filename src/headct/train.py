@@ -448,17 +448,20 @@ class Trainer:
         val = predict_split(model, self.cache, self.task, "val", batch_size=self.config.batch_size,
                             device=self.device, amp=self.amp, progress=self.config.progress,
                             tta_flip=self.config.tta_flip)
+        # tta_flip again: it changes no training step, so a finished run resumed with it switched is scored
+        # anew (calibration and the checkpoint's flag) without retraining (benchmarks/cv_recipe.py does so)
         training = dict(stored.training, epochs_run=len(self.history))
+        training["config"] = dict(training.get("config") or {}, tta_flip=self.config.tta_flip)
         if len(val.rows) == 0:
             log.warning("no validation slices: thresholds 0.5 and temperature 1 are kept")
-            update_checkpoint_config(best, training=training)
+            update_checkpoint_config(best, training=training, tta_flip=self.config.tta_flip)
             return
         thresholds, temperature = fit_calibration(val.logits, val.targets, self.task.labels, self.task.kind)
         calibration = (f"temperature and F1-best thresholds fitted on the validation split "
                        f"({len(val.rows)} slices, {len(set(val.studies.tolist()))} studies)")
         provenance = dataclasses.replace(stored.provenance, calibration=calibration)
         update_checkpoint_config(best, thresholds=thresholds, temperature=temperature, training=training,
-                                 provenance=provenance)
+                                 provenance=provenance, tta_flip=self.config.tta_flip)
         log.info("best epoch %d: temperature %.3f, thresholds %s", self.best_epoch, temperature,
                  {k: round(v, 3) for k, v in thresholds.items()})
 
