@@ -190,11 +190,12 @@ def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
     assert len(seen_rescales) == len(RESCALES)
 
 
-@pytest.mark.parametrize("tilt, tags, descending", [
-    (0.0, (), False),
-    (12.0, (("ConvolutionKernel", "H30s"), ("InstanceNumber", 7), ("ImageType", ["DERIVED", "SECONDARY"])), True),
+@pytest.mark.parametrize("tilt, tags, descending, uids", [
+    (0.0, (), False, ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"]),
+    (12.0, (("ConvolutionKernel", "H30s"), ("InstanceNumber", 7), ("ImageType", ["DERIVED", "SECONDARY"])), True,
+     ["1.2.3.3.1", "1.2.3.3.22", "1.2.3.3.3"]),  # UIDs of odd and even length: the meta group's length differs
 ])
-def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending):
+def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending, uids):
     # the series header is encoded once and joined with each slice's elements: the result
     # must be byte for byte what Dataset.save_as writes for the whole data set
     from headct.phantom.writers import (
@@ -206,7 +207,7 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     )
 
     hu = np.random.default_rng(0).normal(0, 400, (3, 16, 20)).astype(np.float32)
-    info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"],
+    info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", uids,
                       0.5, 5.0, [1.0, 6.0, 11.0], RESCALES[4], descending, tilt, tags)
     paths = write_dicom_series(tmp_path / "fast", hu, info)
     for k, path in enumerate(paths):
@@ -219,6 +220,7 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     read = pydicom.dcmread(paths[2])
     assert read.InstanceNumber == 7 if tags else read.InstanceNumber == 3
     assert float(read.SliceLocation) == 11.0 and read.SOPInstanceUID == "1.2.3.3.3"
+    assert pydicom.dcmread(paths[1]).file_meta.MediaStorageSOPInstanceUID == uids[1]
 
 
 def test_labels_csv_and_masks_agree_on_every_slice(rsna_dir):

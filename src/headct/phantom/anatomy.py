@@ -213,6 +213,8 @@ class SliceGrid:
     outline: np.ndarray  # float32 [n_theta] skin radius at the widest level
     radius_table: np.ndarray  # float32 [n_theta, n_u] radius (mm) of each table cell
     du: float
+    head: tuple[slice, slice]  # rows and columns that can hold anything but air (see :func:`head_box`)
+    head_flat: np.ndarray  # intp, contiguous: ``flat[head]``
 
     @property
     def n_theta(self) -> int:
@@ -266,7 +268,25 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     flat = t_idx * n_u + u_idx
     u_centers = (np.arange(n_u, dtype=np.float32) + 0.5) * np.float32(du)
     radius_table = (outline[:, None] * u_centers[None, :]).astype(np.float32)
-    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u.astype(np.float32), flat, theta_centers, outline, radius_table, du)
+    u = u.astype(np.float32)
+    head = head_box(u, du)
+    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u, flat, theta_centers, outline, radius_table, du,
+                     head, np.ascontiguousarray(flat[head]))
+
+
+def head_box(u: np.ndarray, du: float) -> tuple[slice, slice]:
+    """Pixel rows and columns that can hold anything but air, with a 2-pixel margin.
+
+    Outside it every pixel lies beyond the widest skin outline (``u`` > 1 + 3 table
+    cells), where the shell is air and no structure is drawn.
+    """
+    size = u.shape[0]
+    inside = u < np.float32(1.0 + 3.0 * du)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return slice(0, size), slice(0, u.shape[1])
+    return (slice(max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)),
+            slice(max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, u.shape[1])))
 
 
 @dataclass
@@ -286,8 +306,13 @@ def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: Shell
                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Tissue labels (uint8 [H, W], into ``out`` if given) at height z, and the shell lesions' bits (or None)."""
     labels_table, bits_table = _shell_table(anatomy, grid, z, shell)
-    labels = labels_table.ravel().take(grid.flat, out=out)
-    bits = bits_table.ravel().take(grid.flat) if bits_table is not None else None
+    labels = np.empty((grid.size, grid.size), dtype=np.uint8) if out is None else out
+    labels.fill(AIR)  # beyond the head box the shell is air: the table is read only inside it
+    labels[grid.head] = labels_table.ravel().take(grid.head_flat, mode="clip")  # "clip": unbuffered, indices valid
+    bits = None
+    if bits_table is not None:
+        bits = np.zeros((grid.size, grid.size), dtype=np.uint8)
+        bits[grid.head] = bits_table.ravel().take(grid.head_flat, mode="clip")
     gates: dict[tuple[int, ...], np.ndarray] = {}
     for blob in anatomy.blobs:
         if abs(z - blob.center[2]) < blob.axes[2]:

@@ -40,8 +40,8 @@ from headct.phantom.writers import (
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "1"
-"""Bumped whenever the same seed would render different images."""
+PHANTOM_VERSION = "2"
+"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated)."""
 
 LAYOUTS = ("rsna", "png-folders")
 STROKE_CLASSES = ("non-stroke", "hemorrhagic", "ischemic")

@@ -132,8 +132,7 @@ def generate_study(
     hu = np.empty((n_slices, size, size), dtype=np.float32)
     masks = np.zeros((n_slices, size, size), dtype=np.uint8)
     tissue = np.empty((n_slices, size, size), dtype=np.uint8)
-    head = _head_box(grid)  # outside it is uniform air: nothing to blur
-    scratch = np.empty((head[0].stop - head[0].start, head[1].stop - head[1].start), dtype=np.float32)
+    head = grid.head  # outside it is uniform air: nothing to blur
     noise_rng = np.random.default_rng([noise_seed, 2])
     bank = _noise_bank(size, sd, noise_rng) if noise else None
     streaker = _Streaks(grid, anatomy, np.random.default_rng([noise_seed, 1])) if noise and with_streaks else None
@@ -144,7 +143,7 @@ def generate_study(
         else:
             _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
         if bank is not None:  # the scanner: point spread, skull-base streaks, correlated noise
-            _blur_slice(hu[k][head], scratch)
+            _blur_slice(hu[k][head])
             if streaker is not None:
                 streaker.add(hu[k], tissue[k], float(height))
             hu[k] += _noise_window(bank, size, noise_rng)
@@ -183,9 +182,7 @@ def _label_hu(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = table[labels]`` for uint8 labels: cv2.LUT does it ~6x faster than ndarray.take."""
     lut = np.zeros(256, dtype=np.float32)
     lut[:table.shape[0]] = table
-    result = cv2.LUT(labels, lut, dst=out)
-    if result is not out:  # cv2 writes into dst only when it has the right shape and type
-        out[...] = result
+    _written_into(cv2.LUT(labels, lut, dst=out), out)
 
 
 TILT_HEIGHT_STEP = 0.25
@@ -231,41 +228,33 @@ def _present_types(masks: np.ndarray) -> dict[str, bool]:
     return {name: bool(present & bit) for name, bit in LESION_BITS.items()}
 
 
-def _head_box(grid: SliceGrid) -> tuple[slice, slice]:
-    """Pixel rows and columns that can hold anything but air, with a 2-pixel margin."""
-    inside = grid.u < np.float32(1.0 + 3.0 * grid.du)
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    if rows.size == 0:
-        return slice(0, grid.size), slice(0, grid.size)
-    return (slice(max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, grid.size)),
-            slice(max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, grid.size)))
+_BINOMIAL = np.array([0.25, 0.5, 0.25], dtype=np.float32)
 
 
-def _blur_slice(image: np.ndarray, scratch: np.ndarray) -> None:
-    """In-place 3x3 binomial blur of one slice: the scanner's mild point spread.
+def _blur_slice(image: np.ndarray) -> None:
+    """In-place 3x3 binomial blur (1, 2, 1)/4 per axis of one slice: the scanner's mild point spread.
 
-    Hand-written because scipy.ndimage.gaussian_filter costs ~4x more per slice
-    and a (1, 2, 1)/4 kernel per axis is all we need; border pixels keep their
-    own value along the blurred axis.
+    cv2's separable filter writes into ``image`` (also a strided view) and is
+    ~6x faster than the numpy passes this was; edges replicate their pixels
+    (a slice's head box is framed by air, so its edges are uniform anyway).
     """
-    a, t = image, scratch
-    np.add(a[:-2], a[2:], out=t[1:-1])
-    t[1:-1] += a[1:-1]
-    t[1:-1] += a[1:-1]
-    t[0] = a[0] * np.float32(4.0)
-    t[-1] = a[-1] * np.float32(4.0)
-    np.add(t[:, :-2], t[:, 2:], out=a[:, 1:-1])
-    a[:, 1:-1] += t[:, 1:-1]
-    a[:, 1:-1] += t[:, 1:-1]
-    a[:, 0] = t[:, 0] * np.float32(4.0)
-    a[:, -1] = t[:, -1] * np.float32(4.0)
-    a *= np.float32(1.0 / 16.0)
+    _written_into(cv2.sepFilter2D(image, -1, _BINOMIAL, _BINOMIAL, dst=image, borderType=cv2.BORDER_REPLICATE), image)
+
+
+def _written_into(result: np.ndarray, out: np.ndarray) -> None:
+    """Make sure a cv2 call given ``dst=out`` left its result in ``out``.
+
+    cv2 writes into ``dst`` when its shape and type fit and returns a new array
+    object over the same memory; only if it allocated elsewhere is a copy needed.
+    """
+    if not np.may_share_memory(result, out):
+        out[...] = result
 
 
 def _noise_bank(size: int, sd: float, rng: np.random.Generator) -> np.ndarray:
     """One blurred noise field 1.5x the slice, scaled to ``sd``; slices take windows of it."""
     bank = rng.standard_normal((size + size // 2, size + size // 2), dtype=np.float32)
-    _blur_slice(bank, np.empty_like(bank))
+    _blur_slice(bank)
     bank *= np.float32(sd / max(float(bank.std()), 1e-6))
     return bank
 
