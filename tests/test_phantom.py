@@ -137,6 +137,52 @@ def test_difficulty_shrinks_lesions_and_contrast():
     assert easy.hu[(easy.masks & bit) != 0].mean() > hard.hu[(hard.masks & bit) != 0].mean()
 
 
+def test_layer_codes_count_the_surfaces_each_cell_lies_inside():
+    # the shell's run-length construction must equal six comparisons per cell, whatever the
+    # rows (ties included), the bounds (nested or not) and the starting guesses
+    from headct.phantom.anatomy import _cells_below, _layer_codes
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        rows, width = int(rng.integers(1, 20)), int(rng.integers(0, 40))
+        radius = np.sort(rng.uniform(0, 10, (rows, width)).astype(np.float32), axis=1)
+        if trial % 3 == 0 and width:
+            radius[:, width // 2:] = radius[:, [width // 2]]  # ties
+        bounds = rng.uniform(-1, 11, (rows, 6)).astype(np.float32)
+        if trial % 2:
+            bounds = -np.sort(-bounds, axis=1)  # nested, outermost first, as the head's surfaces
+        if width and trial % 5 == 0:
+            bounds[:, 2] = radius[:, min(3, width - 1)]  # a bound exactly on a cell
+        below = _cells_below(radius, bounds, rng.integers(-5, width + 5, (rows, 6)))
+        inside = radius[:, None, :] < bounds[:, :, None]
+        np.testing.assert_array_equal(below, inside.sum(axis=2))
+        np.testing.assert_array_equal(_layer_codes(below, width), inside.sum(axis=1))
+
+
+def test_a_blob_section_from_its_stencil_is_the_section_computed_at_that_height():
+    from headct.phantom.anatomy import _blob_section, blob_section_mask, make_grid, sample_anatomy
+
+    anatomy = sample_anatomy(np.random.default_rng(5))
+    grid = make_grid(anatomy, 192, 230.0, (2.0, -3.0), 0.1)
+    checked = 0
+    for blob in anatomy.blobs:
+        for frac in (-0.95, -0.6, -0.2, 0.0, 0.3, 0.7, 0.99):
+            z = blob.center[2] + frac * blob.axes[2]
+            direct, fast = blob_section_mask(blob, z, grid), _blob_section(blob, z, grid)
+            if direct is None:
+                assert fast is None or not fast[1].any()
+                continue
+            canvas_direct = np.zeros((192, 192), dtype=bool)
+            canvas_direct[direct[0]] = direct[1]
+            canvas_fast = np.zeros((192, 192), dtype=bool)
+            canvas_fast[fast[0]] = fast[1]
+            np.testing.assert_array_equal(canvas_fast, canvas_direct)
+            within = tuple(slice(d.start - f.start, d.stop - f.start) for d, f in zip(direct[0], fast[0], strict=True))
+            np.testing.assert_allclose(fast[2]()[within], direct[2], rtol=1e-4, atol=1e-5)  # the folia's q
+            checked += int(direct[1].sum())
+    assert checked > 10000
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

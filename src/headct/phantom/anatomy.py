@@ -14,6 +14,7 @@ Both are plain vectorised numpy on float32; no per-pixel Python.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -215,6 +216,7 @@ class SliceGrid:
     du: float
     head: tuple[slice, slice]  # rows and columns that can hold anything but air (see :func:`head_box`)
     head_flat: np.ndarray  # intp, contiguous: ``flat[head]``
+    stencils: dict[Blob, BlobStencil | None] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_theta(self) -> int:
@@ -322,7 +324,7 @@ def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: Shell
 
 def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates: dict | None = None) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Draw ``blob``'s section at height z into ``labels``; returns (box, painted mask) or None."""
-    found = blob_section_mask(blob, z, grid)
+    found = _blob_section(blob, z, grid)
     if found is None:
         return None
     box, inside, q = found
@@ -335,7 +337,7 @@ def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates:
         dy = grid.Y[box] - np.float32(blob.center[1] - 0.8 * blob.axes[1])
         arcs = np.cos(np.hypot(grid.X[box], dy) * np.float32(2 * math.pi / period))
         sub[inside] = blob.label
-        sub[inside & (arcs > 0.8) & (q > 0.15)] = WHITE
+        sub[inside & (arcs > 0.8) & (q() > 0.15)] = WHITE
         return box, inside
     if blob.texture == "cells":
         # air cells (ethmoid, mastoid): thin bony septa on a ~4 mm lattice
@@ -344,8 +346,38 @@ def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates:
         sub[inside] = blob.label
         sub[inside & septa] = BONE
         return box, inside
-    sub[inside] = blob.label
+    np.copyto(sub, np.uint8(blob.label), where=inside)
     return box, inside
+
+
+@dataclass(frozen=True)
+class BlobStencil:
+    """An upright blob's widest section on one grid: its box and each pixel's ``q`` there.
+
+    Every section of a superellipsoid without slope is its widest one scaled by
+    ``s = (1 - |dz|**p)**(1/p)`` about the same centre, so at height z a pixel
+    is inside where ``q0 < s**p = 1 - |dz|**p``: one comparison per slice
+    instead of recomputing the rotated, normalised coordinates.
+    """
+
+    box: tuple[slice, slice]
+    q0: np.ndarray  # float32: normalised superellipse radius (to the power p) in the widest section
+
+
+def _blob_section(blob: Blob, z: float, grid: SliceGrid) -> tuple[tuple[slice, slice], np.ndarray, Callable[[], np.ndarray]] | None:
+    """(box, inside mask, q) of a blob's section at height z; ``q()`` computes the normalised radius²."""
+    if blob.slope != (0.0, 0.0):  # the centre moves with z: sections are not nested
+        found = blob_section_mask(blob, z, grid)
+        return None if found is None else (found[0], found[1], lambda: found[2])
+    if blob not in grid.stencils:
+        widest = blob_section_mask(blob, blob.center[2], grid)
+        grid.stencils[blob] = None if widest is None else BlobStencil(widest[0], widest[2])
+    stencil = grid.stencils[blob]
+    dz = abs(z - blob.center[2]) / blob.axes[2]
+    if stencil is None or dz >= 1.0:
+        return None
+    limit = np.float32(1.0 - dz**blob.power)
+    return stencil.box, stencil.q0 < limit, lambda: stencil.q0 / limit
 
 
 def blob_section_mask(blob: Blob, z: float, grid: SliceGrid) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
@@ -403,6 +435,49 @@ def _beyond_skin(grid: SliceGrid, outermost: np.ndarray, lo: int) -> int:
     return max(end, lo + 1)
 
 
+def _cells_below(radius: np.ndarray, bounds: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Per row and bound, how many cells of ``radius`` [n, W] lie below ``bounds`` [n, B]: exact.
+
+    Rows of ``radius`` never decrease, so the count is where the bound falls in its
+    row; ``guess`` (intp [n, B]) is an estimate from the table's spacing that is
+    stepped until the cells on either side confirm it (usually no step at all).
+    """
+    n, width = radius.shape
+    count = np.clip(guess, 0, width)
+    if width == 0:
+        return count
+    rows = np.arange(n)[:, None]
+    while True:
+        over = (count > 0) & (radius[rows, np.maximum(count - 1, 0)] >= bounds)
+        under = (count < width) & (radius[rows, np.minimum(count, width - 1)] < bounds)
+        if not (over.any() or under.any()):
+            return count
+        count = count - over + under
+
+
+_RUN_CODES = np.arange(6, -1, -1, dtype=np.uint8)
+
+
+def _layer_codes(below: np.ndarray, width: int) -> np.ndarray:
+    """uint8 [n, width]: per cell, how many of the 6 nested surfaces it lies inside.
+
+    ``below`` [n, 6] counts the cells inside each surface; sorted per row, they
+    cut the row into runs of 6, 5, ... 0 (the same as summing six comparisons
+    per cell, in one ``np.repeat`` instead of twelve passes over the table).
+    """
+    n = below.shape[0]
+    edges = below[:, ::-1]  # nested surfaces, outermost first: already ascending, bar odd corners
+    steps = edges[:, 1:] - edges[:, :-1]
+    if (steps < 0).any():
+        edges = np.sort(below, axis=1)
+        steps = edges[:, 1:] - edges[:, :-1]
+    runs = np.empty((n, 7), dtype=np.intp)
+    runs[:, 0] = edges[:, 0]
+    runs[:, 1:6] = steps
+    runs[:, 6] = width - edges[:, 5]
+    return np.repeat(np.tile(_RUN_CODES, n), runs.ravel()).reshape(n, width)
+
+
 def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLesions | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels of the polar table at height z (and shell lesion bits), vectorised over cells."""
     theta, outline = grid.theta_centers, grid.outline
@@ -429,11 +504,10 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     end = _beyond_skin(grid, np.maximum.reduce(boundaries), lo)
     radius = grid.radius_table[:, lo:end]
 
-    code = np.zeros(radius.shape, dtype=np.uint8)
+    bounds = np.stack(boundaries, axis=1)
+    guess = np.ceil(bounds / (outline[:, None] * np.float32(grid.du)) - np.float32(0.5)).astype(np.intp) - lo
+    code = _layer_codes(_cells_below(radius, bounds, guess), radius.shape[1])
     flag = np.empty(radius.shape, dtype=bool)
-    for boundary in boundaries:
-        np.less(radius, boundary[:, None], out=flag)
-        code += flag.view(np.uint8)
 
     # in-plane depth under the brain surface, corrected for the oblique cut near the vertex
     mean_radius = float(np.mean(b_brain))
