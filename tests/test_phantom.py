@@ -183,6 +183,19 @@ def test_a_blob_section_from_its_stencil_is_the_section_computed_at_that_height(
     assert checked > 10000
 
 
+def test_a_study_rendered_into_reused_buffers_equals_one_in_fresh_arrays():
+    from headct.phantom.generator import StudyBuffers
+
+    buffers = StudyBuffers()
+    first = generate_study(4, size=64, slices=6, lesions=["subdural", "intraventricular"], buffers=buffers)
+    assert first.masks.any()  # the next study must not inherit these bits
+    reused = generate_study(5, size=64, slices=6, buffers=buffers)
+    assert np.shares_memory(reused.hu, first.hu)
+    fresh = generate_study(5, size=64, slices=6)
+    for name in ("hu", "masks", "tissue"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

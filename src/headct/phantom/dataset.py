@@ -26,7 +26,7 @@ from headct import __version__
 from headct.atomic import write_text
 from headct.io.privacy import short_hash
 from headct.labels import HEMORRHAGE_TYPES, LESION_BITS, PHANTOM_MARKER
-from headct.phantom.generator import PhantomStudy, default_slices, generate_study
+from headct.phantom.generator import PhantomStudy, StudyBuffers, default_slices, generate_study
 from headct.phantom.writers import (
     RESCALES,
     RSNA_LABELS,
@@ -198,6 +198,10 @@ class _WrittenStudy:
     record: dict
 
 
+_RENDER_BUFFERS = StudyBuffers()
+"""This process's study arrays: each study is written out before the next is rendered into them."""
+
+
 def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:
     """Render one study and write its files (a top-level function, so a process pool can run it)."""
     from pydicom.uid import generate_uid
@@ -205,7 +209,8 @@ def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:
     config, plan, slices = args
     out = config.out
     study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
-                           slices=slices, difficulty=config.difficulty, lesions=plan.lesions, tilt=config.tilt)
+                           slices=slices, difficulty=config.difficulty, lesions=plan.lesions, tilt=config.tilt,
+                           buffers=_RENDER_BUFFERS)
     labels = study.slice_labels()
     n = study.num_slices
     counts = {name: int(labels[name].sum()) for name in [*LESION_BITS, "any"]}

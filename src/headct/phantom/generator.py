@@ -71,6 +71,25 @@ class PhantomStudy:
         return labels
 
 
+class StudyBuffers:
+    """Output arrays that :func:`generate_study` reuses from one study to the next.
+
+    A process rendering study after study (``headct phantom``) keeps one, so
+    each study is written into memory the previous one used: fresh arrays are
+    new pages the kernel must fault in and zero, ~0.3 ms per 512² slice here.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """The buffer ``name`` with this shape and type (contents undefined), made if needed."""
+        found = self._arrays.get(name)
+        if found is None or found.shape != shape or found.dtype != np.dtype(dtype):
+            found = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return found
+
+
 def default_slices(size: int) -> int:
     """Slices per study when not given: about RSNA's 5 mm spacing at 512, fewer for small images."""
     return int(np.clip(size // 12, 12, 40))
@@ -87,6 +106,7 @@ def generate_study(
     streaks: bool | None = None,
     noise: bool = True,
     tilt: float = 0.0,
+    buffers: StudyBuffers | None = None,
 ) -> PhantomStudy:
     """Render one study. Same arguments → identical arrays.
 
@@ -96,6 +116,8 @@ def generate_study(
     ``noise=False`` gives the noise-free, unblurred HU (for tests);
     ``tilt`` (degrees) renders the same head, lesions and noise on planes
     tilted as by a tilted gantry (see :func:`_render_tilted_slice`).
+    With ``buffers`` the study's arrays are theirs, overwritten by the next
+    study rendered with the same buffers.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -129,9 +151,11 @@ def generate_study(
     with_streaks = bool(rng.random() < 0.3) if streaks is None else bool(streaks)
     noise_seed = int(rng.integers(2**31))
 
-    hu = np.empty((n_slices, size, size), dtype=np.float32)
-    masks = np.zeros((n_slices, size, size), dtype=np.uint8)
-    tissue = np.empty((n_slices, size, size), dtype=np.uint8)
+    buffers = buffers or StudyBuffers()
+    shape = (n_slices, size, size)
+    hu, tissue = buffers.array("hu", shape, np.float32), buffers.array("tissue", shape, np.uint8)
+    masks = buffers.array("masks", shape, np.uint8)
+    masks.fill(0)
     head = grid.head  # outside it is uniform air: nothing to blur
     noise_rng = np.random.default_rng([noise_seed, 2])
     bank = _noise_bank(size, sd, noise_rng) if noise else None
@@ -278,17 +302,18 @@ class _Streaks:
         self.top = -12.0 * anatomy.scale
         self.t_idx: np.ndarray | None = None
         self.band: np.ndarray | None = None
-        self.brain = np.zeros(256, dtype=bool)
-        self.brain[list(BRAIN)] = True
+        self.brain = np.zeros(256, dtype=np.uint8)  # a cv2.LUT table: 1 on brain labels
+        self.brain[list(BRAIN)] = 1
 
     def add(self, image: np.ndarray, tissue: np.ndarray, z: float) -> None:
         if z >= self.top:
             return
         grid, s = self.grid, self.anatomy.scale
+        head = grid.head  # brain lies inside the head box: the streaks are computed there only
         if self.t_idx is None:
-            self.t_idx = grid.flat // grid.n_u
-            self.band = (np.exp(-(((grid.Y - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
-                         * (np.abs(grid.X) < 40 * s)).astype(np.float32)
+            self.t_idx = grid.head_flat // grid.n_u
+            self.band = (np.exp(-(((grid.Y[head] - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
+                         * (np.abs(grid.X[head]) < 40 * s)).astype(np.float32)
         strength = float(np.clip((self.top - z) / (15.0 * s), 0.2, 1.0))
         theta = grid.theta_centers
         lut = np.zeros_like(theta)
@@ -296,6 +321,8 @@ class _Streaks:
                                self.rng.choice([-1.0, 1.0], size=6) * self.rng.uniform(6, 14, size=6), strict=True):
             d = (theta - np.float32(center) + np.float32(math.pi)) % np.float32(2 * math.pi) - np.float32(math.pi)
             lut += np.float32(amp) * np.exp(-((d / np.float32(0.012)) ** 2))
-        inside = self.brain[tissue]
+        inside = cv2.LUT(tissue[head], self.brain).view(bool)
         streak = lut.take(self.t_idx) - np.float32(12.0) * self.band
-        image[inside] += np.float32(strength) * streak[inside]
+        streak *= np.float32(strength)
+        box = image[head]
+        np.add(box, streak, out=box, where=inside)
