@@ -209,13 +209,12 @@ class SliceGrid:
     Y: np.ndarray
     theta: np.ndarray  # float32 [H, W]
     u: np.ndarray  # float32 [H, W] radius / outline(theta)
-    flat: np.ndarray  # intp [H, W] index into a [n_theta, n_u] table
     theta_centers: np.ndarray  # float32 [n_theta]
     outline: np.ndarray  # float32 [n_theta] skin radius at the widest level
     radius_table: np.ndarray  # float32 [n_theta, n_u] radius (mm) of each table cell
     du: float
     head: tuple[slice, slice]  # rows and columns that can hold anything but air (see :func:`head_box`)
-    head_flat: np.ndarray  # intp, contiguous: ``flat[head]``
+    head_flat: np.ndarray  # intp [head rows, head columns]: each pixel's cell in a [n_theta, n_u] table
     stencils: dict[Blob, BlobStencil | None] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -251,10 +250,10 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     xi = axis[None, :] - np.float32(center[0])
     yi = axis[:, None] - np.float32(center[1])
     c, s = np.float32(math.cos(yaw)), np.float32(math.sin(yaw))
-    X = (c * xi + s * yi).astype(np.float32)
-    Y = (-s * xi + c * yi).astype(np.float32)
-    theta = np.arctan2(X, -Y).astype(np.float32)
-    radius = np.hypot(X, Y).astype(np.float32)
+    X = c * xi + s * yi  # float32 throughout: no copies to convert
+    Y = -s * xi + c * yi
+    theta = np.arctan2(X, -Y)
+    radius = np.hypot(X, Y)
 
     outline_max = float(anatomy.outline(np.linspace(-math.pi, math.pi, 720, dtype=np.float32)).max())
     n_theta = int(np.clip(math.ceil(2 * math.pi * outline_max / (1.5 * pixel)), 256, 2048))
@@ -264,16 +263,15 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     outline = anatomy.outline(theta_centers)
 
     t_idx = np.floor((theta + np.float32(math.pi)) * np.float32(n_theta / (2 * math.pi))).astype(np.intp)
-    t_idx %= n_theta
+    t_idx[t_idx >= n_theta] -= n_theta  # the angle pi itself lands one past the end: wrap it (a modulo, cheaper)
     u = radius / outline[t_idx]
-    u_idx = np.minimum((u * np.float32(1.0 / du)).astype(np.intp), n_u - 1)
-    flat = t_idx * n_u + u_idx
-    u_centers = (np.arange(n_u, dtype=np.float32) + 0.5) * np.float32(du)
-    radius_table = (outline[:, None] * u_centers[None, :]).astype(np.float32)
-    u = u.astype(np.float32)
     head = head_box(u, du)
-    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u, flat, theta_centers, outline, radius_table, du,
-                     head, np.ascontiguousarray(flat[head]))
+    # table cell of each pixel in the head box (beyond it all is air)
+    u_idx = np.minimum((u[head] * np.float32(1.0 / du)).astype(np.intp), n_u - 1)
+    head_flat = t_idx[head] * n_u + u_idx
+    u_centers = (np.arange(n_u, dtype=np.float32) + 0.5) * np.float32(du)
+    radius_table = outline[:, None] * u_centers[None, :]
+    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u, theta_centers, outline, radius_table, du, head, head_flat)
 
 
 def head_box(u: np.ndarray, du: float) -> tuple[slice, slice]:
