@@ -157,12 +157,15 @@ def write_phantom(config: PhantomConfig) -> dict:
     total_slices = 0
     with _StudyPool(config.workers) as pool:
         written = pool.map(_write_study, [(config, plan, slices) for plan in plans])
-        for study in tqdm(written, total=len(plans), desc="phantom", unit="study", disable=None):
-            total_slices += study.slices
-            for name, count in study.slice_counts.items():
-                slice_counts[name] += count
-            csv_rows += study.csv_rows
-            records.append(study.record)
+        try:
+            for study in tqdm(written, total=len(plans), desc="phantom", unit="study", disable=None):
+                total_slices += study.slices
+                for name, count in study.slice_counts.items():
+                    slice_counts[name] += count
+                csv_rows += study.csv_rows
+                records.append(study.record)
+        finally:
+            _RENDER_BUFFERS.release()  # one worker renders here: free its ~1.5 MB per slice once done
 
     if config.layout == "rsna":
         write_rsna_labels(out / "labels.csv", csv_rows)
@@ -199,7 +202,8 @@ class _WrittenStudy:
 
 
 _RENDER_BUFFERS = StudyBuffers()
-"""This process's study arrays: each study is written out before the next is rendered into them."""
+"""This process's study arrays: each study is written out before the next is rendered into them
+(pool workers keep theirs until they exit; :func:`write_phantom` releases its own at the end)."""
 
 
 def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:

@@ -89,6 +89,10 @@ class StudyBuffers:
             found = self._arrays[name] = np.empty(shape, dtype=dtype)
         return found
 
+    def release(self) -> None:
+        """Let the arrays go (a study rendered into them must not be used after this)."""
+        self._arrays.clear()
+
 
 def default_slices(size: int) -> int:
     """Slices per study when not given: about RSNA's 5 mm spacing at 512, fewer for small images."""
