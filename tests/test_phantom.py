@@ -325,6 +325,18 @@ def test_png_folders_layout(tmp_path):
             np.testing.assert_array_equal(np.asarray(Image.open(path)), brain_window_png(study.hu[k]))
 
 
+def test_png_writer_keeps_grey_and_rgb_pixels(tmp_path):
+    from PIL import Image
+
+    from headct.phantom.writers import write_png
+
+    rng = np.random.default_rng(0)
+    for name, image in (("grey", rng.integers(0, 256, (20, 30), dtype=np.uint8)),
+                        ("rgb", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))):
+        write_png(tmp_path / f"{name}.png", image)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), image)  # channel order too
+
+
 def test_cli_writes_and_says_where(tmp_path, capsys):
     from headct.cli import main
 

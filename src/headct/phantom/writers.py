@@ -315,10 +315,12 @@ def brain_window_png(hu: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """An 8-bit grey (or RGB) PNG, atomically."""
-    from PIL import Image
-
-    _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    """An 8-bit grey (or RGB) PNG, atomically; cv2's encoder (~5x faster than PIL's at 512²)."""
+    pixels = image if image.ndim == 2 else np.ascontiguousarray(image[..., ::-1])  # cv2 takes BGR
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"cv2 could not encode a {image.shape} {image.dtype} image as PNG")
+    _atomic(path, lambda tmp: tmp.write_bytes(encoded))
 
 
 MASK_ZLIB_LEVEL = 1
