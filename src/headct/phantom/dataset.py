@@ -165,7 +165,7 @@ def write_phantom(config: PhantomConfig) -> dict:
                 csv_rows += study.csv_rows
                 records.append(study.record)
         finally:
-            _RENDER_BUFFERS.release()  # one worker renders here: free its ~1.5 MB per slice once done
+            _RENDER_BUFFERS.release()  # with one worker the studies were rendered here: free ~1.5 MB per slice
 
     if config.layout == "rsna":
         write_rsna_labels(out / "labels.csv", csv_rows)

@@ -59,7 +59,8 @@ def _row(kind: str, seed: int, size: int, columns: int, difficulty: float) -> np
 
 
 def _tile(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage  # here: scipy costs ~0.2 s to import, which headct phantom without --preview skips
+    # imported here: scipy costs ~0.2 s to import, which headct phantom without --preview skips
+    from scipy import ndimage
 
     grey = brain_window_png(hu)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)

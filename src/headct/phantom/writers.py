@@ -229,9 +229,7 @@ class _SeriesEncoder:
         self.encoding = header.get("SpecificCharacterSet", "ISO_IR 100")
         meta = copy.deepcopy(meta)
         validate_file_meta(meta, enforce_standard=True)  # what save_as adds: version, implementation
-        meta_own = [_GROUP_LENGTH, _MEDIA_SOP_INSTANCE]
-        self.meta_runs = _runs(meta, [tag for tag in meta_own if tag != _GROUP_LENGTH], self.encoding,
-                               skip={_GROUP_LENGTH})
+        self.meta_runs = _runs(meta, [_MEDIA_SOP_INSTANCE], self.encoding, skip=frozenset({_GROUP_LENGTH}))
         self.slice_tags = sorted(slice_example.keys())
         self.runs = _runs(header, self.slice_tags, self.encoding)
         self.pixel_header = _encoded(_data_element(_PIXEL_DATA, "OW", b""), self.encoding)[:-4]  # less its length
@@ -255,13 +253,13 @@ class _SeriesEncoder:
         data = memoryview(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))).cast("B")
         # the 4-byte length that pydicom writes after tag and VR (a pixel array has an even byte count)
         head.append(self.pixel_header + len(data).to_bytes(4, "little"))
-        return [b"".join(head), data, *self.runs[len(self.slice_tags):]]
+        return [b"".join(head), data, self.runs[-1]]  # the last run: header elements after Pixel Data
 
 
 _GROUP_LENGTH, _MEDIA_SOP_INSTANCE, _PIXEL_DATA = 0x00020000, 0x00020003, 0x7FE00010
 
 
-def _runs(template: Dataset, own_tags: Sequence[int], encoding: str, skip: frozenset[int] | set[int] = frozenset()) -> list[bytes]:
+def _runs(template: Dataset, own_tags: Sequence[int], encoding: str, skip: frozenset[int] = frozenset()) -> list[bytes]:
     """``template``'s encoded elements split around ``own_tags``: run i holds those before own tag i.
 
     The last run holds those after every own tag; tags in ``skip`` are left out.
