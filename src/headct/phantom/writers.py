@@ -240,20 +240,26 @@ class _SeriesEncoder:
         ``elements`` holds this file's elements; its Pixel Data value is ignored for ``pixels``
         (a contiguous little-endian array of 16-bit stored values).
         """
+        from pydicom.filewriter import write_data_element
+
         if sorted(elements.keys()) != self.slice_tags:
             raise ValueError("slice elements differ from the series' first slice")
-        meta_body = self.meta_runs[0] + _encoded(_data_element(_MEDIA_SOP_INSTANCE, "UI", sop_uid),
-                                                 self.encoding) + self.meta_runs[1]
-        length = _encoded(_data_element(_GROUP_LENGTH, "UL", len(meta_body)), self.encoding)
-        head = [b"\x00" * 128 + b"DICM", length, meta_body]
+        meta = _explicit_little_buffer()
+        meta.write(self.meta_runs[0])
+        write_data_element(meta, _data_element(_MEDIA_SOP_INSTANCE, "UI", sop_uid), self.encoding)
+        meta.write(self.meta_runs[1])
+        head = _explicit_little_buffer()
+        head.write(b"\x00" * 128 + b"DICM")
+        write_data_element(head, _data_element(_GROUP_LENGTH, "UL", meta.tell()), self.encoding)
+        head.write(meta.getvalue())
         for run, tag in zip(self.runs, self.slice_tags, strict=False):
-            head.append(run)
+            head.write(run)
             if tag != _PIXEL_DATA:
-                head.append(_encoded(elements.get_item(tag), self.encoding))
+                write_data_element(head, elements.get_item(tag), self.encoding)
         data = memoryview(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))).cast("B")
         # the 4-byte length that pydicom writes after tag and VR (a pixel array has an even byte count)
-        head.append(self.pixel_header + len(data).to_bytes(4, "little"))
-        return [b"".join(head), data, self.runs[-1]]  # the last run: header elements after Pixel Data
+        head.write(self.pixel_header + len(data).to_bytes(4, "little"))
+        return [head.getvalue(), data, self.runs[-1]]  # the last run: header elements after Pixel Data
 
 
 _GROUP_LENGTH, _MEDIA_SOP_INSTANCE, _PIXEL_DATA = 0x00020000, 0x00020003, 0x7FE00010
