@@ -492,17 +492,18 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     lesion_thickness = [(bit, h.astype(np.float32)) for bit, h in (shell.extra_axial if shell else [])]
     pushed = sum((h for _, h in lesion_thickness), np.zeros_like(theta))
     d_brain = d_inner + pushed + np.float32(a.csf)
-    boundaries = [surface(np.float32(0.0)), surface(d_bone), surface(d_diploe), surface(d_diploe_end), surface(d_inner), surface(d_brain)]
+    # skin, outer table, diploë, inner table, dura, brain: the six nested surfaces [6, n_theta], in one pass
+    boundaries = surface(np.stack([np.zeros_like(theta), d_bone, d_diploe, d_diploe_end, d_inner, d_brain]))
     b_brain = boundaries[-1]
     b_inner = boundaries[4]
 
     deepest = a.sulcus_depth + a.cortex + 3.0
     u_lo = float(np.min((b_brain - deepest) / outline))
     lo = int(np.clip(math.floor(u_lo / grid.du), 0, grid.n_u - 1))
-    end = _beyond_skin(grid, np.maximum.reduce(boundaries), lo)
+    end = _beyond_skin(grid, boundaries.max(axis=0), lo)
     radius = grid.radius_table[:, lo:end]
 
-    bounds = np.stack(boundaries, axis=1)
+    bounds = boundaries.T
     guess = np.ceil(bounds / (outline[:, None] * np.float32(grid.du)) - np.float32(0.5)).astype(np.intp) - lo
     code = _layer_codes(_cells_below(radius, bounds, guess), radius.shape[1])
     flag = np.empty(radius.shape, dtype=bool)
@@ -520,7 +521,8 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     cells = radius[:, :hi]
     distance, sulcus_depth, lean = a.sulci(theta, z, np.maximum(b_brain, 1.0))
     depth = np.subtract(b_brain[:, None], cells)
-    depth *= np.float32(obliquity)
+    if obliquity != 1.0:
+        depth *= np.float32(obliquity)
     # distance to the nearest CSF: the brain surface, or a sulcus that leans and narrows as it deepens
     across = lean[:, None] * depth
     np.subtract(distance[:, None], across, out=across)
