@@ -198,9 +198,10 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     _label_hu(labels, anatomy.hu, hu)
     if bits is not None:
         mask[...] = bits
+        box_bits, box_hu = bits[grid.head], hu[grid.head]  # shell lesions lie inside the head box
         for lesion in lesions:
             if lesion.kind in ("epidural", "subdural", "subarachnoid"):
-                hu[(bits & np.uint8(lesion.bit)) != 0] = lesion.hu
+                box_hu[(box_bits & np.uint8(lesion.bit)) != 0] = lesion.hu
     canvas = SliceCanvas(grid, z, labels, hu, mask)
     for lesion in sorted(lesions, key=lambda les: les.kind != "ischemic"):
         lesion.paint(canvas)
