@@ -36,6 +36,7 @@ from headct.phantom import (
     plan_studies,
     write_phantom,
 )
+from headct.phantom.generator import StudyBuffers
 from headct.phantom.writers import SeriesInfo, write_dicom_series, write_masks
 
 TARGET = 200.0
@@ -125,10 +126,11 @@ def _breakdown(out: Path, size: int, slices: int, studies: int) -> dict[str, flo
     config = PhantomConfig(out=out, studies=studies, size=size, seed=0)
     parts = {"render (generate_study)": 0.0, "DICOM encode + write": 0.0, "masks npz": 0.0}
     count = 0
+    buffers = StudyBuffers()  # as write_phantom renders: each study into the previous one's arrays
     for plan in plan_studies(config):
         start = time.process_time()
         study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=size,
-                               slices=slices, lesions=plan.lesions)
+                               slices=slices, lesions=plan.lesions, buffers=buffers)
         parts["render (generate_study)"] += time.process_time() - start
         uids = [f"1.2.3.{plan.index}.{k}" for k in range(study.num_slices)]
         info = SeriesInfo(plan.patient_id, plan.study_uid, plan.series_uid, plan.frame_uid, uids,

@@ -180,3 +180,28 @@ def test_log_lines_never_share_a_line_with_a_progress_bar() -> None:
     logged = [s for s in segments if "step " in s]
     assert logged == [f"INFO headct.test: step {i} done" for i in range(3)]  # each alone on its line
     assert any(s.startswith("working:") for s in segments)
+
+
+@pytest.mark.parametrize(("argv", "absent"), [
+    (["--help"], ("timm", "torch")),
+    (["phantom", "--help"], ("timm", "torch")),
+    (["phantom", "--out", "{tmp}", "--studies", "1", "--size", "32", "--slices", "2"], ("timm", "torch")),
+    (["models"], ("timm", "torchvision")),  # the registry's modules define torch modules, but no timm encoder
+])
+def test_quick_commands_do_not_import_heavy_packages(tmp_path: Path, argv: list[str], absent: tuple[str, ...]) -> None:
+    import subprocess
+
+    argv = [arg.replace("{tmp}", str(tmp_path / "phantom")) for arg in argv]
+    code = (
+        "import sys\n"
+        "import headct.cli as cli\n"
+        "try:\n"
+        f"    code = cli.main({argv!r})\n"
+        "except SystemExit as stop:\n"
+        "    code = stop.code\n"
+        f"print('LOADED', [m for m in {list(absent)!r} if m in sys.modules], file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stderr.splitlines()

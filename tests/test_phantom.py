@@ -137,6 +137,65 @@ def test_difficulty_shrinks_lesions_and_contrast():
     assert easy.hu[(easy.masks & bit) != 0].mean() > hard.hu[(hard.masks & bit) != 0].mean()
 
 
+def test_layer_codes_count_the_surfaces_each_cell_lies_inside():
+    # the shell's run-length construction must equal six comparisons per cell, whatever the
+    # rows (ties included), the bounds (nested or not) and the starting guesses
+    from headct.phantom.anatomy import _cells_below, _layer_codes
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        rows, width = int(rng.integers(1, 20)), int(rng.integers(0, 40))
+        radius = np.sort(rng.uniform(0, 10, (rows, width)).astype(np.float32), axis=1)
+        if trial % 3 == 0 and width:
+            radius[:, width // 2:] = radius[:, [width // 2]]  # ties
+        bounds = rng.uniform(-1, 11, (rows, 6)).astype(np.float32)
+        if trial % 2:
+            bounds = -np.sort(-bounds, axis=1)  # nested, outermost first, as the head's surfaces
+        if width and trial % 5 == 0:
+            bounds[:, 2] = radius[:, min(3, width - 1)]  # a bound exactly on a cell
+        below = _cells_below(radius, bounds, rng.integers(-5, width + 5, (rows, 6)))
+        inside = radius[:, None, :] < bounds[:, :, None]
+        np.testing.assert_array_equal(below, inside.sum(axis=2))
+        np.testing.assert_array_equal(_layer_codes(below, width), inside.sum(axis=1))
+
+
+def test_a_blob_section_from_its_stencil_is_the_section_computed_at_that_height():
+    from headct.phantom.anatomy import _blob_section, blob_section_mask, make_grid, sample_anatomy
+
+    anatomy = sample_anatomy(np.random.default_rng(5))
+    grid = make_grid(anatomy, 192, 230.0, (2.0, -3.0), 0.1)
+    checked = 0
+    for blob in anatomy.blobs:
+        for frac in (-0.95, -0.6, -0.2, 0.0, 0.3, 0.7, 0.99):
+            z = blob.center[2] + frac * blob.axes[2]
+            direct, fast = blob_section_mask(blob, z, grid), _blob_section(blob, z, grid)
+            if direct is None:
+                assert fast is None or not fast[1].any()
+                continue
+            canvas_direct = np.zeros((192, 192), dtype=bool)
+            canvas_direct[direct[0]] = direct[1]
+            canvas_fast = np.zeros((192, 192), dtype=bool)
+            canvas_fast[fast[0]] = fast[1]
+            np.testing.assert_array_equal(canvas_fast, canvas_direct)
+            within = tuple(slice(d.start - f.start, d.stop - f.start) for d, f in zip(direct[0], fast[0], strict=True))
+            np.testing.assert_allclose(fast[2]()[within], direct[2], rtol=1e-4, atol=1e-5)  # the folia's q
+            checked += int(direct[1].sum())
+    assert checked > 10000
+
+
+def test_a_study_rendered_into_reused_buffers_equals_one_in_fresh_arrays():
+    from headct.phantom.generator import StudyBuffers
+
+    buffers = StudyBuffers()
+    first = generate_study(4, size=64, slices=6, lesions=["subdural", "intraventricular"], buffers=buffers)
+    assert first.masks.any()  # the next study must not inherit these bits
+    reused = generate_study(5, size=64, slices=6, buffers=buffers)
+    assert np.shares_memory(reused.hu, first.hu)
+    fresh = generate_study(5, size=64, slices=6)
+    for name in ("hu", "masks", "tissue"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -190,11 +249,12 @@ def test_dicoms_round_trip_through_plain_pydicom(rsna_dir):
     assert len(seen_rescales) == len(RESCALES)
 
 
-@pytest.mark.parametrize("tilt, tags, descending", [
-    (0.0, (), False),
-    (12.0, (("ConvolutionKernel", "H30s"), ("InstanceNumber", 7), ("ImageType", ["DERIVED", "SECONDARY"])), True),
+@pytest.mark.parametrize("tilt, tags, descending, uids", [
+    (0.0, (), False, ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"]),
+    (12.0, (("ConvolutionKernel", "H30s"), ("InstanceNumber", 7), ("ImageType", ["DERIVED", "SECONDARY"])), True,
+     ["1.2.3.3.1", "1.2.3.3.22", "1.2.3.3.3"]),  # UIDs of odd and even length: the meta group's length differs
 ])
-def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending):
+def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, descending, uids):
     # the series header is encoded once and joined with each slice's elements: the result
     # must be byte for byte what Dataset.save_as writes for the whole data set
     from headct.phantom.writers import (
@@ -206,7 +266,7 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     )
 
     hu = np.random.default_rng(0).normal(0, 400, (3, 16, 20)).astype(np.float32)
-    info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", ["1.2.3.3.1", "1.2.3.3.2", "1.2.3.3.3"],
+    info = SeriesInfo("PHANTOM-0009", "1.2.3", "1.2.3.1", "1.2.3.2", uids,
                       0.5, 5.0, [1.0, 6.0, 11.0], RESCALES[4], descending, tilt, tags)
     paths = write_dicom_series(tmp_path / "fast", hu, info)
     for k, path in enumerate(paths):
@@ -219,6 +279,7 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     read = pydicom.dcmread(paths[2])
     assert read.InstanceNumber == 7 if tags else read.InstanceNumber == 3
     assert float(read.SliceLocation) == 11.0 and read.SOPInstanceUID == "1.2.3.3.3"
+    assert pydicom.dcmread(paths[1]).file_meta.MediaStorageSOPInstanceUID == uids[1]
 
 
 def test_labels_csv_and_masks_agree_on_every_slice(rsna_dir):
@@ -262,6 +323,18 @@ def test_png_folders_layout(tmp_path):
             expected = "ischemic" if (m & 32).any() else "hemorrhagic" if (m & 31).any() else "non-stroke"
             path = tmp_path / expected / f"{plan.name}_{k:03d}.png"
             np.testing.assert_array_equal(np.asarray(Image.open(path)), brain_window_png(study.hu[k]))
+
+
+def test_png_writer_keeps_grey_and_rgb_pixels(tmp_path):
+    from PIL import Image
+
+    from headct.phantom.writers import write_png
+
+    rng = np.random.default_rng(0)
+    for name, image in (("grey", rng.integers(0, 256, (20, 30), dtype=np.uint8)),
+                        ("rgb", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))):
+        write_png(tmp_path / f"{name}.png", image)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), image)  # channel order too
 
 
 def test_cli_writes_and_says_where(tmp_path, capsys):

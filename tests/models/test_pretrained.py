@@ -9,7 +9,7 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from headct.errors import HeadCTError
-from headct.models import backbones, build_model
+from headct.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,6 @@ def test_hub_failure_says_how_to_pass_a_local_file(monkeypatch) -> None:
             raise LocalEntryNotFoundError("cannot reach huggingface.co")
         return create_model(*args, **kwargs)
 
-    monkeypatch.setattr(backbones.timm, "create_model", offline)
+    monkeypatch.setattr(timm, "create_model", offline)  # backbones imports timm when it builds
     with pytest.raises(HeadCTError, match=r"pretrained='/path/to/efficientnet_b0.safetensors'"):
         build_model("effnet-2d", 2, pretrained=True)

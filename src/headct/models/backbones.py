@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -28,6 +27,8 @@ Pretrained = bool | str
 
 def create_encoder(timm_name: str, pretrained: Pretrained = False, in_chans: int = 3, **timm_kwargs: Any) -> nn.Module:
     """A pooled timm encoder (``num_classes=0``): ``[B, in_chans, H, W] → [B, num_features]``."""
+    import timm  # here, not at the top: timm imports torchvision (~2 s), which `headct models` never needs
+
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, **timm_kwargs}
     if isinstance(pretrained, str | Path):
         path = Path(pretrained)

@@ -16,11 +16,12 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from headct.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the registry itself needs no torch
+    from torch import nn
 
 # Arguments that say where initial weights come from, not what the model is:
 # they are not recorded in the spec, so a checkpoint rebuilds without them.

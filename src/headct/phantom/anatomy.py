@@ -14,6 +14,7 @@ Both are plain vectorised numpy on float32; no per-pixel Python.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -208,11 +209,13 @@ class SliceGrid:
     Y: np.ndarray
     theta: np.ndarray  # float32 [H, W]
     u: np.ndarray  # float32 [H, W] radius / outline(theta)
-    flat: np.ndarray  # intp [H, W] index into a [n_theta, n_u] table
     theta_centers: np.ndarray  # float32 [n_theta]
     outline: np.ndarray  # float32 [n_theta] skin radius at the widest level
     radius_table: np.ndarray  # float32 [n_theta, n_u] radius (mm) of each table cell
     du: float
+    head: tuple[slice, slice]  # rows and columns that can hold anything but air (see :func:`head_box`)
+    head_flat: np.ndarray  # intp [head rows, head columns]: each pixel's cell in a [n_theta, n_u] table
+    stencils: dict[Blob, BlobStencil | None] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_theta(self) -> int:
@@ -247,10 +250,10 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     xi = axis[None, :] - np.float32(center[0])
     yi = axis[:, None] - np.float32(center[1])
     c, s = np.float32(math.cos(yaw)), np.float32(math.sin(yaw))
-    X = (c * xi + s * yi).astype(np.float32)
-    Y = (-s * xi + c * yi).astype(np.float32)
-    theta = np.arctan2(X, -Y).astype(np.float32)
-    radius = np.hypot(X, Y).astype(np.float32)
+    X = c * xi + s * yi  # float32 throughout: no copies to convert
+    Y = -s * xi + c * yi
+    theta = np.arctan2(X, -Y)
+    radius = np.hypot(X, Y)
 
     outline_max = float(anatomy.outline(np.linspace(-math.pi, math.pi, 720, dtype=np.float32)).max())
     n_theta = int(np.clip(math.ceil(2 * math.pi * outline_max / (1.5 * pixel)), 256, 2048))
@@ -260,13 +263,30 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     outline = anatomy.outline(theta_centers)
 
     t_idx = np.floor((theta + np.float32(math.pi)) * np.float32(n_theta / (2 * math.pi))).astype(np.intp)
-    t_idx %= n_theta
+    t_idx[t_idx >= n_theta] -= n_theta  # the angle pi itself lands one past the end: wrap it (a modulo, cheaper)
     u = radius / outline[t_idx]
-    u_idx = np.minimum((u * np.float32(1.0 / du)).astype(np.intp), n_u - 1)
-    flat = t_idx * n_u + u_idx
+    head = head_box(u, du)
+    # table cell of each pixel in the head box (beyond it all is air)
+    u_idx = np.minimum((u[head] * np.float32(1.0 / du)).astype(np.intp), n_u - 1)
+    head_flat = t_idx[head] * n_u + u_idx
     u_centers = (np.arange(n_u, dtype=np.float32) + 0.5) * np.float32(du)
-    radius_table = (outline[:, None] * u_centers[None, :]).astype(np.float32)
-    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u.astype(np.float32), flat, theta_centers, outline, radius_table, du)
+    radius_table = outline[:, None] * u_centers[None, :]
+    return SliceGrid(size, pixel, center, yaw, X, Y, theta, u, theta_centers, outline, radius_table, du, head, head_flat)
+
+
+def head_box(u: np.ndarray, du: float) -> tuple[slice, slice]:
+    """Pixel rows and columns that can hold anything but air, with a 2-pixel margin.
+
+    Outside it every pixel lies beyond the widest skin outline (``u`` > 1 + 3 table
+    cells), where the shell is air and no structure is drawn.
+    """
+    size = u.shape[0]
+    inside = u < np.float32(1.0 + 3.0 * du)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return slice(0, size), slice(0, u.shape[1])
+    return (slice(max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)),
+            slice(max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, u.shape[1])))
 
 
 @dataclass
@@ -286,8 +306,13 @@ def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: Shell
                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Tissue labels (uint8 [H, W], into ``out`` if given) at height z, and the shell lesions' bits (or None)."""
     labels_table, bits_table = _shell_table(anatomy, grid, z, shell)
-    labels = labels_table.ravel().take(grid.flat, out=out)
-    bits = bits_table.ravel().take(grid.flat) if bits_table is not None else None
+    labels = np.empty((grid.size, grid.size), dtype=np.uint8) if out is None else out
+    labels.fill(AIR)  # beyond the head box the shell is air: the table is read only inside it
+    labels[grid.head] = labels_table.ravel().take(grid.head_flat, mode="clip")  # "clip": unbuffered, indices valid
+    bits = None
+    if bits_table is not None:
+        bits = np.zeros((grid.size, grid.size), dtype=np.uint8)
+        bits[grid.head] = bits_table.ravel().take(grid.head_flat, mode="clip")
     gates: dict[tuple[int, ...], np.ndarray] = {}
     for blob in anatomy.blobs:
         if abs(z - blob.center[2]) < blob.axes[2]:
@@ -297,7 +322,7 @@ def render_anatomy(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: Shell
 
 def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates: dict | None = None) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Draw ``blob``'s section at height z into ``labels``; returns (box, painted mask) or None."""
-    found = blob_section_mask(blob, z, grid)
+    found = _blob_section(blob, z, grid)
     if found is None:
         return None
     box, inside, q = found
@@ -310,7 +335,7 @@ def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates:
         dy = grid.Y[box] - np.float32(blob.center[1] - 0.8 * blob.axes[1])
         arcs = np.cos(np.hypot(grid.X[box], dy) * np.float32(2 * math.pi / period))
         sub[inside] = blob.label
-        sub[inside & (arcs > 0.8) & (q > 0.15)] = WHITE
+        sub[inside & (arcs > 0.8) & (q() > 0.15)] = WHITE
         return box, inside
     if blob.texture == "cells":
         # air cells (ethmoid, mastoid): thin bony septa on a ~4 mm lattice
@@ -319,8 +344,38 @@ def paint_blob(blob: Blob, z: float, grid: SliceGrid, labels: np.ndarray, gates:
         sub[inside] = blob.label
         sub[inside & septa] = BONE
         return box, inside
-    sub[inside] = blob.label
+    np.copyto(sub, np.uint8(blob.label), where=inside)
     return box, inside
+
+
+@dataclass(frozen=True)
+class BlobStencil:
+    """An upright blob's widest section on one grid: its box and each pixel's ``q`` there.
+
+    Every section of a superellipsoid without slope is its widest one scaled by
+    ``s = (1 - |dz|**p)**(1/p)`` about the same centre, so at height z a pixel
+    is inside where ``q0 < s**p = 1 - |dz|**p``: one comparison per slice
+    instead of recomputing the rotated, normalised coordinates.
+    """
+
+    box: tuple[slice, slice]
+    q0: np.ndarray  # float32: normalised superellipse radius (to the power p) in the widest section
+
+
+def _blob_section(blob: Blob, z: float, grid: SliceGrid) -> tuple[tuple[slice, slice], np.ndarray, Callable[[], np.ndarray]] | None:
+    """(box, inside mask, q) of a blob's section at height z; ``q()`` computes the normalised radius²."""
+    if blob.slope != (0.0, 0.0):  # the centre moves with z: sections are not nested
+        found = blob_section_mask(blob, z, grid)
+        return None if found is None else (found[0], found[1], lambda: found[2])
+    if blob not in grid.stencils:
+        widest = blob_section_mask(blob, blob.center[2], grid)
+        grid.stencils[blob] = None if widest is None else BlobStencil(widest[0], widest[2])
+    stencil = grid.stencils[blob]
+    dz = abs(z - blob.center[2]) / blob.axes[2]
+    if stencil is None or dz >= 1.0:
+        return None
+    limit = np.float32(1.0 - dz**blob.power)
+    return stencil.box, stencil.q0 < limit, lambda: stencil.q0 / limit
 
 
 def blob_section_mask(blob: Blob, z: float, grid: SliceGrid) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
@@ -378,6 +433,49 @@ def _beyond_skin(grid: SliceGrid, outermost: np.ndarray, lo: int) -> int:
     return max(end, lo + 1)
 
 
+def _cells_below(radius: np.ndarray, bounds: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Per row and bound, how many cells of ``radius`` [n, W] lie below ``bounds`` [n, B]: exact.
+
+    Rows of ``radius`` never decrease, so the count is where the bound falls in its
+    row; ``guess`` (intp [n, B]) is an estimate from the table's spacing that is
+    stepped until the cells on either side confirm it (usually no step at all).
+    """
+    n, width = radius.shape
+    count = np.clip(guess, 0, width)
+    if width == 0:
+        return count
+    rows = np.arange(n)[:, None]
+    while True:
+        over = (count > 0) & (radius[rows, np.maximum(count - 1, 0)] >= bounds)
+        under = (count < width) & (radius[rows, np.minimum(count, width - 1)] < bounds)
+        if not (over.any() or under.any()):
+            return count
+        count = count - over + under
+
+
+_RUN_CODES = np.arange(6, -1, -1, dtype=np.uint8)
+
+
+def _layer_codes(below: np.ndarray, width: int) -> np.ndarray:
+    """uint8 [n, width]: per cell, how many of the 6 nested surfaces it lies inside.
+
+    ``below`` [n, 6] counts the cells inside each surface; sorted per row, they
+    cut the row into runs of 6, 5, ... 0 (the same as summing six comparisons
+    per cell, in one ``np.repeat`` instead of twelve passes over the table).
+    """
+    n = below.shape[0]
+    edges = below[:, ::-1]  # nested surfaces, outermost first: already ascending, bar odd corners
+    steps = edges[:, 1:] - edges[:, :-1]
+    if (steps < 0).any():
+        edges = np.sort(below, axis=1)
+        steps = edges[:, 1:] - edges[:, :-1]
+    runs = np.empty((n, 7), dtype=np.intp)
+    runs[:, 0] = edges[:, 0]
+    runs[:, 1:6] = steps
+    runs[:, 6] = width - edges[:, 5]
+    return np.repeat(np.tile(_RUN_CODES, n), runs.ravel()).reshape(n, width)
+
+
 def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLesions | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels of the polar table at height z (and shell lesion bits), vectorised over cells."""
     theta, outline = grid.theta_centers, grid.outline
@@ -394,21 +492,21 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     lesion_thickness = [(bit, h.astype(np.float32)) for bit, h in (shell.extra_axial if shell else [])]
     pushed = sum((h for _, h in lesion_thickness), np.zeros_like(theta))
     d_brain = d_inner + pushed + np.float32(a.csf)
-    boundaries = [surface(np.float32(0.0)), surface(d_bone), surface(d_diploe), surface(d_diploe_end), surface(d_inner), surface(d_brain)]
+    # skin, outer table, diploë, inner table, dura, brain: the six nested surfaces [6, n_theta], in one pass
+    boundaries = surface(np.stack([np.zeros_like(theta), d_bone, d_diploe, d_diploe_end, d_inner, d_brain]))
     b_brain = boundaries[-1]
     b_inner = boundaries[4]
 
     deepest = a.sulcus_depth + a.cortex + 3.0
     u_lo = float(np.min((b_brain - deepest) / outline))
     lo = int(np.clip(math.floor(u_lo / grid.du), 0, grid.n_u - 1))
-    end = _beyond_skin(grid, np.maximum.reduce(boundaries), lo)
+    end = _beyond_skin(grid, boundaries.max(axis=0), lo)
     radius = grid.radius_table[:, lo:end]
 
-    code = np.zeros(radius.shape, dtype=np.uint8)
+    bounds = boundaries.T
+    guess = np.ceil(bounds / (outline[:, None] * np.float32(grid.du)) - np.float32(0.5)).astype(np.intp) - lo
+    code = _layer_codes(_cells_below(radius, bounds, guess), radius.shape[1])
     flag = np.empty(radius.shape, dtype=bool)
-    for boundary in boundaries:
-        np.less(radius, boundary[:, None], out=flag)
-        code += flag.view(np.uint8)
 
     # in-plane depth under the brain surface, corrected for the oblique cut near the vertex
     mean_radius = float(np.mean(b_brain))
@@ -423,7 +521,8 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     cells = radius[:, :hi]
     distance, sulcus_depth, lean = a.sulci(theta, z, np.maximum(b_brain, 1.0))
     depth = np.subtract(b_brain[:, None], cells)
-    depth *= np.float32(obliquity)
+    if obliquity != 1.0:
+        depth *= np.float32(obliquity)
     # distance to the nearest CSF: the brain surface, or a sulcus that leans and narrows as it deepens
     across = lean[:, None] * depth
     np.subtract(distance[:, None], across, out=across)

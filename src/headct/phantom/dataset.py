@@ -26,7 +26,7 @@ from headct import __version__
 from headct.atomic import write_text
 from headct.io.privacy import short_hash
 from headct.labels import HEMORRHAGE_TYPES, LESION_BITS, PHANTOM_MARKER
-from headct.phantom.generator import PhantomStudy, default_slices, generate_study
+from headct.phantom.generator import PhantomStudy, StudyBuffers, default_slices, generate_study
 from headct.phantom.writers import (
     RESCALES,
     RSNA_LABELS,
@@ -40,8 +40,8 @@ from headct.phantom.writers import (
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "1"
-"""Bumped whenever the same seed would render different images."""
+PHANTOM_VERSION = "2"
+"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated)."""
 
 LAYOUTS = ("rsna", "png-folders")
 STROKE_CLASSES = ("non-stroke", "hemorrhagic", "ischemic")
@@ -157,12 +157,15 @@ def write_phantom(config: PhantomConfig) -> dict:
     total_slices = 0
     with _StudyPool(config.workers) as pool:
         written = pool.map(_write_study, [(config, plan, slices) for plan in plans])
-        for study in tqdm(written, total=len(plans), desc="phantom", unit="study", disable=None):
-            total_slices += study.slices
-            for name, count in study.slice_counts.items():
-                slice_counts[name] += count
-            csv_rows += study.csv_rows
-            records.append(study.record)
+        try:
+            for study in tqdm(written, total=len(plans), desc="phantom", unit="study", disable=None):
+                total_slices += study.slices
+                for name, count in study.slice_counts.items():
+                    slice_counts[name] += count
+                csv_rows += study.csv_rows
+                records.append(study.record)
+        finally:
+            _RENDER_BUFFERS.release()  # with one worker the studies were rendered here: free ~1.5 MB per slice
 
     if config.layout == "rsna":
         write_rsna_labels(out / "labels.csv", csv_rows)
@@ -198,6 +201,11 @@ class _WrittenStudy:
     record: dict
 
 
+_RENDER_BUFFERS = StudyBuffers()
+"""This process's study arrays: each study is written out before the next is rendered into them
+(pool workers keep theirs until they exit; :func:`write_phantom` releases its own at the end)."""
+
+
 def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:
     """Render one study and write its files (a top-level function, so a process pool can run it)."""
     from pydicom.uid import generate_uid
@@ -205,7 +213,8 @@ def _write_study(args: tuple[PhantomConfig, StudyPlan, int]) -> _WrittenStudy:
     config, plan, slices = args
     out = config.out
     study = generate_study(plan.seed(config), patient_seed=plan.patient_seed(config), size=config.size,
-                           slices=slices, difficulty=config.difficulty, lesions=plan.lesions, tilt=config.tilt)
+                           slices=slices, difficulty=config.difficulty, lesions=plan.lesions, tilt=config.tilt,
+                           buffers=_RENDER_BUFFERS)
     labels = study.slice_labels()
     n = study.num_slices
     counts = {name: int(labels[name].sum()) for name in [*LESION_BITS, "any"]}

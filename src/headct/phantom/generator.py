@@ -71,6 +71,29 @@ class PhantomStudy:
         return labels
 
 
+class StudyBuffers:
+    """Output arrays that :func:`generate_study` reuses from one study to the next.
+
+    A process rendering study after study (``headct phantom``) keeps one, so
+    each study is written into memory the previous one used: fresh arrays are
+    new pages the kernel must fault in and zero, ~0.3 ms per 512² slice here.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """The buffer ``name`` with this shape and type (contents undefined), made if needed."""
+        found = self._arrays.get(name)
+        if found is None or found.shape != shape or found.dtype != np.dtype(dtype):
+            found = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return found
+
+    def release(self) -> None:
+        """Let the arrays go (a study rendered into them must not be used after this)."""
+        self._arrays.clear()
+
+
 def default_slices(size: int) -> int:
     """Slices per study when not given: about RSNA's 5 mm spacing at 512, fewer for small images."""
     return int(np.clip(size // 12, 12, 40))
@@ -87,6 +110,7 @@ def generate_study(
     streaks: bool | None = None,
     noise: bool = True,
     tilt: float = 0.0,
+    buffers: StudyBuffers | None = None,
 ) -> PhantomStudy:
     """Render one study. Same arguments → identical arrays.
 
@@ -96,6 +120,8 @@ def generate_study(
     ``noise=False`` gives the noise-free, unblurred HU (for tests);
     ``tilt`` (degrees) renders the same head, lesions and noise on planes
     tilted as by a tilted gantry (see :func:`_render_tilted_slice`).
+    With ``buffers`` the study's arrays are theirs, overwritten by the next
+    study rendered with the same buffers.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -129,11 +155,12 @@ def generate_study(
     with_streaks = bool(rng.random() < 0.3) if streaks is None else bool(streaks)
     noise_seed = int(rng.integers(2**31))
 
-    hu = np.empty((n_slices, size, size), dtype=np.float32)
-    masks = np.zeros((n_slices, size, size), dtype=np.uint8)
-    tissue = np.empty((n_slices, size, size), dtype=np.uint8)
-    head = _head_box(grid)  # outside it is uniform air: nothing to blur
-    scratch = np.empty((head[0].stop - head[0].start, head[1].stop - head[1].start), dtype=np.float32)
+    buffers = buffers or StudyBuffers()
+    shape = (n_slices, size, size)
+    hu, tissue = buffers.array("hu", shape, np.float32), buffers.array("tissue", shape, np.uint8)
+    masks = buffers.array("masks", shape, np.uint8)
+    masks.fill(0)
+    head = grid.head  # outside it is uniform air: nothing to blur
     noise_rng = np.random.default_rng([noise_seed, 2])
     bank = _noise_bank(size, sd, noise_rng) if noise else None
     streaker = _Streaks(grid, anatomy, np.random.default_rng([noise_seed, 1])) if noise and with_streaks else None
@@ -144,7 +171,7 @@ def generate_study(
         else:
             _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
         if bank is not None:  # the scanner: point spread, skull-base streaks, correlated noise
-            _blur_slice(hu[k][head], scratch)
+            _blur_slice(hu[k][head])
             if streaker is not None:
                 streaker.add(hu[k], tissue[k], float(height))
             hu[k] += _noise_window(bank, size, noise_rng)
@@ -171,9 +198,10 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     _label_hu(labels, anatomy.hu, hu)
     if bits is not None:
         mask[...] = bits
+        box_bits, box_hu = bits[grid.head], hu[grid.head]  # shell lesions lie inside the head box
         for lesion in lesions:
             if lesion.kind in ("epidural", "subdural", "subarachnoid"):
-                hu[(bits & np.uint8(lesion.bit)) != 0] = lesion.hu
+                box_hu[(box_bits & np.uint8(lesion.bit)) != 0] = lesion.hu
     canvas = SliceCanvas(grid, z, labels, hu, mask)
     for lesion in sorted(lesions, key=lambda les: les.kind != "ischemic"):
         lesion.paint(canvas)
@@ -183,9 +211,7 @@ def _label_hu(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = table[labels]`` for uint8 labels: cv2.LUT does it ~6x faster than ndarray.take."""
     lut = np.zeros(256, dtype=np.float32)
     lut[:table.shape[0]] = table
-    result = cv2.LUT(labels, lut, dst=out)
-    if result is not out:  # cv2 writes into dst only when it has the right shape and type
-        out[...] = result
+    _written_into(cv2.LUT(labels, lut, dst=out), out)
 
 
 TILT_HEIGHT_STEP = 0.25
@@ -231,41 +257,33 @@ def _present_types(masks: np.ndarray) -> dict[str, bool]:
     return {name: bool(present & bit) for name, bit in LESION_BITS.items()}
 
 
-def _head_box(grid: SliceGrid) -> tuple[slice, slice]:
-    """Pixel rows and columns that can hold anything but air, with a 2-pixel margin."""
-    inside = grid.u < np.float32(1.0 + 3.0 * grid.du)
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    if rows.size == 0:
-        return slice(0, grid.size), slice(0, grid.size)
-    return (slice(max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, grid.size)),
-            slice(max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, grid.size)))
+_BINOMIAL = np.array([0.25, 0.5, 0.25], dtype=np.float32)
 
 
-def _blur_slice(image: np.ndarray, scratch: np.ndarray) -> None:
-    """In-place 3x3 binomial blur of one slice: the scanner's mild point spread.
+def _blur_slice(image: np.ndarray) -> None:
+    """In-place 3x3 binomial blur (1, 2, 1)/4 per axis of one slice: the scanner's mild point spread.
 
-    Hand-written because scipy.ndimage.gaussian_filter costs ~4x more per slice
-    and a (1, 2, 1)/4 kernel per axis is all we need; border pixels keep their
-    own value along the blurred axis.
+    cv2's separable filter writes into ``image`` (also a strided view) and is
+    ~6x faster than the numpy passes this was; edges replicate their pixels
+    (a slice's head box is framed by air, so its edges are uniform anyway).
     """
-    a, t = image, scratch
-    np.add(a[:-2], a[2:], out=t[1:-1])
-    t[1:-1] += a[1:-1]
-    t[1:-1] += a[1:-1]
-    t[0] = a[0] * np.float32(4.0)
-    t[-1] = a[-1] * np.float32(4.0)
-    np.add(t[:, :-2], t[:, 2:], out=a[:, 1:-1])
-    a[:, 1:-1] += t[:, 1:-1]
-    a[:, 1:-1] += t[:, 1:-1]
-    a[:, 0] = t[:, 0] * np.float32(4.0)
-    a[:, -1] = t[:, -1] * np.float32(4.0)
-    a *= np.float32(1.0 / 16.0)
+    _written_into(cv2.sepFilter2D(image, -1, _BINOMIAL, _BINOMIAL, dst=image, borderType=cv2.BORDER_REPLICATE), image)
+
+
+def _written_into(result: np.ndarray, out: np.ndarray) -> None:
+    """Make sure a cv2 call given ``dst=out`` left its result in ``out``.
+
+    cv2 writes into ``dst`` when its shape and type fit and returns a new array
+    object over the same memory; only if it allocated elsewhere is a copy needed.
+    """
+    if not np.may_share_memory(result, out):
+        out[...] = result
 
 
 def _noise_bank(size: int, sd: float, rng: np.random.Generator) -> np.ndarray:
     """One blurred noise field 1.5x the slice, scaled to ``sd``; slices take windows of it."""
     bank = rng.standard_normal((size + size // 2, size + size // 2), dtype=np.float32)
-    _blur_slice(bank, np.empty_like(bank))
+    _blur_slice(bank)
     bank *= np.float32(sd / max(float(bank.std()), 1e-6))
     return bank
 
@@ -289,17 +307,18 @@ class _Streaks:
         self.top = -12.0 * anatomy.scale
         self.t_idx: np.ndarray | None = None
         self.band: np.ndarray | None = None
-        self.brain = np.zeros(256, dtype=bool)
-        self.brain[list(BRAIN)] = True
+        self.brain = np.zeros(256, dtype=np.uint8)  # a cv2.LUT table: 1 on brain labels
+        self.brain[list(BRAIN)] = 1
 
     def add(self, image: np.ndarray, tissue: np.ndarray, z: float) -> None:
         if z >= self.top:
             return
         grid, s = self.grid, self.anatomy.scale
+        head = grid.head  # brain lies inside the head box: the streaks are computed there only
         if self.t_idx is None:
-            self.t_idx = grid.flat // grid.n_u
-            self.band = (np.exp(-(((grid.Y - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
-                         * (np.abs(grid.X) < 40 * s)).astype(np.float32)
+            self.t_idx = grid.head_flat // grid.n_u
+            self.band = (np.exp(-(((grid.Y[head] - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
+                         * (np.abs(grid.X[head]) < 40 * s)).astype(np.float32)
         strength = float(np.clip((self.top - z) / (15.0 * s), 0.2, 1.0))
         theta = grid.theta_centers
         lut = np.zeros_like(theta)
@@ -307,6 +326,8 @@ class _Streaks:
                                self.rng.choice([-1.0, 1.0], size=6) * self.rng.uniform(6, 14, size=6), strict=True):
             d = (theta - np.float32(center) + np.float32(math.pi)) % np.float32(2 * math.pi) - np.float32(math.pi)
             lut += np.float32(amp) * np.exp(-((d / np.float32(0.012)) ** 2))
-        inside = self.brain[tissue]
+        inside = cv2.LUT(tissue[head], self.brain).view(bool)
         streak = lut.take(self.t_idx) - np.float32(12.0) * self.band
-        image[inside] += np.float32(strength) * streak[inside]
+        streak *= np.float32(strength)
+        box = image[head]
+        np.add(box, streak, out=box, where=inside)

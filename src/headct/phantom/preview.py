@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from headct.labels import LESION_BITS
 from headct.phantom.generator import generate_study
@@ -60,6 +59,9 @@ def _row(kind: str, seed: int, size: int, columns: int, difficulty: float) -> np
 
 
 def _tile(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    # imported here: scipy costs ~0.2 s to import, which headct phantom without --preview skips
+    from scipy import ndimage
+
     grey = brain_window_png(hu)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     for name, bit in LESION_BITS.items():

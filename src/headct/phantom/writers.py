@@ -8,6 +8,7 @@ never leaves a half-written file that loads.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from headct import atomic
 from headct.labels import RSNA_LABELS
 
 if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement, RawDataElement
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filebase import DicomBytesIO
 
@@ -38,17 +41,21 @@ class Rescale:
     slope: float
 
     def encode(self, hu: np.ndarray) -> np.ndarray:
-        """HU → stored integers (rounded, clipped to what the bits can hold)."""
-        stored = np.subtract(hu, np.float32(self.intercept), dtype=np.float32)  # one float32 buffer, in place
-        if self.slope != 1.0:  # dividing by 1 changes nothing: skip the pass
-            stored /= np.float32(self.slope)
-        np.rint(stored, out=stored)
-        if self.signed:
-            low, high, dtype = -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1, np.int16
-        else:
-            low, high, dtype = 0, 2**self.bits_stored - 1, np.uint16
-        np.clip(stored, low, high, out=stored)
-        return stored.astype(dtype)
+        """HU slice [H, W] → stored integers (rounded half to even, clipped to what the bits can hold).
+
+        One cv2 pass (``hu / slope - intercept / slope``, rounded and saturated to
+        int16/uint16) instead of numpy's four (subtract, rint, clip, cast).
+        """
+        scale, offset = 1.0 / self.slope, -self.intercept / self.slope
+        depth = cv2.CV_16S if self.signed else cv2.CV_16U
+        stored = cv2.addWeighted(hu, scale, hu, 0.0, offset, dtype=depth)
+        if self.bits_stored < 16:
+            if self.signed:
+                low, high = -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1
+            else:
+                low, high = 0, 2**self.bits_stored - 1
+            np.clip(stored, stored.dtype.type(low), stored.dtype.type(high), out=stored)
+        return stored
 
 
 RESCALES: tuple[Rescale, ...] = (
@@ -86,21 +93,28 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
 
     Every file is what ``Dataset.save_as(enforce_file_format=True)`` writes
     for the series header plus that slice's elements (tests/test_phantom.py
-    checks the bytes), but the ~50 header elements all slices share are
-    encoded by pydicom once per series (:class:`_SeriesEncoder`) instead of
-    once per slice, which was most of the phantom's writing time.
+    checks the bytes), but the ~50 header elements all slices share, and the
+    file meta group bar its SOP instance UID, are encoded by pydicom once per
+    series (:class:`_SeriesEncoder`) instead of once per slice, and the pixels
+    go from the array to the file without copies.
     """
     folder.mkdir(parents=True, exist_ok=True)
     n, rows, cols = hu.shape
-    encoder = _SeriesEncoder(_series_header(info, rows, cols), _slice_elements(info, 0, n, rows, cols, b""))
+    encoder = _SeriesEncoder(_series_header(info, rows, cols), _file_meta(info.sop_uids[0]),
+                             _slice_elements(info, 0, n, rows, cols, b""))
     paths = []
     for k in range(n):
-        pixels = info.rescale.encode(hu[k]).tobytes()
-        data = encoder.encode(_file_meta(info.sop_uids[k]), _slice_elements(info, k, n, rows, cols, pixels))
+        chunks = encoder.encode(info.sop_uids[k], _slice_elements(info, k, n, rows, cols, b""),
+                                info.rescale.encode(hu[k]))
         path = folder / f"{info.sop_uids[k]}.dcm"
-        _atomic(path, lambda tmp, data=data: tmp.write_bytes(data))
+        _atomic(path, lambda tmp, chunks=chunks: _write_chunks(tmp, chunks))
         paths.append(path)
     return paths
+
+
+def _write_chunks(path: Path, chunks: Sequence[bytes | memoryview]) -> None:
+    with open(path, "wb") as handle:
+        handle.writelines(chunks)
 
 
 def _file_meta(sop_uid: str) -> FileMetaDataset:
@@ -196,47 +210,96 @@ def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixe
 class _SeriesEncoder:
     """Explicit VR little-endian files from a series header encoded once and per-slice elements.
 
-    pydicom encodes everything; only the joining is ours: a file is the
-    preamble, the file meta group, then the data set's elements in tag order,
-    so the header's elements are pre-encoded in runs that fall between the
-    per-slice tags, and each slice's elements are encoded into the gaps.
+    pydicom encodes every element; only the joining is ours: a file is the
+    preamble, the file meta group (its length first), then the data set's
+    elements in tag order. The elements shared by every file (the meta group's
+    bar its length and SOP instance UID, the header's) are pre-encoded in runs
+    that fall between the per-file tags, and each file's own elements are
+    encoded into the gaps. Pixel Data is written from the array itself.
     """
 
-    def __init__(self, header: Dataset, slice_example: Dataset) -> None:
-        from pydicom.filewriter import write_dataset
+    def __init__(self, header: Dataset, meta: FileMetaDataset, slice_example: Dataset) -> None:
+        from pydicom.dataset import validate_file_meta
 
         overlap = set(header.keys()) & set(slice_example.keys())
         if overlap:
             raise ValueError(f"header and slice elements overlap: {sorted(overlap)}")
+        if max(slice_example.keys(), default=None) != _PIXEL_DATA:
+            raise ValueError("Pixel Data must be the last of the slice elements")
         self.encoding = header.get("SpecificCharacterSet", "ISO_IR 100")
+        meta = copy.deepcopy(meta)
+        validate_file_meta(meta, enforce_standard=True)  # what save_as adds: version, implementation
+        self.meta_runs = _runs(meta, [_MEDIA_SOP_INSTANCE], self.encoding, skip=frozenset({_GROUP_LENGTH}))
         self.slice_tags = sorted(slice_example.keys())
-        bounds = [*self.slice_tags, None]
-        self.runs: list[bytes] = []  # header elements before slice tag i (the last: after every slice tag)
-        header_tags = sorted(header.keys())
-        for i, bound in enumerate(bounds):
-            low = self.slice_tags[i - 1] if i else None
-            run = header.__class__()
-            for tag in header_tags:
-                if (low is None or tag > low) and (bound is None or tag < bound):
-                    run.add(header.get_item(tag))
-            buffer = _explicit_little_buffer()
-            write_dataset(buffer, run, self.encoding)
-            self.runs.append(buffer.getvalue())
+        self.runs = _runs(header, self.slice_tags, self.encoding)
+        self.pixel_header = _encoded(_data_element(_PIXEL_DATA, "OW", b""), self.encoding)[:-4]  # less its length
 
-    def encode(self, meta: FileMetaDataset, elements: Dataset) -> bytes:
-        """Bytes of one file: preamble, ``meta`` (a FileMetaDataset), then header and ``elements``."""
-        from pydicom.filewriter import write_data_element, write_file_meta_info
+    def encode(self, sop_uid: str, elements: Dataset, pixels: np.ndarray) -> list[bytes | memoryview]:
+        """One file as byte chunks: preamble, meta group for ``sop_uid``, header and ``elements``, ``pixels``.
+
+        ``elements`` holds this file's elements; its Pixel Data value is ignored for ``pixels``
+        (a contiguous little-endian array of 16-bit stored values).
+        """
+        from pydicom.filewriter import write_data_element
 
         if sorted(elements.keys()) != self.slice_tags:
             raise ValueError("slice elements differ from the series' first slice")
-        buffer = _explicit_little_buffer()
-        buffer.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buffer, meta, enforce_standard=True)
+        meta = _explicit_little_buffer()
+        meta.write(self.meta_runs[0])
+        write_data_element(meta, _data_element(_MEDIA_SOP_INSTANCE, "UI", sop_uid), self.encoding)
+        meta.write(self.meta_runs[1])
+        head = _explicit_little_buffer()
+        head.write(b"\x00" * 128 + b"DICM")
+        write_data_element(head, _data_element(_GROUP_LENGTH, "UL", meta.tell()), self.encoding)
+        head.write(meta.getvalue())
         for run, tag in zip(self.runs, self.slice_tags, strict=False):
-            buffer.write(run)
-            write_data_element(buffer, elements.get_item(tag), self.encoding)
-        buffer.write(self.runs[-1])
-        return buffer.getvalue()
+            head.write(run)
+            if tag != _PIXEL_DATA:
+                write_data_element(head, elements.get_item(tag), self.encoding)
+        data = memoryview(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))).cast("B")
+        # the 4-byte length that pydicom writes after tag and VR (a pixel array has an even byte count)
+        head.write(self.pixel_header + len(data).to_bytes(4, "little"))
+        return [head.getvalue(), data, self.runs[-1]]  # the last run: header elements after Pixel Data
+
+
+_GROUP_LENGTH, _MEDIA_SOP_INSTANCE, _PIXEL_DATA = 0x00020000, 0x00020003, 0x7FE00010
+
+
+def _runs(template: Dataset, own_tags: Sequence[int], encoding: str, skip: frozenset[int] = frozenset()) -> list[bytes]:
+    """``template``'s encoded elements split around ``own_tags``: run i holds those before own tag i.
+
+    The last run holds those after every own tag; tags in ``skip`` are left out.
+    """
+    from pydicom.filewriter import write_dataset
+
+    bounds = [*own_tags, None]
+    runs = []
+    tags = sorted(tag for tag in template.keys() if tag not in skip and tag not in own_tags)
+    for i, bound in enumerate(bounds):
+        low = own_tags[i - 1] if i else None
+        run = template.__class__()
+        for tag in tags:
+            if (low is None or tag > low) and (bound is None or tag < bound):
+                run.add(template.get_item(tag))
+        buffer = _explicit_little_buffer()
+        write_dataset(buffer, run, encoding)
+        runs.append(buffer.getvalue())
+    return runs
+
+
+def _data_element(tag: int, vr: str, value: object) -> DataElement:
+    from pydicom.dataelem import DataElement
+
+    return DataElement(tag, vr, value)
+
+
+def _encoded(element: DataElement | RawDataElement, encoding: str) -> bytes:
+    """One element as pydicom writes it (explicit VR little endian)."""
+    from pydicom.filewriter import write_data_element
+
+    buffer = _explicit_little_buffer()
+    write_data_element(buffer, element, encoding)
+    return buffer.getvalue()
 
 
 def _explicit_little_buffer() -> DicomBytesIO:
@@ -256,10 +319,12 @@ def brain_window_png(hu: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """An 8-bit grey (or RGB) PNG, atomically."""
-    from PIL import Image
-
-    _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    """An 8-bit grey (or RGB) PNG, atomically; cv2's encoder (~5x faster than PIL's at 512²)."""
+    pixels = image if image.ndim == 2 else np.ascontiguousarray(image[..., ::-1])  # cv2 takes BGR
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"cv2 could not encode a {image.shape} {image.dtype} image as PNG")
+    _atomic(path, lambda tmp: tmp.write_bytes(encoded))
 
 
 MASK_ZLIB_LEVEL = 1
@@ -271,18 +336,25 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
 
     Written by hand rather than with ``np.savez_compressed``, which stamps the
     current time into each zip entry; a fixed stamp keeps outputs byte-identical.
+    Each array streams into its zip entry after its .npy header (what
+    ``np.save`` writes), without the two whole-array copies ``np.save`` into a
+    buffer would make (~10 MB per study at 512²).
     """
     arrays = {"uids": np.asarray(list(uids), dtype=str), "masks": np.ascontiguousarray(masks, dtype=np.uint8)}
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, array, allow_pickle=False)
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
                 entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 entry.compress_type = zipfile.ZIP_DEFLATED
+                entry._compresslevel = MASK_ZLIB_LEVEL  # what writestr(compresslevel=) sets; open() takes none
                 entry.external_attr = 0o644 << 16
-                archive.writestr(entry, buffer.getbuffer(), compresslevel=MASK_ZLIB_LEVEL)
+                entry.file_size = header.tell() + array.nbytes
+                with archive.open(entry, "w") as stream:
+                    stream.write(header.getbuffer())
+                    stream.write(memoryview(array).cast("B"))
 
     _atomic(path, write)
 
