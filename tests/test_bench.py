@@ -273,3 +273,13 @@ def test_series_level_models_pass_through_the_fast_path() -> None:
     assert out.series_logits is not None and out.slice_logits.shape == (5, 2)
     torch.testing.assert_close(out.series_logits, reference.series_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.slice_logits, reference.slice_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_synthetic_input_has_a_plane_per_8bit_image_of_each_slice() -> None:
+    from headct.bench import BenchConfig, synthetic_input
+    from headct.models import build_model
+
+    spec = build_model("effnet-2.5d", 2, input_kind="uint8", image_channels=2, context=1).spec
+    x = synthetic_input(spec, BenchConfig(img_size=16), 3, torch.device("cpu"))
+    assert x.shape == (3, 6, 16, 16)  # 3 slices x (brain, bone)
+    assert 0 <= x.min() and x.max() <= 255  # 8-bit grey, not HU

@@ -65,6 +65,7 @@ def test_health_model_and_openapi(predictor: Predictor) -> None:
     assert info["name"] == "mobilenetv2" and info["labels"] == LABELS
     assert info["thresholds"] == {"intraparenchymal": 0.5, "any": 0.4}
     assert info["windows"] == ["brain", "subdural", "bone"] and info["size"] == 32
+    assert info["image_channels"] == 1 and info["input_windows"] is None  # a HU model: no 8-bit windows
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body

@@ -293,7 +293,7 @@ def synthetic_input(spec: Any, config: BenchConfig, batch_size: int, device: tor
     HU models get int16-range HU cast to float (what ``series_logits`` hands a
     model); 8-bit models get 0..255 grey.
     """
-    depth = config.series_slices if spec.level == "series" else 2 * spec.context + 1
+    depth = config.series_slices if spec.level == "series" else spec.planes  # slices x 8-bit images per slice
     shape = (batch_size, depth, config.img_size, config.img_size)
     low, high = (-1024, 1500) if spec.input_kind == "hu" else (0, 256)
     generator = torch.Generator().manual_seed(0)

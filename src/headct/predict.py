@@ -208,6 +208,8 @@ class Predictor:
             "windows": info.windows,
             "size": info.size,
             "context": info.context,
+            "image_channels": info.image_channels,  # 8-bit models: images per slice, made by input_windows
+            "input_windows": self.config.input_windows,
             "level": self.config.model.level,
             "runtime": self.runtime,
         }
