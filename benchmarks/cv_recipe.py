@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from headct.bench import environment
+from headct.bench import environment, write_json
 
 log = logging.getLogger("cv_recipe")
 
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             flags = ROWS[name]
         result["rows"].append(run_row(name, flags, cache, work, args))
-        _write_json(json_path, result)
-    _write_json(json_path, result)
+        write_json(result, json_path)
+    write_json(result, json_path)
     print(markdown_table(result))
     print(f"wrote {json_path}")
     return 0
@@ -238,11 +238,6 @@ def _num(value: Any) -> float:
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
-
-
-def _write_json(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import pydicom
 import torch
 from synthetic_ct import pin_to_one_core, write_random_ct
 
-from headct.bench import cpu_name
+from headct.bench import cpu_name, write_json
 from headct.data.prepare import PrepareConfig, prepare
 
 TARGET = 800.0
@@ -102,10 +102,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(result, out)
     print(json.dumps(result, indent=2))
     print(f"written to {out}")
 

@@ -26,7 +26,6 @@ may be shared).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 import headct
+from headct.bench import write_json
 from headct.checkpoint import save_checkpoint
 from headct.dicom_out import MAX_OVERLAYS_PER_LABEL
 from headct.listen import Destination, Node
@@ -117,8 +117,7 @@ def main() -> None:
         "torch": torch.__version__,
         "headct": headct.__version__,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, args.json)
     print(f"wrote {args.json}")
 
 

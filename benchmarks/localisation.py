@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 import headct
-from headct.bench import environment
+from headct.bench import environment, write_json
 from headct.checkpoint import load_checkpoint
 from headct.data.cache import Cache
 from headct.demo import DemoSettings, headline, run_demo
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="headct-localisation-") as tmp:
         work = Path(args.work or tmp)
         report = _trained(work, settings, earlier, args.limit)
-        _write(report, out)
+        write_json(report, out)
         model, config = load_checkpoint(work / "run" / "best")
         model = model.float().cpu().eval()  # maps: plain fp32 eager
         grid = model.spec.target_grid
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         report["best"] = best_rows(own, 1)[0] if own else None
         if args.gallery and report["best"]:
             _draw_best(model, config.labels or [], cache, report["best"], work, Path(args.gallery))
-    _write(report, out)
+    write_json(report, out)
     print(markdown(report))
     print(f"written to {out}")
 
@@ -160,7 +159,7 @@ def _trained(work: Path, settings: DemoSettings, earlier: dict[str, Any], limit:
         started = time.perf_counter()
         summary = run_demo(work, settings)["summary"]
         trained_s = round(time.perf_counter() - started, 1)
-        _write({"train_and_evaluate_s": trained_s}, timing)
+        write_json({"train_and_evaluate_s": trained_s}, timing)
         earlier = {}  # a new run: earlier scores were of another model
     return {"benchmark": "localisation",
             "what": "class-activation maps against phantom lesion masks, test split, pooled over lesion types",
@@ -192,7 +191,7 @@ def _score_once(report: dict[str, Any], model: torch.nn.Module, labels: list[str
                   f"pointing {pooled['pointing_game']:.3f} (random {pooled['random_pointing_game']:.3f}) "
                   f"energy {pooled['energy_share']:.3f} (random {pooled['random_energy_share']:.3f})", flush=True)
     print(f"{len(methods)} methods on {'+'.join(layers)} ({placement}) in {seconds} s", flush=True)
-    _write(report, out)
+    write_json(report, out)
 
 
 RANDOM_BASELINE: dict[tuple[str, bool], dict[str, float]] = {}
@@ -278,13 +277,6 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _fmt(pooled: dict[str, Any], key: str) -> str:
     return f"{pooled[key]:.3f}" if key in pooled else "-"
-
-
-def _write(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, out)
 
 
 if __name__ == "__main__":

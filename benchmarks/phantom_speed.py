@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from synthetic_ct import pin_to_one_core
 
+from headct.bench import write_json
 from headct.phantom import (
     RESCALES,
     PhantomConfig,
@@ -98,10 +99,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp_out, out)
+    write_json(result, out)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -23,7 +22,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from synthetic_ct import pin_to_one_core, write_random_ct
 
-from headct.bench import cpu_name
+from headct.bench import cpu_name, write_json
 from headct.io.dicom import read_slice
 
 
@@ -53,10 +52,7 @@ def main() -> None:
             "numpy": np.__version__,
         }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(result, out)
     print(json.dumps(result, indent=2))
     print(f"written to {out}")
 

@@ -16,7 +16,6 @@ sent to its answer read. Reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -44,6 +43,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serve_concurrency.json"))
     args = parser.parse_args()
 
+    from headct.bench import write_json
     from headct.checkpoint import save_checkpoint
     from headct.export import onnx_for_checkpoint
     from headct.models import build_model
@@ -72,8 +72,7 @@ def main() -> None:
                     "note": "shared build machine: other jobs ran at the same time (see load averages)"},
     }
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, out)
     for name, r in results.items():
         print(f"{name}: p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s, all done in {r['wall_s']:.1f} s, "
               f"{r['ok']}/{r['requests']} answered 200")
