@@ -2,8 +2,9 @@
 
 A series is ``[S, H, W]`` raw values (int16 HU or uint8) already at the model's
 input size, or ``[S, C, H, W]`` uint8 for models of C 8-bit images per slice.
-Slice-level models see each slice with its ``context`` neighbours on each side (the end slice repeats at the edges); series-level models see the
-whole series at once. Neighbour stacks are gathered on the device, so only the
+Slice-level models see each slice with its ``context`` neighbours on each side
+(the end slice repeats at the edges); series-level models see the whole series
+at once. Neighbour stacks are gathered on the device, so only the
 series itself crosses from host to device. :func:`predict_split` runs it over
 every series of one split of a cache (evaluation, and calibration after training).
 """
@@ -214,7 +215,7 @@ def prepare_for_inference(
     (logged), so the same call works everywhere. ``freeze`` (default: on for fp32
     on the CPU) runs slice-level forwards through a frozen TorchScript trace:
     BatchNorm folded into the convolutions and oneDNN's fused kernels, about half
-    eager's CPU time, outputs equal within 1e-6 (see :func:`frozen_trace`). The
+    eager's CPU time, outputs equal to eager's within float rounding (see :func:`frozen_trace`). The
     wrapper keeps ``spec``, ``forward`` and ``forward_series``, so
     ``series_logits`` takes it as is.
     """
@@ -231,7 +232,7 @@ def prepare_for_inference(
         log.info("CUDA graphs skipped on %s", device.type)
         cuda_graph_batch = None
     if freeze is None:
-        freeze = device.type == "cpu" and amp in (None, "fp32", "off", "none") and not compile_mode
+        freeze = device.type == "cpu" and amp is None and not compile_mode  # resolve_amp: None is fp32
     return InferenceModel(model, amp=amp, channels_last=channels_last, compile_mode=compile_mode,
                           cuda_graph_batch=cuda_graph_batch, freeze=freeze)
 
@@ -313,9 +314,9 @@ def frozen_trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMod
 
     Why TorchScript, which torch now marks deprecated: on the CPU it gives what
     ``torch.compile`` gives (BatchNorm folded, oneDNN fused convolutions: about
-    half eager's time on EfficientNet-B0) with a warm-up of about a second,
-    where inductor takes 30-60 s per process even with a warm cache, which is
-    longer than a whole study. The trace is made on 2 rows and checked against
+    half eager's time on EfficientNet-B0) with a warm-up of a few seconds (trace,
+    freeze and two profiling runs), where inductor takes 30-60 s per process
+    even with a warm cache, longer than a whole study. The trace is made on 2 rows and checked against
     the eager model on 3, so a batch size baked into the graph is caught; any
     failure or mismatch leaves the model eager (logged).
     """
