@@ -31,9 +31,11 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds for the whole comparison (see the module docstring)")
     parser.add_argument("--markdown-only", metavar="JSON",
                         help="only rewrite the markdown from this earlier result (e.g. after new target figures)")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help=f"generated sections of the page to rewrite, of {','.join(SECTIONS)}; the others stay")
     return parser
 
 
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.markdown_only:
-        write_markdown(json.loads(Path(args.markdown_only).read_text()), Path(args.markdown), Path(args.markdown_only))
+        write_markdown(json.loads(Path(args.markdown_only).read_text()), Path(args.markdown), Path(args.markdown_only),
+                       _sections(args.sections))
         print(f"wrote {args.markdown}")
         return 0
 
@@ -256,14 +261,61 @@ def compare(work: Path, best: str, other: str, bootstrap: int, seed: int,
     return {"file": str(out), "levels": summary}
 
 
-def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
-    """``docs/results.md``: the table, the p-values, and what the figures were measured on."""
+SECTIONS = ("seeds", "localisation", "performance", "gpu_run")
+DEFAULT_SECTIONS = ("seeds", "performance", "gpu_run")
+"""Localisation only when named: its section on the page also holds issue 13's hand-written method table."""
+
+
+def write_markdown(result: dict[str, Any], path: Path, json_path: Path,
+                   sections: Sequence[str] | None = None) -> None:
+    """Rewrite the generated sections of ``docs/results.md`` in place, keeping every other section.
+
+    ``sections`` (default: ``DEFAULT_SECTIONS``) names which to regenerate; a
+    seeds result cut short before measuring any model leaves the seeds section
+    as it was. Hand-written sections (and generated ones not named) stay where
+    and as they are; a generated section not on the page yet goes at its end.
+    """
+    wanted = list(sections or DEFAULT_SECTIONS)
+    generated: list[list[str]] = []
+    if "seeds" in wanted and result.get("models"):
+        generated.append(seeds_section(result, json_path))
+    if "localisation" in wanted:
+        generated.append(localisation_section())
+    if "performance" in wanted:
+        generated.append(performance_section())
+    if "gpu_run" in wanted:
+        generated.append(gpu_run_section())
+    old = path.read_text() if path.exists() else "# Results\n"
+    text = merge_sections(old, [lines for lines in generated if lines])
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def merge_sections(page: str, sections: list[list[str]]) -> str:
+    """``page`` with each ``## `` section of ``sections`` put in place of the one with the same heading
+    (else added at the end); everything else on the page unchanged."""
+    parts = re.split(r"(?m)^(?=## )", page)
+    head, old = parts[0], parts[1:]
+    headings = [part.splitlines()[0].strip() for part in old]
+    for lines in sections:
+        text = "\n".join(lines).rstrip("\n") + "\n\n"
+        heading = lines[0].strip()
+        if heading in headings:
+            old[headings.index(heading)] = text
+        else:
+            old.append(text)
+            headings.append(heading)
+    return (head + "".join(old)).rstrip("\n") + "\n"
+
+
+def seeds_section(result: dict[str, Any], json_path: Path) -> list[str]:
+    """The seeds' comparison: the table, the p-values, and what the figures were measured on."""
     env, budget, data = result["environment"], result["budget"], result["data"]
     split = data.get("split") or {}
     gpu = result["label"] == "gpu"
     lines = [
-        "# Results",
-        "",
         "## The seeds' comparison on phantoms",
         "",
         ("Measured on a GPU." if gpu else
@@ -319,13 +371,7 @@ def write_markdown(result: dict[str, Any], path: Path, json_path: Path) -> None:
             lines.append(f"| {other} | {level} | {s['n_items']} | {_fmt(s['auroc_diff'], 4)} | "
                          f"{_fmt(s['p_bootstrap'], 4)} | {_fmt(s['p_mcnemar'], 4)} |")
     lines += ["", f"Every figure, with per-model details: `{_relative(json_path)}`.", ""]
-    lines += localisation_section()
-    lines += performance_section()
-    lines += gpu_run_section()
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    return lines
 
 
 def localisation_section() -> list[str]:
@@ -337,7 +383,7 @@ def localisation_section() -> list[str]:
     settings, env, summary = data["settings"], data["environment"], data["classification"]
     default = data["scores"]["default"]
     lines = [
-        "## Does Grad-CAM point at the bleed? (issue 6)", "",
+        "## Does Grad-CAM point at the bleed? (issues 6 and 13)", "",
         f"`python benchmarks/localisation.py` ({data['date']}, {env['device_name']}, torch {env['torch']}): "
         f"{settings['studies']} phantom studies at {settings['phantom_size']} px (difficulty "
         f"{settings['difficulty']}), cached at {settings['cache_size']} px, {settings['model']} trained from scratch "
@@ -392,6 +438,8 @@ def performance_section() -> list[str]:
                   "| target | value | bar | met |", "|---|---|---|---|"]
         for target in data.get("targets", {}).values():
             bar = "reported" if target["target"] is None else f"{target['better']} {target['target']:g} {target['unit']}"
+            if target["unit"] == "bytes" and target["target"] is not None:
+                bar = f"{target['better']} {target['target'] / 2**20:.0f} MiB"
             met = {True: "yes", False: "no", None: "-"}[target["met"]]
             value = f"{_fmt(target['value'], 2)} {target['unit']}"
             if target["unit"] == "bytes" and target["value"] is not None:
@@ -438,22 +486,46 @@ def gpu_run_section() -> list[str]:
     for name, stage in summary.get("stages", {}).items():
         lines.append(f"| {name} | {stage.get('status')} | {stage.get('seconds', '-')} | {stage.get('budget_s')} |")
     lines += ["", *[f"- {line}" for line in summary.get("targets", [])], ""]
-    e2e_path = summary_path.with_name("end_to_end.json")
-    if e2e_path.exists():
-        e2e = json.loads(e2e_path.read_text())
-        lines += ["End to end (slices/s; steady: between the first and last output written):", "",
-                  "| input | stage | slices | seconds | slices/s | steady slices/s |", "|---|---|---|---|---|---|"]
-        for variant, stages in e2e.get("variants", {}).items():
-            for stage, figures in stages.items():
-                if isinstance(figures, dict):
-                    lines.append(f"| {variant} | {stage} | {figures.get('slices')} | {figures.get('seconds')} | "
-                                 f"{_fmt(figures.get('slices_per_s'), 1)} | "
-                                 f"{_fmt(figures.get('steady_slices_per_s'), 1)} |")
-        lines.append("")
+    for name, title in (("end_to_end.json", "End to end, in the run"),
+                        ("end_to_end_rerun.json", "End to end, rerun alone in a second device call "
+                         "(`benchmarks/end_to_end.py`, same sizes)")):
+        e2e_path = summary_path.with_name(name)
+        if e2e_path.exists():
+            lines += end_to_end_table(json.loads(e2e_path.read_text()), title)
     return lines
 
 
+def end_to_end_table(e2e: dict[str, Any], title: str) -> list[str]:
+    """One ``end_to_end.json`` as a table per input and stage, and its target line."""
+    settings = e2e.get("settings", {})
+    lines = [f"{title}: {settings.get('time_budget_s', 0):.0f} s budget; slices/s per stage (steady: between "
+             "the first and last output written; predict: the studies replicated "
+             f"{settings.get('predict_replicas', 1)}x, {settings.get('predict_processes', 1)} torchrun processes):",
+             "", "| input | stage | slices | seconds | finished | slices/s | steady slices/s |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, stages in e2e.get("variants", {}).items():
+        for stage, figures in stages.items():
+            if isinstance(figures, dict):
+                lines.append(f"| {variant} | {stage} | {figures.get('slices')} | {figures.get('seconds')} | "
+                             f"{'yes' if figures.get('finished') else 'no'} | "
+                             f"{_fmt(figures.get('slices_per_s'), 1)} | {_fmt(figures.get('steady_slices_per_s'), 1)} |")
+    target = e2e.get("target") or {}
+    if target.get("value") is not None:
+        met = "met" if target.get("met") else "NOT met"
+        lines += ["", f"- {target.get('description')}: {target['value']:,.0f} {target.get('unit')} "
+                  f"(bar {target.get('better')} {target.get('target'):,.0f}): {met}"]
+    return lines + [""]
+
+
 # --- helpers -------------------------------------------------------------------------
+
+def _sections(names: str) -> list[str]:
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"--sections: unknown {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    return wanted
+
 
 def _read_label(path: Path) -> str | None:
     try:

@@ -121,3 +121,22 @@ def test_every_stage_passes_flags_its_script_knows(smoke: bool, tmp_path: Path) 
         assert outputs == set(stage.outputs), stage.name  # results in the folder, work files outside it
         if not smoke:
             assert getattr(args, "device", "cuda") in ("cuda", None)
+
+
+def test_regenerating_the_results_page_keeps_hand_written_sections_and_replaces_generated_ones() -> None:
+    seeds = _load("seeds_comparison")
+    page = ("# Results\n\nintro\n\n## The seeds' comparison on phantoms\n\nold table\n\n"
+            "## On a plain CPU (issue 17)\n\nhand-written\n\n## The GPU run (issue 16)\n\nNot run yet.\n")
+    merged = seeds.merge_sections(page, [["## The GPU run (issue 16)", "", "ran: 493 s"],
+                                         ["## Something new", "", "figures"]])
+    assert merged == ("# Results\n\nintro\n\n## The seeds' comparison on phantoms\n\nold table\n\n"
+                      "## On a plain CPU (issue 17)\n\nhand-written\n\n## The GPU run (issue 16)\n\nran: 493 s\n\n"
+                      "## Something new\n\nfigures\n")
+
+
+def test_a_seeds_result_cut_short_before_any_model_leaves_its_section_alone(tmp_path: Path) -> None:
+    seeds = _load("seeds_comparison")
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\n## The seeds' comparison on phantoms\n\nthe CPU table\n")
+    seeds.write_markdown({"label": "gpu", "models": {}}, page, tmp_path / "seeds.json", ["seeds"])
+    assert page.read_text() == "# Results\n\n## The seeds' comparison on phantoms\n\nthe CPU table\n"
