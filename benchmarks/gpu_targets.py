@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if data is None and target.config.train:  # built only when reached: inference targets come first
                 studies = args.phantom_studies or (400 if on_gpu else 8)
-                data = phantom_cache(Path(tmp), studies=studies, size=256 if on_gpu else 64)
+                # cached at the size the synthetic batch has: the ratio compares the input path, not image sizes
+                data = phantom_cache(Path(tmp), studies=studies, size=_settings(target, device, None).img_size)
             config = _settings(target, device, data)
             key = repr(config)
             if key not in measured:  # targets that share a benchmark share its run

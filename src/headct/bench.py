@@ -227,14 +227,14 @@ def bench_training_from_cache(model: nn.Module, config: BenchConfig, device: tor
 
 def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch_size: int,
                   device: torch.device, *, workers: int = 0, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless training batches ``(x, y)`` on ``device``, built the way ``headct train`` builds them.
+    """Training batches ``(x, y)`` on ``device``, built the way ``headct train`` builds them (10,000 passes).
 
     ``SliceDataset`` over the train split in a shuffled ``DataLoader`` (workers,
     pinned memory on CUDA, full batches), then on the device: the float batch
     and ``headct.training.augment.augment_batch`` with the default strengths.
     Multi-class targets come back one-hot, so one BCE loss serves every task.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler
 
 
     cache = Cache(cache_dir)
@@ -242,20 +242,23 @@ def cache_batches(cache_dir: str | os.PathLike, spec: Any, task_name: str, batch
     dataset = SliceDataset(cache, "train", task, context=spec.context)
     if len(dataset) < batch_size:
         raise ValueError(f"{cache_dir}: the train split has {len(dataset)} usable slices, fewer than a batch of {batch_size}")
+    # one shuffled pass after another in ONE loader iteration: a small phantom cache has epochs of a few
+    # batches, and restarting the loader at each would drain its prefetch queue (a stall a real epoch of
+    # thousands of batches pays once), so the figure would measure the phantom's size, not the input path
+    sampler = RandomSampler(dataset, num_samples=len(dataset) * 10_000, generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if workers > 0 else None,
     )
     augment, generator = AugmentConfig(), torch.Generator().manual_seed(seed)
     input_kind = spec.input_kind
-    while True:
-        for x, y, _ in loader:
-            x = augment_batch(x.to(device, non_blocking=True).float(), augment, generator, input_kind)
-            y = y.to(device, non_blocking=True)
-            if task.kind == "multiclass":
-                y = torch.nn.functional.one_hot(y.long(), task.num_outputs)
-            yield x, y.float()
+    for x, y, _ in loader:
+        x = augment_batch(x.to(device, non_blocking=True).float(), augment, generator, input_kind)
+        y = y.to(device, non_blocking=True)
+        if task.kind == "multiclass":
+            y = torch.nn.functional.one_hot(y.long(), task.num_outputs)
+        yield x, y.float()
 
 
 # --- measurement ------------------------------------------------------------------
