@@ -96,3 +96,5 @@ def test_fingerprint_changes_with_content_even_with_the_same_size_and_mtime(tmp_
     assert before.split(":")[:2] == after.split(":")[:2]  # same size and mtime
     assert before != after
     assert file_fingerprint(path) == after
+    assert file_fingerprint(path, path.read_bytes()) == after  # from bytes the caller read: the same
+    assert file_fingerprint(path, b"\x00" * 5000) == before.split(":")[0] + ":" + str(stamp) + ":" + before.split(":")[2]

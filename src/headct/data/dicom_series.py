@@ -52,13 +52,14 @@ def stage_chunk(paths: list[str], names: list[str], work_dir: str, key: str, siz
     entries ``{index, reason}``) and keeps each file's content fingerprint and
     the chunk's :func:`chunk_digest`; ``names`` go into the digest only.
     """
-    from headct.io.dicom import read_slice
+    from headct.io.dicom import part10_bytes, read_slice
 
-    fingerprints = [file_fingerprint(path) for path in paths]  # before reading: a later change restages
-    slices, headers, skipped = [], [], []
+    fingerprints, slices, headers, skipped = [], [], [], []
     for index, path in enumerate(paths):
+        data = part10_bytes(path)  # read once: the fingerprint is of the very bytes staged
+        fingerprints.append(file_fingerprint(path, data))
         try:
-            item = read_slice(path)
+            item = read_slice(path, data=data)
         except InputError as err:
             skipped.append({"index": index, "reason": err.fault})
             continue

@@ -1,7 +1,10 @@
 """CT DICOM to Hounsfield units: one slice fast, a series sorted along its normal, folders.
 
 ``read_slice`` is the per-file path the cache builder runs hundreds of
-thousands of times, so it reads only the tags it needs and, for uncompressed
+thousands of times, so it reads each file once (:func:`part10_bytes`; the
+cache builder fingerprints the same bytes), parses uncompressed little-endian
+files with :mod:`headct.io.plain_dicom` (anything else through
+``pydicom.dcmread``), reads only the tags it needs and, for uncompressed
 little-endian pixels, views PixelData with ``np.frombuffer`` instead of going
 through pydicom's pixel handlers. Its numbers equal pydicom's own modality LUT
 (``pydicom.pixels.apply_modality_lut``), rounded and clipped to int16; every
@@ -22,6 +25,7 @@ other than 0/1) are refused, not guessed.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import math
 import os
@@ -47,6 +51,7 @@ from headct.errors import InputError
 from headct.io.discovery import entry_fault, find_dicom_files
 from headct.io.faults import one_line
 from headct.io.gpu_decode import decode_on_gpu
+from headct.io.plain_dicom import PREAMBLE, plain_dataset
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import SeriesHeader, Volume
 
@@ -57,6 +62,8 @@ MAX_RESCALE = 1e6
 """Refuse |RescaleSlope| or |RescaleIntercept| above this: CT HU span a few thousand, and such a
 value maps every stored value outside int16 (1e308 also overflows the arithmetic)."""
 MAX_SIDE = 8192
+MAX_PLAIN_BYTES = 4 * MAX_SIDE * MAX_SIDE + 2**20
+"""Files above this are left to pydicom unread: no single CT slice (32-bit pixels at MAX_SIDE) is larger."""
 """Refuse Rows or Columns above this: no CT slice is larger, and a flipped bit there must not
 make a decoder allocate gigabytes."""
 NONUNIFORM_SPACING_TOLERANCE = 0.10
@@ -90,8 +97,11 @@ class DicomSlice:
     header: SeriesHeader | None = None
 
 
-def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlice:
+def read_slice(path: str | os.PathLike, *, salt: str | None = None, data: bytes | None = None) -> DicomSlice:
     """Read one CT DICOM file into HU (int16 ``[H, W]``) and its geometry.
+
+    ``data``: the file's bytes when the caller has read them already (:func:`part10_bytes`), so a
+    file is read once; ``path`` then names the file in messages only.
 
     Raises :class:`InputError` (``"<path>: <fault>"``, one line) for a file that
     cannot be used: not DICOM, truncated, not CT, no pixel data, no usable
@@ -100,7 +110,7 @@ def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlic
     """
     path = str(path)
     try:
-        return _read_slice(path, salt)
+        return _read_slice(path, salt, data)
     except InputError:
         raise
     except Exception as exc:  # untrusted bytes: pydicom and its decoders raise any type on them
@@ -108,8 +118,8 @@ def read_slice(path: str | os.PathLike, *, salt: str | None = None) -> DicomSlic
         raise InputError(path, f"unreadable DICOM ({one_line(exc, path)})") from None
 
 
-def _read_slice(path: str, salt: str | None) -> DicomSlice:
-    ds = _open(path)
+def _read_slice(path: str, salt: str | None, data: bytes | None) -> DicomSlice:
+    ds = _open(path, data)
     header = _read_header(ds, path)
     warnings: list[str] = []
 
@@ -298,12 +308,17 @@ class _Header:
     warnings: list[str]
 
 
-def _open(path: str) -> pydicom.Dataset:
-    fault = entry_fault(path)
-    if fault is not None:
-        raise InputError(path, fault)
+def _open(path: str, data: bytes | None = None) -> pydicom.Dataset:
+    if data is None:
+        fault = entry_fault(path)
+        if fault is not None:
+            raise InputError(path, fault)
+        data = part10_bytes(path)
+    ds = plain_dataset(data) if data is not None else None
+    if ds is not None:
+        return ds  # the plain case, parsed whole (plain_dataset refuses a file cut short)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file (no DICM preamble or readable header)") from None
     except OSError as exc:
@@ -316,6 +331,26 @@ def _open(path: str) -> pydicom.Dataset:
         raise InputError(path, f"truncated or corrupt DICOM ({one_line(exc, path)})") from None
     _check_not_truncated(ds, path)
     return ds
+
+
+def part10_bytes(path: str | os.PathLike) -> bytes | None:
+    """The whole file when it is a regular file that starts as DICOM Part 10 and is no larger than any
+    CT slice, else None (:func:`read_slice` then opens it itself and says what is wrong)."""
+    if entry_fault(path) is not None:
+        return None  # a named pipe would block the read
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:  # pread: one read of the whole file into one bytes object, no buffer copies
+        size = os.fstat(handle).st_size
+        if size > MAX_PLAIN_BYTES or os.pread(handle, 4, PREAMBLE) != b"DICM":
+            return None
+        return os.pread(handle, size, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
 
 
 def _check_not_truncated(ds: pydicom.Dataset, path: str) -> None:
@@ -531,7 +566,7 @@ def _stored_pixels(ds: pydicom.Dataset, header: _Header, path: str) -> np.ndarra
         raise InputError(path, "no TransferSyntaxUID in the file meta; the pixel encoding is unknown")
     if syntax in _NATIVE_LITTLE_ENDIAN and header.bits_allocated == 16:
         data = _raw(ds, _PIXEL_DATA)
-        if not isinstance(data, bytes):
+        if not isinstance(data, bytes | memoryview):  # memoryview: plain_dataset's view of the file
             data = ds.PixelData
         return _native_pixels(data or b"", header, path)
     _quiet_decoder_tracebacks()
@@ -570,7 +605,7 @@ def _quiet_decoder_tracebacks() -> None:
         decoder_logger.addFilter(_DEMOTE)
 
 
-def _native_pixels(data: bytes, header: _Header, path: str) -> np.ndarray:
+def _native_pixels(data: bytes | memoryview, header: _Header, path: str) -> np.ndarray:
     """np.frombuffer on uncompressed little-endian 16-bit PixelData."""
     needed = header.rows * header.columns * 2
     if len(data) < needed:
@@ -703,7 +738,8 @@ def _check_orientations(slices: list[DicomSlice], warnings: list[str]) -> None:
     oriented = [s.orientation for s in slices if s.orientation is not None]
     if not oriented:
         return
-    odd = sum(1 for o in oriented if not np.allclose(o, oriented[0], atol=1e-3))
+    stacked = np.stack(oriented)
+    odd = int((~np.isclose(stacked, stacked[0], atol=1e-3).all(axis=1)).sum())  # np.allclose per slice
     if odd:
         warnings.append(f"{odd} slices have another ImageOrientationPatient than the first")
 
