@@ -31,8 +31,6 @@ from headct.io import dicom as dicom_module
 from headct.io.dicom import read_slice
 from headct.io.plain_dicom import plain_dataset
 
-from .conftest import ct_dataset
-
 
 def _bytes(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
     ds.file_meta.TransferSyntaxUID = syntax
@@ -85,9 +83,9 @@ def _outcome(path: Path) -> object:
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 @pytest.mark.parametrize("undefined", [False, True])
-def test_a_vendor_like_header_reads_as_pydicom_reads_it(syntax, undefined: bool, tmp_path: Path,
+def test_a_vendor_like_header_reads_as_pydicom_reads_it(syntax, undefined: bool, tmp_path: Path, make_ct,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    ds = _with_sequences(ct_dataset(size=(16, 16)), undefined)
+    ds = _with_sequences(make_ct(size=(16, 16)), undefined)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientID = "Müller-4711"  # Latin-1: the patient key must hash the same text either way
     ds.ConvolutionKernel = ["FC64", "SOFT"]
@@ -107,28 +105,28 @@ def test_a_vendor_like_header_reads_as_pydicom_reads_it(syntax, undefined: bool,
     assert np.array_equal(read_slice(path).hu, ds.pixel_array.astype(np.int16) - 1024)
 
 
-def test_what_is_not_plain_is_left_to_pydicom(tmp_path: Path) -> None:
+def test_what_is_not_plain_is_left_to_pydicom(make_ct) -> None:
     assert plain_dataset(b"") is None
     assert plain_dataset(b"\x89PNG" + bytes(600)) is None
-    assert plain_dataset(_bytes(ct_dataset(size=(16, 16)), DeflatedExplicitVRLittleEndian)) is None
-    compressed = ct_dataset(size=(16, 16))
+    assert plain_dataset(_bytes(make_ct(size=(16, 16)), DeflatedExplicitVRLittleEndian)) is None
+    compressed = make_ct(size=(16, 16))
     compressed.compress(RLELossless)
     assert plain_dataset(_bytes(compressed, RLELossless)) is None
-    with_lut = ct_dataset(size=(16, 16))
+    with_lut = make_ct(size=(16, 16))
     lut = Dataset()
     lut.LUTDescriptor, lut.ModalityLUTType = [2, 0, 16], "HU"
     lut.LUTData = np.array([0, 1], np.uint16).tobytes()
     with_lut.ModalityLUTSequence = Sequence([lut])
     assert plain_dataset(_bytes(with_lut)) is None
-    data = _bytes(ct_dataset(size=(16, 16)))
+    data = _bytes(make_ct(size=(16, 16)))
     assert plain_dataset(data[:-1]) is None  # pixel data cut short
     says_implicit = data.replace(ExplicitVRLittleEndian.encode(), ImplicitVRLittleEndian.encode() + b"\0" * 2)
     assert plain_dataset(says_implicit) is None  # explicit body under an implicit meta: pydicom copes
 
 
-@pytest.fixture(scope="module")
-def small_slice() -> bytes:
-    return _bytes(_with_sequences(ct_dataset(size=(8, 8)), undefined=True))
+@pytest.fixture
+def small_slice(make_ct) -> bytes:
+    return _bytes(_with_sequences(make_ct(size=(8, 8)), undefined=True))
 
 
 def test_every_truncation_reads_or_fails_as_through_pydicom(small_slice: bytes, tmp_path: Path,
