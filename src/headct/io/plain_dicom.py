@@ -28,6 +28,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 PREAMBLE = 128
 _MAGIC = b"DICM"
@@ -38,13 +39,14 @@ _MODALITY_LUT_SEQUENCE = 0x00283000
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)  # pydicom's: 32-bit lengths
+_KNOWN_VRS = _LONG_VRS | frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_16)  # pydicom refuses others
 _EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (the long VRs: 32-bit length at +8)
 _IMPLICIT = struct.Struct("<HHI")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_VR_NAMES = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))
-"""Two upper-case letters: how pydicom tells an explicit VR (and explicit from implicit at the first element)."""
+_VR_LIKE = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))
+"""Two upper-case letters: how pydicom tells an explicit from an implicit VR file at its first element."""
 _SYNTAXES = {str(ExplicitVRLittleEndian): False, str(ImplicitVRLittleEndian): True}  # UID → implicit VR
 _MAX_DEPTH = 16  # nested sequences deeper than this: not a plain CT header, leave it to pydicom
 
@@ -71,7 +73,7 @@ def _parse(data: bytes) -> Dataset:
     implicit = _SYNTAXES.get(meta.get(_TRANSFER_SYNTAX, b"").decode("ascii").strip("\0 "))
     if implicit is None:
         raise _NotPlain
-    if implicit and data[position + 4:position + 6] in _VR_NAMES:
+    if implicit and data[position + 4:position + 6] in _VR_LIKE:
         raise _NotPlain  # a file that says implicit VR but is written explicit: pydicom notices and copes
     elements: dict[BaseTag, RawDataElement] = {}
     end = len(data)
@@ -123,7 +125,7 @@ def _element_header(data: bytes, position: int, implicit: bool) -> tuple[int, by
     tag = group << 16 | element
     if group == 0xFFFE:  # items and delimiters carry no VR in any syntax
         return tag, None, _U32.unpack_from(data, position + 4)[0], position + 8
-    if vr not in _VR_NAMES:
+    if vr not in _KNOWN_VRS:
         raise _NotPlain
     if vr in _LONG_VRS:
         return tag, vr, _U32.unpack_from(data, position + 8)[0], position + 12
