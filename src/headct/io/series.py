@@ -307,14 +307,26 @@ def brain_sharpness(pixels: np.ndarray, *, max_slices: int = 8) -> float | None:
     eroded by 2 pixels so tissue edges do not count. Central slices only.
     None when fewer than 200 brain pixels.
     """
-    central = _central(pixels, max_slices).astype(np.float32)
-    smooth = np.stack([_blur(plane, 2.0) for plane in central])
-    brain = ((smooth >= BRAIN_HU[0]) & (smooth <= BRAIN_HU[1])).astype(np.uint8)
-    brain = np.stack([_erode(plane, 5) for plane in brain]).astype(bool)
-    if brain.sum() < 200:
+    residuals = []
+    for plane in _central(pixels, max_slices).astype(np.float32):
+        smooth = _blur(plane, 2.0)
+        brain = _erode(((smooth >= BRAIN_HU[0]) & (smooth <= BRAIN_HU[1])).astype(np.uint8), 5).astype(bool)
+        residuals.append((plane - _blur(plane, 1.0))[brain])
+    residual = np.concatenate(residuals)
+    if residual.size < 200:
         return None
-    residual = (central - np.stack([_blur(plane, 1.0) for plane in central]))[brain]
+    residual = residual[::_sample_stride(residual.size)]
     return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+MEDIAN_SAMPLES = 100_000
+"""A robust SD from a regular sample of this many brain pixels is within a fraction of an HU of the full
+one (its standard error is ~0.3 % of the SD), and the two medians over a whole 512² series are the
+slowest part of the pixel checks."""
+
+
+def _sample_stride(count: int) -> int:
+    return max(1, count // MEDIAN_SAMPLES)
 
 
 def enhancing_fraction(pixels: np.ndarray, *, max_slices: int = 16) -> float | None:
@@ -328,10 +340,14 @@ def enhancing_fraction(pixels: np.ndarray, *, max_slices: int = 16) -> float | N
     None when fewer than 500 voxels are enclosed by skull.
     """
     pixels = pixels[np.unique(np.linspace(0, pixels.shape[0] - 1, min(max_slices, pixels.shape[0])).round().astype(int))]
-    inside = np.stack([_intracranial(plane) for plane in pixels])
-    if inside.sum() < 500:
+    enclosed = enhanced = 0
+    for plane in pixels:
+        inside = _intracranial(plane)
+        enclosed += np.count_nonzero(inside)
+        enhanced += np.count_nonzero(inside & (plane >= 150) & (plane <= 400))
+    if enclosed < 500:
         return None
-    return float(((pixels >= 150) & (pixels <= 400))[inside].mean())
+    return enhanced / enclosed
 
 
 def contrast_evidence(volume: Volume, rules: SelectionRules | None = None) -> str | None:
@@ -406,10 +422,10 @@ def hu_histogram_fault(volume: Volume) -> str | None:
     """What is off in the share of air, brain-range and bone voxels versus head CT, or None."""
     if volume.kind != "hu" or volume.pixels.size == 0:
         return None
-    pixels = volume.pixels
-    shares = {"air": float((pixels < -900).mean()),
-              "brain": float(((pixels >= BRAIN_HU[0]) & (pixels <= BRAIN_HU[1])).mean()),
-              "bone": float((pixels > 300).mean())}
+    pixels, size = volume.pixels, volume.pixels.size
+    shares = {"air": np.count_nonzero(pixels < -900) / size,
+              "brain": np.count_nonzero((pixels >= BRAIN_HU[0]) & (pixels <= BRAIN_HU[1])) / size,
+              "bone": np.count_nonzero(pixels > 300) / size}
     off = [f"{name} {100 * share:.0f}% (head CT: {100 * low:.0f}-{100 * high:.0f}%)"
            for name, share in shares.items() for low, high in [HEAD_CT_FRACTIONS[name]] if not low <= share <= high]
     return f"HU histogram unlike head CT: {', '.join(off)}" if off else None
