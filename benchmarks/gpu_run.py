@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (under 3 minutes)")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time budget (default: 8, smoke 2.8)")
     parser.add_argument("--stages", default=None, help="comma-separated subset: targets,end_to_end,seeds,localisation")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated subset of gpu_targets.py's targets (its --only), e.g. to remeasure two")
     parser.add_argument("--out", default=None,
                         help="default: $OUT if set, else benchmarks/results/gpu_run/ (smoke: gpu_run_smoke/)")
     args = parser.parse_args(argv)
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages:
         wanted = args.stages.split(",")
         stages = [s for s in stages if s.name in wanted]
+    if args.targets:
+        stages = [only_targets(s, args.targets.split(",")) for s in stages]
     env = _environment(args.smoke)
     summary: dict[str, Any] = {"run": "smoke (CPU, toy sizes)" if args.smoke else "gpu",
                                "budget_s": clock.budget_s, "preflight": preflight(args.smoke), "stages": {}}
@@ -154,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     _say(log_file, f"gpu_run: {summary['wall_s']:.0f} s wall, {len(summary['files']['names'])} files in {out}"
          + ("" if summary["files"]["within_limits"] else " (OVER the 8 files / 16 MiB limits)"))
     return 0 if summary["files"]["within_limits"] else 1
+
+
+def only_targets(stage: Stage, names: list[str]) -> Stage:
+    """The targets stage measuring only ``names`` (``gpu_targets.py --only``); other stages as they are."""
+    if stage.name != "targets":
+        return stage
+    base = stage.args
+    return Stage(stage.name, stage.share, stage.outputs,
+                 lambda s, out, work: [*base(s, out, work), *(arg for name in names for arg in ("--only", name))])
 
 
 def run_stage(stage: Stage, budget: float, clock: Clock, out: Path, work: Path, env: dict[str, str],

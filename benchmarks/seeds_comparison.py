@@ -174,14 +174,14 @@ def prepare_phantom(work: Path, args: argparse.Namespace, clock: Clock | None = 
     """Phantom set → cache (split by patient); both kept under ``work`` and reused when present."""
     clock = clock or Clock()
     raw, cache = work / "phantom", work / "cache"
+    workers = max(1, (os.cpu_count() or 2) - 1)
     if not (raw / ".done").exists():
         extra = ["--slices", str(args.slices)] if args.slices else []
         headct("phantom", "--out", str(raw), "--studies", str(args.studies), "--layout", "rsna",
                "--seed", str(args.seed), "--size", str(args.size), "--difficulty", str(args.difficulty), *extra,
-               seconds=clock.left())
+               "--workers", str(workers), seconds=clock.left())  # byte-identical whatever the worker count
         (raw / ".done").write_text("")
     if not (cache / "meta.json").exists():
-        workers = max(1, (os.cpu_count() or 2) - 1)
         headct("prepare", str(raw), "--format", "rsna", "--out", str(cache), "--size", str(args.size),
                "--seed", str(args.seed), "--workers", str(workers), seconds=clock.left())
     return cache

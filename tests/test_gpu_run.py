@@ -123,6 +123,15 @@ def test_every_stage_passes_flags_its_script_knows(smoke: bool, tmp_path: Path) 
             assert getattr(args, "device", "cuda") in ("cuda", None)
 
 
+def test_the_targets_stage_can_remeasure_only_some_targets(tmp_path: Path) -> None:
+    stages = [gpu_run.only_targets(s, ["train_cache_vs_synthetic", "strokenext_tiny_peak_memory"])
+              for s in gpu_run.gpu_stages(16)]
+    script, *argv = stages[0].args(100.0, tmp_path, tmp_path / "work")
+    args = _load("gpu_targets").build_parser().parse_args(argv)
+    assert args.only == ["train_cache_vs_synthetic", "strokenext_tiny_peak_memory"]
+    assert [s.name for s in stages] == ["targets", "end_to_end", "seeds", "localisation"]
+
+
 def test_regenerating_the_results_page_keeps_hand_written_sections_and_replaces_generated_ones() -> None:
     seeds = _load("seeds_comparison")
     page = ("# Results\n\nintro\n\n## The seeds' comparison on phantoms\n\nold table\n\n"
