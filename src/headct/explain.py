@@ -26,15 +26,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
@@ -47,6 +43,9 @@ from headct.decide import probabilities
 from headct.inference import autocast_context, series_logits
 from headct.labels import HEMORRHAGE_BITS, LESION_BITS
 from headct.windows import apply_windows
+
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,12 @@ def target_layer_names(model: nn.Module) -> list[str]:
     return names
 
 
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,          # channel weights: gradients averaged over the map
-    "hirescam": HiResCAM,        # gradient x activation per cell, summed over channels
-    "layercam": LayerCAM,        # positive gradient x activation per cell
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
+CAM_METHODS: dict[str, str] = {  # name -> pytorch_grad_cam class (imported when a map is made: ~1 s)
+    "gradcam": "GradCAM",          # channel weights: gradients averaged over the map
+    "hirescam": "HiResCAM",        # gradient x activation per cell, summed over channels
+    "layercam": "LayerCAM",        # positive gradient x activation per cell
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
 }
 """Map methods by name (all gradient-based: one forward and one backward pass per batch)."""
 
@@ -137,6 +136,8 @@ def method_maps(
     was_training = model.training
     if series_level:  # one series is one forward pass: its slices are the batch
         x, batch_size = x[:, None], max(int(x.shape[0]), 1)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     maps: dict[str, list[np.ndarray]] = {method: [] for method in methods}
     cams = [placed_cam_class(method)(model=network, target_layers=target_modules, grid=model.spec.target_grid,
                                      reshape_transform=reshape) for method in methods]
@@ -182,6 +183,8 @@ class PlacedCAM:
         self.grid = grid
 
     def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
+        from pytorch_grad_cam.utils.image import scale_cam_image
+
         if self.grid == "centred":
             return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)  # type: ignore[misc]
         size = tuple(input_tensor.shape[-2:])
@@ -200,7 +203,9 @@ def placed_cam_class(method: str) -> type[BaseCAM]:
     """The ``CAM_METHODS[method]`` class with :class:`PlacedCAM`'s placement (takes ``grid=``)."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown map method {method!r}; choose from {', '.join(CAM_METHODS)}")
-    base = CAM_METHODS[method]
+    import pytorch_grad_cam
+
+    base = getattr(pytorch_grad_cam, CAM_METHODS[method])
     return type(f"Placed{base.__name__}", (PlacedCAM, base), {})
 
 
@@ -297,6 +302,8 @@ def overlay(slice_pixels: np.ndarray, cam: np.ndarray, kind: str = "hu", image_w
     if cam.shape != grey.shape:
         cam = cv2.resize(np.float32(cam), grey.shape[::-1], interpolation=cv2.INTER_LINEAR)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     return show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
 
 
