@@ -21,6 +21,21 @@ SIZE = 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
+def test_each_process_gives_opencv_the_threads_torch_has() -> None:
+    import cv2
+
+    from headct.distributed import opencv_threads_like_torch
+
+    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        torch.set_num_threads(1)  # what torchrun's OMP_NUM_THREADS=1 gives each process
+        cv2.setNumThreads(8)
+        assert opencv_threads_like_torch() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(torch_before)
+        cv2.setNumThreads(cv2_before)
+
+
 def test_rank_shares_cover_every_item_once_and_merge_back_in_order() -> None:
     items = list("abcdefg")
     shares = [rank_share(items, DistInfo(rank=r, world_size=3)) for r in range(3)]

@@ -64,7 +64,24 @@ def init_distributed(device: str | None = None, *, backend: str | None = None) -
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         log.info("process %d of %d on %s (%s)", rank, world_size, dev, backend)
+    if world_size > 1:
+        opencv_threads_like_torch()
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def opencv_threads_like_torch() -> int:
+    """Give OpenCV's thread pool torch's intra-op thread count (which torchrun sets to 1 per process
+    through OMP_NUM_THREADS); returns it.
+
+    OpenCV ignores OMP_NUM_THREADS and starts a thread per core in every process,
+    so N processes on N cores would run N x N threads through the series checks
+    and the resampling.
+    """
+    import cv2
+
+    threads = torch.get_num_threads()
+    cv2.setNumThreads(threads)
+    return threads
 
 
 def close_distributed(info: DistInfo) -> None:

@@ -482,7 +482,10 @@ class _Pool:
 def _worker_init() -> None:
     import torch
 
+    from headct.distributed import opencv_threads_like_torch
+
     torch.set_num_threads(1)  # one process per core already
+    opencv_threads_like_torch()  # OpenCV too (the resample), or each worker starts a thread per core
 
 
 @contextmanager
