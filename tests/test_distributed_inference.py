@@ -89,6 +89,16 @@ def test_predict_under_torchrun_matches_one_process(tmp_path: Path, write_ct_ser
     assert len(summary) == 1  # only rank 0 reports
     assert summary[0].replace(str(merged), "OUT") == one.stdout.strip().splitlines()[-1].replace(str(single), "OUT")
 
+    # the same studies as one flat folder (RSNA's layout): the two ranks share its header scan and its studies
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for file in studies.rglob("*.dcm"):
+        (flat / f"{file.parent.name}_{file.name}").write_bytes(file.read_bytes())
+    _headct("predict", str(flat), "--model", str(checkpoint), "--out", str(tmp_path / "flat_out"), "--device", "cpu",
+            ranks=2)
+    for path in single.glob("*.json"):
+        assert (tmp_path / "flat_out" / path.name).read_bytes() == path.read_bytes(), path.name
+
 
 @pytest.mark.slow
 def test_evaluate_under_torchrun_matches_one_process(cache: Path, tmp_path: Path) -> None:

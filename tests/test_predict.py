@@ -107,6 +107,37 @@ def test_many_studies_stream_and_a_bad_one_is_skipped(checkpoint: Path, tmp_path
     assert np.asarray(Image.open(overlays[0])).shape == (64, 64, 3)
 
 
+def test_a_flat_folder_of_studies_is_read_a_study_at_a_time(checkpoint: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             write_ct_series: WriteSeries) -> None:
+    """RSNA keeps every slice of every study in one folder: each study is read, predicted and let go
+    in turn (never the whole folder at once), with the predictions of study folders read one by one."""
+    import headct.predict as predict_module
+
+    apart, flat = tmp_path / "apart", tmp_path / "flat"
+    flat.mkdir()
+    studies = []
+    for number, slices in enumerate((3, 5, 4)):
+        uid, _, _ = write_ct_series(apart / f"s{number}", slices=slices, seed=number)
+        studies.append(uid)
+        for file in (apart / f"s{number}").iterdir():
+            (flat / f"s{number}_{file.name}").write_bytes(file.read_bytes())
+    (flat / "junk.dcm").write_bytes(b"not dicom at all")  # no study: read (and skipped) once
+    reads: list[int] = []
+    real = predict_module.read_dicom_files
+    monkeypatch.setattr(predict_module, "read_dicom_files",
+                        lambda files, *a, **k: reads.append(len(files)) or real(files, *a, **k))
+
+    assert main(["predict", str(flat), "--model", str(checkpoint), "--out", str(tmp_path / "out_flat")]) == 0
+    sizes = dict(zip(studies, (3, 5, 4), strict=True))
+    first = min(studies)  # the junk file is read (and skipped) with the first study by UID
+    assert sorted(reads) == sorted(size + (uid == first) for uid, size in sizes.items())  # a study per read
+    assert main(["predict", str(apart), "--model", str(checkpoint), "--out", str(tmp_path / "out_apart")]) == 0
+    for uid in studies:
+        name = f"{uid}.json"
+        assert (tmp_path / "out_flat" / name).read_bytes() == (tmp_path / "out_apart" / name).read_bytes()
+
+
 def test_png_into_a_hu_model_is_a_clear_error(predictor: Predictor, tmp_path: Path) -> None:
     png = tmp_path / "slice.png"
     Image.fromarray(np.full((40, 40), 128, np.uint8)).save(png)

@@ -61,6 +61,7 @@ from headct.data.resample import resample_slices
 from headct.data.stroke import split_group
 from headct.decide import DEFAULT_THRESHOLD, DecisionRule
 from headct.distributed import (
+    DistInfo,
     barrier,
     close_distributed,
     gather_objects,
@@ -73,7 +74,8 @@ from headct.explain import overlay, series_maps, to_original, write_png
 from headct.export import OnnxModel, onnx_for_checkpoint
 from headct.inference import prepare_for_inference, series_logits
 from headct.io import read_dicom, read_image, read_nifti
-from headct.io.discovery import entry_fault, list_entries
+from headct.io.dicom import dicom_studies, read_dicom_files
+from headct.io.discovery import entry_fault, find_dicom_files, list_entries
 from headct.io.png import IMAGE_SUFFIXES
 from headct.io.privacy import short_hash
 from headct.io.series import SelectionRules, load_rules, select_series
@@ -397,12 +399,28 @@ class Predictor:
 
 # --- reading studies ---------------------------------------------------------
 
-def study_sources(path: Path) -> list[Path]:
-    """What to read, one at a time: the file, a study folder, or each entry of a folder of studies.
+@dataclass(frozen=True)
+class DicomStudyFiles:
+    """One study's DICOM files, out of a folder that holds several studies side by side: a source of its own."""
+
+    folder: Path
+    files: tuple[Path, ...]
+
+
+Source = Path | DicomStudyFiles
+
+
+def study_sources(path: Path, info: DistInfo | None = None) -> list[Source]:
+    """What to read, one at a time: the file, a study folder, each entry of a folder of studies, or
+    each study of a folder of DICOM files.
 
     A folder holding only sub-folders is a folder of studies (one source each); a
-    folder of NIfTI files gives one source per file; any other folder is one
-    source (DICOM, which may still hold several studies, or PNG slices).
+    folder of NIfTI files gives one source per file; a folder of PNG slices is one
+    source. A folder with DICOM files (and sub-folders) is split into its
+    studies by their headers (:func:`headct.io.dicom.dicom_studies`), so a flat
+    folder of many studies (RSNA's) is read, predicted and dropped a study at a
+    time, and under torchrun shared out study by study; ``info`` shares the
+    header scan among the processes.
     """
     if not path.is_dir():
         fault = entry_fault(path)  # a named pipe is refused here, never opened
@@ -416,7 +434,27 @@ def study_sources(path: Path) -> list[Path]:
         return folders
     if files and all(_is_nifti(p) for p in files):
         return files
-    return [path]
+    if files and all(_is_image(p) for p in files):
+        return [path]
+    return _dicom_study_sources(path, info)
+
+
+def _dicom_study_sources(path: Path, info: DistInfo | None) -> list[Source]:
+    found = find_dicom_files(path)  # logs what it refuses, once
+    if not found.files:
+        return [path]  # read_dicom says why
+    if info is not None and info.enabled:  # each process scans a share of the headers
+        parts = gather_objects(dicom_studies(found.files[info.rank::info.world_size]), info)
+    else:
+        parts = [dicom_studies(found.files)]
+    studies: dict[str | None, list[Path]] = {}
+    for part in parts:
+        for uid, members in part.items():
+            studies.setdefault(uid, []).extend(members)
+    known = sorted(uid for uid in studies if uid is not None)
+    groups = [studies[uid] for uid in known] or [[]]
+    groups[0] = [*studies.get(None, []), *groups[0]]  # files of no known study: read (and reported) once
+    return [DicomStudyFiles(path, tuple(sorted(group))) for group in groups]
 
 
 def read_studies(source: Path, series_rules: SelectionRules | None = None, *,
@@ -431,9 +469,10 @@ def read_studies(source: Path, series_rules: SelectionRules | None = None, *,
     return choose_series(_read_source(source, errors), series_rules)
 
 
-def _read_source(source: Path, errors: list[InputError] | None = None) -> list[StudyInput]:
+def _read_source(source: Source, errors: list[InputError] | None = None) -> list[StudyInput]:
     """The studies in one source, every series kept (before series selection)."""
-
+    if isinstance(source, DicomStudyFiles):
+        return group_studies(read_dicom_files(source.files, source.folder, errors=errors), str(source.folder))
     if _is_image(source):
         return [StudyInput(_path_key(source), [read_image(source)], [], str(source))]
     if _is_nifti(source):
@@ -472,7 +511,7 @@ def iter_studies(path: Path, series_rules: SelectionRules | None = None) -> Iter
         yield study
 
 
-def studies_of(sources: Sequence[tuple[int, Path]], series_rules: SelectionRules | None = None
+def studies_of(sources: Sequence[tuple[int, Source]], series_rules: SelectionRules | None = None
                ) -> Iterator[tuple[int, StudyInput | InputError]]:
     """The studies of ``(position, source)`` pairs, each with the position of its first source.
 
@@ -571,7 +610,7 @@ def predict_command(args: argparse.Namespace,
         write_csv(table, list(finished.values()), predictor.labels)
     new: list[tuple[int, dict[str, Any]]] = []
     kept = skipped = 0
-    for position, study in studies_of(rank_share(study_sources(Path(args.path)), info), rules):
+    for position, study in studies_of(rank_share(study_sources(Path(args.path), info), info), rules):
         if isinstance(study, InputError):
             skipped += 1
             log.error("skipped: %s", study)

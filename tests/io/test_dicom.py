@@ -488,3 +488,22 @@ def test_impossible_pixel_formats_are_refused(write_ct, make_ct, change, fault) 
     with pytest.raises(InputError) as info:
         read_slice(path)
     assert str(info.value) == f"{path}: {fault}"
+
+
+def test_files_are_grouped_by_study_from_their_headers_alone(write_ct, make_ct, tmp_path) -> None:
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from headct.io.dicom import HEADER_PREFIX_BYTES, dicom_studies, study_uid_of
+
+    a = [write_ct(f"a{i}.dcm", z=float(i), study_uid="1.2.3.1") for i in range(2)]
+    implicit = make_ct(study_uid="1.2.3.2")
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    b = [write_ct("b0.dcm", implicit)]
+    long_header = make_ct(study_uid="1.2.3.2")
+    long_header.ImageComments = "x" * HEADER_PREFIX_BYTES  # past the prefix read: pydicom reads the header
+    b.append(write_ct("b1.dcm", long_header))
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    files = [*a, *b, junk]
+    assert study_uid_of(b[1]) == "1.2.3.2"
+    assert dicom_studies(files) == {"1.2.3.1": a, "1.2.3.2": b, None: [junk]}

@@ -152,3 +152,14 @@ def test_bit_flips_read_or_fail_as_through_pydicom(small_slice: bytes, flips, tm
     path.write_bytes(bytes(data))
     fast, slow = _read_both(path, monkeypatch)
     assert fast == slow
+
+
+def test_a_header_prefix_reads_the_elements_before_the_pixels(make_ct) -> None:
+    from headct.io.plain_dicom import plain_header
+
+    data = _bytes(make_ct(size=(16, 16)))
+    pixels_at = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010)
+    header = plain_header(data[:pixels_at + 4])  # cut inside the PixelData element
+    assert header is not None and "PixelData" not in header
+    assert header.StudyInstanceUID == pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
+    assert plain_header(data[:pixels_at - 20]) is None  # an element before the pixels cut short

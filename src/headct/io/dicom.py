@@ -51,7 +51,7 @@ from headct.errors import InputError
 from headct.io.discovery import entry_fault, find_dicom_files
 from headct.io.faults import one_line
 from headct.io.gpu_decode import decode_on_gpu
-from headct.io.plain_dicom import PREAMBLE, plain_dataset
+from headct.io.plain_dicom import PREAMBLE, plain_dataset, plain_header
 from headct.io.privacy import patient_key, short_hash
 from headct.io.volume import SeriesHeader, Volume
 
@@ -238,9 +238,15 @@ def read_dicom(
         return [assemble_series([read_slice(root, salt=salt)], errors=errors)]
     if errors is not None:
         errors.extend(found.refused)
-    files = found.files
-    if not files:
+    if not found.files:
         raise InputError(root, f"folder holds no DICOM candidates ({found.describe()})")
+    return read_dicom_files(found.files, root, salt=salt, errors=errors, refused=len(found.refused))
+
+
+def read_dicom_files(files: Sequence[Path], root: Path, *, salt: str | None = None,
+                     errors: list[InputError] | None = None, refused: int = 0) -> list[Volume]:
+    """:func:`read_dicom` on a given list of files (e.g. one study of a flat folder, see
+    :func:`dicom_studies`); ``root`` names them in messages."""
     by_series: dict[tuple[str, str], list[DicomSlice]] = defaultdict(list)
     skipped = 0
     for file in tqdm(files, desc="reading DICOM", unit="file", disable=len(files) < 100, leave=False):
@@ -261,8 +267,41 @@ def read_dicom(
             volumes.append(assemble_series(by_series[key], errors=errors))
         except InputError as err:
             _report(err, errors)
-    logger.info("%s: %d series, %d files skipped, %d refused", root, len(volumes), skipped, len(found.refused))
+    logger.info("%s: %d series, %d files skipped, %d refused", root, len(volumes), skipped, refused)
     return volumes
+
+
+HEADER_PREFIX_BYTES = 64 * 1024
+"""Bytes read to find a file's StudyInstanceUID: CT headers end well before this (pixels follow)."""
+
+
+def dicom_studies(files: Sequence[Path]) -> dict[str | None, list[Path]]:
+    """``files`` by StudyInstanceUID from their headers alone (no pixels read), in the order given.
+
+    For folders that hold many studies side by side (the RSNA sets put every
+    slice in one folder): each study can then be read, predicted and dropped in
+    turn instead of the whole folder held in memory. A file whose study cannot
+    be told (not DICOM, unreadable, no UID) goes under None; reading it later says why.
+    """
+    studies: dict[str | None, list[Path]] = {}
+    for file in files:
+        studies.setdefault(study_uid_of(file), []).append(file)
+    return studies
+
+
+def study_uid_of(path: str | os.PathLike) -> str | None:
+    """A file's StudyInstanceUID, read from its header (plain files: its first 64 KiB), or None."""
+    if entry_fault(path) is not None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(HEADER_PREFIX_BYTES)
+        header = plain_header(prefix)
+        if header is None:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[_T["StudyInstanceUID"]])
+        return _text(header, _T["StudyInstanceUID"])
+    except Exception:  # noqa: BLE001 - untrusted bytes; read_slice reports the fault when the file is read
+        return None
 
 
 # --- helpers: opening and the header -------------------------------------------------

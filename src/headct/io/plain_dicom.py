@@ -43,6 +43,7 @@ _LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)  # pydic
 _KNOWN_VRS = _LONG_VRS | frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_16)  # pydicom refuses others
 _EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (the long VRs: 32-bit length at +8)
 _IMPLICIT = struct.Struct("<HHI")
+_TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _VR_LIKE = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))
@@ -66,7 +67,16 @@ def plain_dataset(data: bytes) -> Dataset | None:
         return None
 
 
-def _parse(data: bytes) -> Dataset:
+def plain_header(prefix: bytes) -> Dataset | None:
+    """As :func:`plain_dataset` on the first bytes of a file, without the pixels: the elements before
+    PixelData. None unless ``prefix`` reaches PixelData (or the file's end) through plain elements."""
+    try:
+        return _parse(prefix, header_only=True)
+    except Exception:  # noqa: BLE001 - as plain_dataset: the caller asks pydicom instead
+        return None
+
+
+def _parse(data: bytes, header_only: bool = False) -> Dataset:
     if len(data) < PREAMBLE + 4 or data[PREAMBLE:PREAMBLE + 4] != _MAGIC:
         raise _NotPlain
     meta, position = _read_meta(data, PREAMBLE + 4)
@@ -78,6 +88,8 @@ def _parse(data: bytes) -> Dataset:
     elements: dict[BaseTag, RawDataElement] = {}
     end = len(data)
     while position < end:
+        if header_only and _tag_at(data, position) >= _PIXEL_DATA:
+            break  # PixelData (or what follows it): the prefix may end anywhere inside it
         tag, vr, length, value_at = _element_header(data, position, implicit)
         if tag in elements or tag >> 16 in (_META_GROUP, 0xFFFE) or tag == _MODALITY_LUT_SEQUENCE:
             raise _NotPlain
@@ -130,6 +142,11 @@ def _element_header(data: bytes, position: int, implicit: bool) -> tuple[int, by
     if vr in _LONG_VRS:
         return tag, vr, _U32.unpack_from(data, position + 8)[0], position + 12
     return tag, vr, length, position + 8
+
+
+def _tag_at(data: bytes, position: int) -> int:
+    group, element = _TAG.unpack_from(data, position)
+    return group << 16 | element
 
 
 def _is_sequence(tag: int) -> bool:
