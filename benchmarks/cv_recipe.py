@@ -2,8 +2,12 @@
 
     python benchmarks/cv_recipe.py            # the CPU table in docs/results.md (3 folds, 2 x 12 steps)
     python benchmarks/cv_recipe.py --size 192 --slices 16 --folds 5 --epochs 30 --batch-size 64 \\
-        --max-steps-per-epoch 0 --work runs/cv_recipe_gpu \\
+        --max-steps-per-epoch 0 --parallel 5 --time-budget 540 --work runs/cv_recipe_gpu \\
         --json benchmarks/results/cv_recipe_gpu.json                           # the comparison owed (a GPU)
+
+``--parallel N`` trains N rows at once (each its own ``headct cv``, the cores shared among their
+loaders); the rows that rescore or combine others wait for them. ``--time-budget`` stops the rows
+still training then (a later run with the same ``--work`` resumes them from their last finished fold).
 
 Everything goes through the public command line, as a user would run it:
 
@@ -32,17 +36,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from headct.bench import environment, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deadline import Clock, run_until  # noqa: E402
+
+from headct.bench import environment, write_json  # noqa: E402
 
 log = logging.getLogger("cv_recipe")
 
@@ -80,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--work", default="runs/cv_recipe", help="phantom, cache and cv runs go here")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cv_recipe.json"))
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="rows trained at once (a GPU has room for several small runs; rows that reuse or "
+                             "combine others wait for them)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader workers per row (default: headct's; with --parallel, the cores shared out)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: rows still training then are stopped, rows not started are left out")
     return parser
 
 
@@ -102,17 +118,29 @@ def main(argv: list[str] | None = None) -> int:
                 "the slice and the study level",
         "rows": [],
     }
-    for name in wanted:
-        if name == COMBINATION:
-            flags = combination_flags(result["rows"])
-            if flags is None:
-                log.info("combination: fewer than two options helped; not run")
-                result["combination"] = "not run: fewer than two options helped"
-                continue
+    clock = Clock(args.time_budget)
+    done: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, flags: list[str]) -> None:
+        row = run_row(name, flags, cache, work, args, clock)
+        if row is not None:
+            done[name] = row
+            result["rows"] = [done[n] for n in wanted if n in done]  # the table's order, whatever finished first
+            write_json(result, json_path)
+
+    first = [n for n in wanted if n != COMBINATION and REUSES_TRAINING.get(n) is None]
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:  # each row is its own `headct cv`
+        list(pool.map(lambda n: run(n, ROWS[n]), first))
+    for name in (n for n in wanted if REUSES_TRAINING.get(n) is not None):
+        if REUSES_TRAINING[name] in done:
+            run(name, ROWS[name])
+    if COMBINATION in wanted:
+        flags = combination_flags(result["rows"])
+        if flags is None:
+            log.info("combination: fewer than two options helped; not run")
+            result["combination"] = "not run: fewer than two options helped"
         else:
-            flags = ROWS[name]
-        result["rows"].append(run_row(name, flags, cache, work, args))
-        write_json(result, json_path)
+            run(COMBINATION, flags)
     write_json(result, json_path)
     print(markdown_table(result))
     print(f"wrote {json_path}")
@@ -133,8 +161,11 @@ def prepare_phantom(work: Path, args: argparse.Namespace) -> Path:
     return cache
 
 
-def run_row(name: str, flags: list[str], cache: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One ``headct cv`` (or its finished output read back); the row's headline figures."""
+def run_row(name: str, flags: list[str], cache: Path, work: Path, args: argparse.Namespace,
+            clock: Clock | None = None) -> dict[str, Any] | None:
+    """One ``headct cv`` (or its finished output read back); the row's headline figures (None: stopped
+    at the time budget; a later run with the same ``--work`` resumes it from its last finished fold)."""
+    clock = clock or Clock()
     out = work / _slug(name)
     reused = REUSES_TRAINING.get(name)
     if reused is not None and not (out / "metrics.json").exists():
@@ -148,8 +179,18 @@ def run_row(name: str, flags: list[str], cache: Path, work: Path, args: argparse
             budget += ["--max-steps-per-epoch", str(args.max_steps_per_epoch)]
         if args.device:
             budget += ["--device", args.device]
+        workers = args.workers if args.workers is not None else _shared_workers(args.parallel)
+        if workers is not None:
+            budget += ["--workers", str(workers)]
         started = time.monotonic()
-        headct("cv", "--data", str(cache), "--out", str(out), "--bootstrap", str(args.bootstrap), *budget, *flags)
+        log.info("headct cv %s (%s)", name, " ".join(flags))
+        code, _ = run_until([sys.executable, "-m", "headct.cli", "cv", "--data", str(cache), "--out", str(out),
+                             "--bootstrap", str(args.bootstrap), *budget, *flags], clock.left())
+        if code is None:
+            log.info("%s: stopped at the time budget", name)
+            return None
+        if code != 0:
+            raise SystemExit(f"headct cv for {name!r} failed with exit code {code}")
         wall = round(time.monotonic() - started, 1)
         (out / "wall_s.txt").write_text(f"{wall}\n")
     elif (out / "wall_s.txt").exists():
@@ -222,6 +263,13 @@ def _copy_trained_folds(source: Path, out: Path) -> None:
 def headct(*args: str) -> None:
     log.info("headct %s", " ".join(args))
     subprocess.run([sys.executable, "-m", "headct.cli", *args], check=True)
+
+
+def _shared_workers(parallel: int) -> int | None:
+    """Loader workers per row when rows run side by side: the cores shared out (None: headct's default)."""
+    if parallel <= 1:
+        return None
+    return max(0, (os.cpu_count() or 1) // parallel - 1)
 
 
 def _device(args: argparse.Namespace) -> str:
