@@ -163,3 +163,18 @@ def test_a_header_prefix_reads_the_elements_before_the_pixels(make_ct) -> None:
     assert header is not None and "PixelData" not in header
     assert header.StudyInstanceUID == pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
     assert plain_header(data[:pixels_at - 20]) is None  # an element before the pixels cut short
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_other_bit_depths_read_as_through_pydicom(bits: int, make_ct, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_ct(size=(8, 8))
+    stored = np.arange(64, dtype=np.uint8 if bits == 8 else np.int32).reshape(8, 8)
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, int(bits == 32)
+    ds.PixelData = stored.tobytes()  # pydicom's pixel handlers decode these from plain_dataset's memoryview
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(_bytes(ds))
+    fast, slow = _read_both(path, monkeypatch)
+    assert fast == slow and fast[0] == "read"
+    assert np.array_equal(read_slice(path).hu, stored.astype(np.int16) - 1024)
