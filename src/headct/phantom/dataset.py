@@ -40,8 +40,9 @@ from headct.phantom.writers import (
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "2"
-"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated)."""
+PHANTOM_VERSION = "3"
+"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated;
+3: the sulci's waves expanded per study, which moves ~1 in 10^7 voxels by float rounding)."""
 
 LAYOUTS = ("rsna", "png-folders")
 STROKE_CLASSES = ("non-stroke", "hemorrhagic", "ischemic")

@@ -25,6 +25,7 @@ from headct.phantom.anatomy import (
     make_grid,
     render_anatomy,
     sample_anatomy,
+    written_into,
 )
 from headct.phantom.lesions import Lesion, SliceCanvas, noise_factor, sample_lesion
 
@@ -211,7 +212,7 @@ def _label_hu(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = table[labels]`` for uint8 labels: cv2.LUT does it ~6x faster than ndarray.take."""
     lut = np.zeros(256, dtype=np.float32)
     lut[:table.shape[0]] = table
-    _written_into(cv2.LUT(labels, lut, dst=out), out)
+    written_into(cv2.LUT(labels, lut, dst=out), out)
 
 
 TILT_HEIGHT_STEP = 0.25
@@ -267,17 +268,7 @@ def _blur_slice(image: np.ndarray) -> None:
     ~6x faster than the numpy passes this was; edges replicate their pixels
     (a slice's head box is framed by air, so its edges are uniform anyway).
     """
-    _written_into(cv2.sepFilter2D(image, -1, _BINOMIAL, _BINOMIAL, dst=image, borderType=cv2.BORDER_REPLICATE), image)
-
-
-def _written_into(result: np.ndarray, out: np.ndarray) -> None:
-    """Make sure a cv2 call given ``dst=out`` left its result in ``out``.
-
-    cv2 writes into ``dst`` when its shape and type fit and returns a new array
-    object over the same memory; only if it allocated elsewhere is a copy needed.
-    """
-    if not np.may_share_memory(result, out):
-        out[...] = result
+    written_into(cv2.sepFilter2D(image, -1, _BINOMIAL, _BINOMIAL, dst=image, borderType=cv2.BORDER_REPLICATE), image)
 
 
 def _noise_bank(size: int, sd: float, rng: np.random.Generator) -> np.ndarray:
@@ -316,7 +307,7 @@ class _Streaks:
         grid, s = self.grid, self.anatomy.scale
         head = grid.head  # brain lies inside the head box: the streaks are computed there only
         if self.t_idx is None:
-            self.t_idx = grid.head_flat // grid.n_u
+            self.t_idx = grid.head_flat % grid.n_theta
             self.band = (np.exp(-(((grid.Y[head] - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
                          * (np.abs(grid.X[head]) < 40 * s)).astype(np.float32)
         strength = float(np.clip((self.top - z) / (15.0 * s), 0.2, 1.0))

@@ -13,7 +13,7 @@ import csv
 import io
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,15 +40,25 @@ class Rescale:
     intercept: float
     slope: float
 
-    def encode(self, hu: np.ndarray) -> np.ndarray:
+    @property
+    def dtype(self) -> np.dtype:
+        """The stored integers' type: int16 or uint16."""
+        return np.dtype(np.int16 if self.signed else np.uint16)
+
+    def encode(self, hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """HU slice [H, W] → stored integers (rounded half to even, clipped to what the bits can hold).
 
         One cv2 pass (``hu / slope - intercept / slope``, rounded and saturated to
-        int16/uint16) instead of numpy's four (subtract, rint, clip, cast).
+        int16/uint16) instead of numpy's four (subtract, rint, clip, cast). With
+        ``out`` (:attr:`dtype`, [H, W]) the integers go there: a series reuses one
+        buffer instead of faulting in fresh pages for every slice.
         """
         scale, offset = 1.0 / self.slope, -self.intercept / self.slope
         depth = cv2.CV_16S if self.signed else cv2.CV_16U
-        stored = cv2.addWeighted(hu, scale, hu, 0.0, offset, dtype=depth)
+        stored = cv2.addWeighted(hu, scale, hu, 0.0, offset, dst=out, dtype=depth)
+        if out is not None and not np.may_share_memory(stored, out):
+            out[...] = stored
+            stored = out
         if self.bits_stored < 16:
             if self.signed:
                 low, high = -(2 ** (self.bits_stored - 1)), 2 ** (self.bits_stored - 1) - 1
@@ -102,19 +112,16 @@ def write_dicom_series(folder: Path, hu: np.ndarray, info: SeriesInfo) -> list[P
     n, rows, cols = hu.shape
     encoder = _SeriesEncoder(_series_header(info, rows, cols), _file_meta(info.sop_uids[0]),
                              _slice_elements(info, 0, n, rows, cols, b""))
+    stored = np.empty((rows, cols), dtype=info.rescale.dtype)  # each slice's integers, written before the next
     paths = []
     for k in range(n):
         chunks = encoder.encode(info.sop_uids[k], _slice_elements(info, k, n, rows, cols, b""),
-                                info.rescale.encode(hu[k]))
+                                info.rescale.encode(hu[k], out=stored))
         path = folder / f"{info.sop_uids[k]}.dcm"
-        _atomic(path, lambda tmp, chunks=chunks: _write_chunks(tmp, chunks))
+        with atomic.opened(path) as handle:
+            handle.writelines(chunks)
         paths.append(path)
     return paths
-
-
-def _write_chunks(path: Path, chunks: Sequence[bytes | memoryview]) -> None:
-    with open(path, "wb") as handle:
-        handle.writelines(chunks)
 
 
 def _file_meta(sop_uid: str) -> FileMetaDataset:
@@ -324,7 +331,8 @@ def write_png(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise ValueError(f"cv2 could not encode a {image.shape} {image.dtype} image as PNG")
-    _atomic(path, lambda tmp: tmp.write_bytes(encoded))
+    with atomic.opened(path) as handle:
+        handle.write(encoded)
 
 
 MASK_ZLIB_LEVEL = 1
@@ -341,42 +349,28 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
     buffer would make (~10 MB per study at 512²).
     """
     arrays = {"uids": np.asarray(list(uids), dtype=str), "masks": np.ascontiguousarray(masks, dtype=np.uint8)}
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, array in arrays.items():
-                header = io.BytesIO()
-                np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                entry.compress_type = zipfile.ZIP_DEFLATED
-                entry._compresslevel = MASK_ZLIB_LEVEL  # what writestr(compresslevel=) sets; open() takes none
-                entry.external_attr = 0o644 << 16
-                entry.file_size = header.tell() + array.nbytes
-                with archive.open(entry, "w") as stream:
-                    stream.write(header.getbuffer())
-                    stream.write(memoryview(array).cast("B"))
-
-    _atomic(path, write)
+    with atomic.opened(path) as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry._compresslevel = MASK_ZLIB_LEVEL  # what writestr(compresslevel=) sets; open() takes none
+            entry.external_attr = 0o644 << 16
+            entry.file_size = header.tell() + array.nbytes
+            with archive.open(entry, "w") as stream:
+                stream.write(header.getbuffer())
+                stream.write(memoryview(array).cast("B"))
 
 
 def write_rsna_labels(path: Path, rows: Sequence[tuple[str, dict[str, int]]]) -> None:
     """RSNA ``ID,Label`` CSV: six rows ``ID_<SOPInstanceUID>_<subtype>`` per slice."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            out = csv.writer(handle, lineterminator="\n")
-            out.writerow(["ID", "Label"])
-            for sop_uid, labels in rows:
-                for name in RSNA_LABELS:
-                    out.writerow([f"ID_{sop_uid}_{name}", int(labels[name])])
-
-    _atomic(path, write)
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Run ``write(tmp)`` inside :func:`headct.atomic.writing` (the writers here need a path)."""
-    with atomic.writing(path) as tmp:
-        write(tmp)
+    with atomic.opened(path) as handle, io.TextIOWrapper(handle, encoding="utf-8", newline="") as text:
+        out = csv.writer(text, lineterminator="\n")
+        out.writerow(["ID", "Label"])
+        for sop_uid, labels in rows:
+            for name in RSNA_LABELS:
+                out.writerow([f"ID_{sop_uid}_{name}", int(labels[name])])
 
 
 def _ds(value: float) -> str:
