@@ -17,6 +17,7 @@ import numpy as np
 
 from headct.labels import LESION_BITS
 from headct.phantom.anatomy import (
+    AIR,
     BRAIN,
     TISSUE_GROUPS,
     HeadAnatomy,
@@ -166,17 +167,29 @@ def generate_study(
     bank = _noise_bank(size, sd, noise_rng) if noise else None
     streaker = _Streaks(grid, anatomy, np.random.default_rng([noise_seed, 1])) if noise and with_streaks else None
     planes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    air = anatomy.hu[AIR]
+    # an axial slice is rendered in the head box; the frame around it is air (plus noise), written here
+    inside, frame = ((slice(None), slice(None)), []) if tilt else (head, _frame(head, size))
+    frame_in_range = bank is None or bool(air + bank.min() >= HU_MIN and air + bank.max() <= HU_MAX)
     for k, height in enumerate(z):
+        image = hu[k]
         if tilt:
-            _render_tilted_slice(anatomy, grid, float(height), found, tilt, planes, hu[k], masks[k], tissue[k])
+            _render_tilted_slice(anatomy, grid, float(height), found, tilt, planes, image, masks[k], tissue[k])
         else:
-            _render_slice(anatomy, grid, float(height), found, hu[k], masks[k], tissue[k])
-        if bank is not None:  # the scanner: point spread, skull-base streaks, correlated noise
-            _blur_slice(hu[k][head])
+            _render_slice(anatomy, grid, float(height), found, image, masks[k], tissue[k])
+        if bank is None:
+            for strip in frame:
+                image[strip] = air
+        else:  # the scanner: point spread, skull-base streaks, correlated noise
+            _blur_slice(image[head])
             if streaker is not None:
-                streaker.add(hu[k], tissue[k], float(height))
-            hu[k] += _noise_window(bank, size, noise_rng)
-        np.clip(hu[k], HU_MIN, HU_MAX, out=hu[k])
+                streaker.add(image, tissue[k], float(height))
+            window = _noise_window(bank, size, noise_rng)
+            image[inside] += window[inside]
+            for strip in frame:
+                np.add(window[strip], air, out=image[strip])
+        for part in [inside] if frame_in_range else [inside, *frame]:  # air plus noise is mostly in range
+            np.clip(image[part], HU_MIN, HU_MAX, out=image[part])
     present = {kind for kind, on in _present_types(masks).items() if on}
     kept = [lesion for lesion in found if lesion.kind in present]
     return PhantomStudy(hu, masks, tissue, z.astype(np.float64), grid.pixel, gap, kept, sd if noise else 0.0,
@@ -185,6 +198,7 @@ def generate_study(
 
 def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list[Lesion],
                   hu: np.ndarray, mask: np.ndarray, tissue: np.ndarray) -> None:
+    """One axial slice at height z: every tissue label and lesion bit, HU in the head box (outside it: the caller's)."""
     shell = ShellLesions()
     for lesion in lesions:
         thickness = lesion.extra_axial(grid, z)
@@ -196,7 +210,7 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     # epidural blood lies outside the dura, subdural inside it
     shell.extra_axial.sort(key=lambda item: item[0] != LESION_BITS["epidural"])
     labels, bits = render_anatomy(anatomy, grid, z, shell, out=tissue)
-    _label_hu(labels, anatomy.hu, hu)
+    _label_hu(labels[grid.head], anatomy.hu, hu[grid.head])
     if bits is not None:
         mask[...] = bits
         box_bits, box_hu = bits[grid.head], hu[grid.head]  # shell lesions lie inside the head box
@@ -206,6 +220,13 @@ def _render_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesions: list
     canvas = SliceCanvas(grid, z, labels, hu, mask)
     for lesion in sorted(lesions, key=lambda les: les.kind != "ischemic"):
         lesion.paint(canvas)
+
+
+def _frame(head: tuple[slice, slice], size: int) -> list[tuple[slice, slice]]:
+    """The strips of a size x size image around the head box: above, below, left, right."""
+    rows, cols = head
+    return [(slice(0, rows.start), slice(None)), (slice(rows.stop, size), slice(None)),
+            (rows, slice(0, cols.start)), (rows, slice(cols.stop, size))]
 
 
 def _label_hu(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
@@ -244,7 +265,7 @@ def _render_tilted_slice(anatomy: HeadAnatomy, grid: SliceGrid, z: float, lesion
     nearest = np.rint(source).astype(int)
     for r, key in enumerate(lattice):
         if key not in planes:
-            plane = (np.empty((size, size), np.float32), np.zeros((size, size), np.uint8), np.empty((size, size), np.uint8))
+            plane = (np.full((size, size), anatomy.hu[AIR]), np.zeros((size, size), np.uint8), np.empty((size, size), np.uint8))
             _render_slice(anatomy, grid, key * TILT_HEIGHT_STEP, lesions, *plane)
             planes[key] = plane
         plane_hu, plane_mask, plane_tissue = planes[key]

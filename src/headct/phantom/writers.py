@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,7 +348,8 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
     current time into each zip entry; a fixed stamp keeps outputs byte-identical.
     Each array streams into its zip entry after its .npy header (what
     ``np.save`` writes), without the two whole-array copies ``np.save`` into a
-    buffer would make (~10 MB per study at 512²).
+    buffer would make (~10 MB per study at 512²); the masks go slice by slice
+    through :class:`_SliceDeflate`, which spends nothing on all-zero slices.
     """
     arrays = {"uids": np.asarray(list(uids), dtype=str), "masks": np.ascontiguousarray(masks, dtype=np.uint8)}
     with atomic.opened(path) as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -359,8 +362,46 @@ def write_masks(path: Path, uids: Sequence[str], masks: np.ndarray) -> None:
             entry.external_attr = 0o644 << 16
             entry.file_size = header.tell() + array.nbytes
             with archive.open(entry, "w") as stream:
+                if name == "masks" and array.ndim == 3 and hasattr(stream, "_compressor"):
+                    stream._compressor = _SliceDeflate(array[0].nbytes)  # zipfile's deflate object, swapped
                 stream.write(header.getbuffer())
-                stream.write(memoryview(array).cast("B"))
+                for plane in array if array.ndim == 3 else [array]:
+                    stream.write(memoryview(plane).cast("B"))
+
+
+class _SliceDeflate:
+    """Raw deflate (what a zip entry holds) of a mask stack, written a slice per call.
+
+    Most slices of a study have no lesion; deflating their zeros cost ~0.4 ms per
+    512² slice. An all-zero slice is instead the compressed bytes of one zero
+    slice, made once per size: deflate streams may be joined at a full flush,
+    after which no block refers back, so the stream stays valid and the same
+    for the same masks. Other data goes through zlib as usual (run-length
+    strategy: masks are runs of a few bit values, and files come out smaller).
+    """
+
+    def __init__(self, slice_bytes: int) -> None:
+        self._deflate = zlib.compressobj(MASK_ZLIB_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+        self._slice_bytes = slice_bytes
+        self._pending = False  # data given to zlib since its last flush
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        if len(data) != self._slice_bytes or np.frombuffer(data, dtype=np.uint8).any():
+            self._pending = True
+            return self._deflate.compress(data)
+        head = self._deflate.flush(zlib.Z_FULL_FLUSH) if self._pending else b""
+        self._pending = False
+        return head + _deflated_zero_slice(self._slice_bytes)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        return self._deflate.flush(mode)
+
+
+@functools.lru_cache(maxsize=4)
+def _deflated_zero_slice(slice_bytes: int) -> bytes:
+    """``slice_bytes`` zeros as raw deflate blocks ending in a full flush (no final block): a joinable piece."""
+    deflate = zlib.compressobj(MASK_ZLIB_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    return deflate.compress(bytes(slice_bytes)) + deflate.flush(zlib.Z_FULL_FLUSH)
 
 
 def write_rsna_labels(path: Path, rows: Sequence[tuple[str, dict[str, int]]]) -> None:
