@@ -274,7 +274,7 @@ def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
 
 def _study_record(plan: StudyPlan, study: PhantomStudy, labels: dict[str, np.ndarray], key: str, layout: str) -> dict:
     lesions = []
-    present = np.bitwise_or.reduce(study.masks.reshape(study.num_slices, -1), axis=1)  # bits per slice
+    present = study.slice_bits
     for lesion in study.lesions:
         on = np.flatnonzero(present & np.uint8(lesion.bit))
         first, last = int(on.min()), int(on.max())
