@@ -271,7 +271,8 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     paths = write_dicom_series(tmp_path / "fast", hu, info)
     for k, path in enumerate(paths):
         ds = _series_header(info, 16, 20)
-        ds.update(_slice_elements(info, k, 3, 16, 20, info.rescale.encode(hu[k]).tobytes()))
+        for element in _slice_elements(info, k, 3, 16, 20, info.rescale.encode(hu[k]).tobytes()):
+            ds.add(element)
         ds.file_meta = _file_meta(info.sop_uids[k])
         reference = tmp_path / f"reference{k}.dcm"
         ds.save_as(reference, enforce_file_format=True)

@@ -189,31 +189,40 @@ def _series_header(info: SeriesInfo, rows: int, cols: int) -> Dataset:
     return ds
 
 
-_SLICE_KEYWORDS = frozenset({"SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation", "PixelData"})
-"""What :func:`_slice_elements` sets; every other element is the series header's."""
+_SLICE_KEYWORDS = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation", "PixelData")
+"""What :func:`_slice_elements` sets, in tag order; every other element is the series header's."""
 
 
-def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixels: bytes) -> Dataset:
-    """The elements that differ between slices (``info.tags`` naming one of them still wins)."""
-    from pydicom.dataset import Dataset
+def _slice_elements(info: SeriesInfo, k: int, n: int, rows: int, cols: int, pixels: bytes) -> list[DataElement]:
+    """The elements that differ between slices, in tag order (``info.tags`` naming one of them still wins).
+
+    Made as pydicom elements directly: a Dataset and five attribute assignments cost twice as much.
+    """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
 
     origin = -(cols / 2 - 0.5) * info.pixel_spacing, -(rows / 2 - 0.5) * info.pixel_spacing
     # a tilted gantry leans the planes, the column direction gains a z part, and the
     # table still steps along z: positions step along z, not along the slice normal
     cos, sin = math.cos(math.radians(info.tilt)), math.sin(math.radians(info.tilt))
-    ds = Dataset()
-    ds.SOPInstanceUID = info.sop_uids[k]
-    ds.InstanceNumber = (n - k) if info.descending_instances else (k + 1)
-    ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1] * cos), _ds(info.table_z[k] + origin[1] * sin)]
-    if info.positions is not None:
-        ds.ImagePositionPatient = [_ds(v) for v in info.positions[k]]
-    ds.SliceLocation = _ds(info.table_z[k])
-    ds.PixelData = pixels
-    ds["PixelData"].VR = "OW"  # what pydicom's writer picks for BitsAllocated 16
+    position = info.positions[k] if info.positions is not None else (
+        origin[0], origin[1] * cos, info.table_z[k] + origin[1] * sin)
+    values = {
+        "SOPInstanceUID": info.sop_uids[k],
+        "InstanceNumber": (n - k) if info.descending_instances else (k + 1),
+        "ImagePositionPatient": [_ds(v) for v in position],
+        "SliceLocation": _ds(info.table_z[k]),
+        "PixelData": pixels,
+    }
     for keyword, value in info.tags:
-        if keyword in ds:
-            setattr(ds, keyword, value)
-    return ds
+        if keyword in values:
+            values[keyword] = value
+    elements = []
+    for keyword in _SLICE_KEYWORDS:
+        tag = tag_for_keyword(keyword)
+        vr = "OW" if tag == _PIXEL_DATA else dictionary_VR(tag)  # OW: what pydicom's writer picks for 16 bits
+        elements.append(DataElement(tag, vr, values[keyword]))
+    return elements
 
 
 class _SeriesEncoder:
@@ -227,31 +236,32 @@ class _SeriesEncoder:
     encoded into the gaps. Pixel Data is written from the array itself.
     """
 
-    def __init__(self, header: Dataset, meta: FileMetaDataset, slice_example: Dataset) -> None:
+    def __init__(self, header: Dataset, meta: FileMetaDataset, slice_example: Sequence[DataElement]) -> None:
         from pydicom.dataset import validate_file_meta
 
-        overlap = set(header.keys()) & set(slice_example.keys())
+        tags = [element.tag for element in slice_example]
+        overlap = set(header.keys()) & set(tags)
         if overlap:
             raise ValueError(f"header and slice elements overlap: {sorted(overlap)}")
-        if max(slice_example.keys(), default=None) != _PIXEL_DATA:
-            raise ValueError("Pixel Data must be the last of the slice elements")
+        if tags != sorted(tags) or tags[-1:] != [_PIXEL_DATA]:
+            raise ValueError("slice elements must be in tag order, Pixel Data last")
         self.encoding = header.get("SpecificCharacterSet", "ISO_IR 100")
         meta = copy.deepcopy(meta)
         validate_file_meta(meta, enforce_standard=True)  # what save_as adds: version, implementation
         self.meta_runs = _runs(meta, [_MEDIA_SOP_INSTANCE], self.encoding, skip=frozenset({_GROUP_LENGTH}))
-        self.slice_tags = sorted(slice_example.keys())
+        self.slice_tags = tags
         self.runs = _runs(header, self.slice_tags, self.encoding)
         self.pixel_header = _encoded(_data_element(_PIXEL_DATA, "OW", b""), self.encoding)[:-4]  # less its length
 
-    def encode(self, sop_uid: str, elements: Dataset, pixels: np.ndarray) -> list[bytes | memoryview]:
+    def encode(self, sop_uid: str, elements: Sequence[DataElement], pixels: np.ndarray) -> list[bytes | memoryview]:
         """One file as byte chunks: preamble, meta group for ``sop_uid``, header and ``elements``, ``pixels``.
 
-        ``elements`` holds this file's elements; its Pixel Data value is ignored for ``pixels``
+        ``elements`` are this file's, in tag order; its Pixel Data value is ignored for ``pixels``
         (a contiguous little-endian array of 16-bit stored values).
         """
         from pydicom.filewriter import write_data_element
 
-        if sorted(elements.keys()) != self.slice_tags:
+        if [element.tag for element in elements] != self.slice_tags:
             raise ValueError("slice elements differ from the series' first slice")
         meta = _explicit_little_buffer()
         meta.write(self.meta_runs[0])
@@ -261,10 +271,10 @@ class _SeriesEncoder:
         head.write(b"\x00" * 128 + b"DICM")
         write_data_element(head, _data_element(_GROUP_LENGTH, "UL", meta.tell()), self.encoding)
         head.write(meta.getvalue())
-        for run, tag in zip(self.runs, self.slice_tags, strict=False):
+        for run, element in zip(self.runs, elements, strict=False):
             head.write(run)
-            if tag != _PIXEL_DATA:
-                write_data_element(head, elements.get_item(tag), self.encoding)
+            if element.tag != _PIXEL_DATA:
+                write_data_element(head, element, self.encoding)
         data = memoryview(np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))).cast("B")
         # the 4-byte length that pydicom writes after tag and VR (a pixel array has an even byte count)
         head.write(self.pixel_header + len(data).to_bytes(4, "little"))
