@@ -53,7 +53,7 @@ class PhantomStudy:
     noise_sd: float = 0.0
     streaks: bool = False
     tilt: float = 0.0  # gantry tilt (degrees): slice k's plane leans about the left-right axis through (0, 0, z[k])
-    slice_bits: np.ndarray = field(default=None)  # uint8 [S]: the OR of each slice's mask (computed if not given)
+    slice_bits: np.ndarray | None = None  # uint8 [S]: the OR of each slice's mask (computed if not given)
 
     def __post_init__(self) -> None:
         if self.slice_bits is None:
