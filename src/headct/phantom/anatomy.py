@@ -302,7 +302,8 @@ def make_grid(anatomy: HeadAnatomy, size: int, fov: float, center: tuple[float, 
     theta_centers = (-math.pi + (np.arange(n_theta, dtype=np.float32) + 0.5) * (2 * math.pi / n_theta)).astype(np.float32)
     outline = anatomy.outline(theta_centers)
 
-    t_idx = np.floor((theta + np.float32(math.pi)) * np.float32(n_theta / (2 * math.pi))).astype(np.intp)
+    # theta + pi >= 0, so the cast's truncation is the floor
+    t_idx = ((theta + np.float32(math.pi)) * np.float32(n_theta / (2 * math.pi))).astype(np.intp)
     t_idx[t_idx >= n_theta] -= n_theta  # the angle pi itself lands one past the end: wrap it (a modulo, cheaper)
     u = radius / outline[t_idx]
     head = head_box(u, du)
@@ -562,7 +563,7 @@ def _shell_table(anatomy: HeadAnatomy, grid: SliceGrid, z: float, shell: ShellLe
     end = _beyond_skin(grid, boundaries.max(axis=0), lo)
     radius = grid.radius_table[lo:end]  # [cells, n_theta]
 
-    labels = np.empty((grid.n_u, grid.n_theta), dtype=np.uint8)
+    labels = grid.scratch("labels", np.uint8)  # read by the caller before the next slice
     labels[:lo] = WHITE
     labels[end:] = AIR
     code = labels[lo:end]  # layer codes are tissue labels

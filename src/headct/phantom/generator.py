@@ -339,8 +339,8 @@ class _Streaks:
         head = grid.head  # brain lies inside the head box: the streaks are computed there only
         if self.t_idx is None:
             self.t_idx = grid.head_flat % grid.n_theta
-            self.band = (np.exp(-(((grid.Y[head] - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
-                         * (np.abs(grid.X[head]) < 40 * s)).astype(np.float32)
+            self.band = np.float32(12.0) * (np.exp(-(((grid.Y[head] - np.float32(8.0 * s)) / np.float32(6.0)) ** 2))
+                                            * (np.abs(grid.X[head]) < 40 * s)).astype(np.float32)
         strength = float(np.clip((self.top - z) / (15.0 * s), 0.2, 1.0))
         theta = grid.theta_centers
         lut = np.zeros_like(theta)
@@ -349,7 +349,8 @@ class _Streaks:
             d = (theta - np.float32(center) + np.float32(math.pi)) % np.float32(2 * math.pi) - np.float32(math.pi)
             lut += np.float32(amp) * np.exp(-((d / np.float32(0.012)) ** 2))
         inside = cv2.LUT(tissue[head], self.brain).view(bool)
-        streak = lut.take(self.t_idx) - np.float32(12.0) * self.band
+        streak = lut.take(self.t_idx)
+        streak -= self.band  # the dark band, 12 HU deep at its centre
         streak *= np.float32(strength)
         box = image[head]
         np.add(box, streak, out=box, where=inside)
