@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headct.atomic import TEMP_MARK, write_bytes, write_text, writing
+from headct.atomic import TEMP_MARK, opened, write_bytes, write_text, writing
 
 
 def test_writes_content_and_creates_parents(tmp_path: Path) -> None:
@@ -53,3 +53,28 @@ def test_writing_that_fails_leaves_nothing(tmp_path: Path) -> None:
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_opened_streams_into_a_marked_temporary_file_then_renames_it(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "slice.dcm"
+    old = os.umask(0o027)
+    try:
+        with opened(target) as handle:
+            names = [p.name for p in target.parent.iterdir()]
+            assert len(names) == 1 and names[0].startswith(".slice.dcm" + TEMP_MARK) and not target.exists()
+            handle.writelines([b"head", memoryview(b"pixels")])
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"headpixels"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert [p.name for p in target.parent.iterdir()] == ["slice.dcm"]
+
+
+def test_opened_that_fails_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "keep.dcm"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), opened(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.dcm"]

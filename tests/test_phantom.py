@@ -138,25 +138,25 @@ def test_difficulty_shrinks_lesions_and_contrast():
 
 
 def test_layer_codes_count_the_surfaces_each_cell_lies_inside():
-    # the shell's run-length construction must equal six comparisons per cell, whatever the
-    # rows (ties included), the bounds (nested or not) and the starting guesses
-    from headct.phantom.anatomy import _cells_below, _layer_codes
+    # the shell's banded construction must equal six comparisons per cell, whatever the
+    # columns (ties included), the bounds (nested or not) and the row estimates
+    from headct.phantom.anatomy import _layer_codes
 
     rng = np.random.default_rng(0)
     for trial in range(300):
-        rows, width = int(rng.integers(1, 20)), int(rng.integers(0, 40))
-        radius = np.sort(rng.uniform(0, 10, (rows, width)).astype(np.float32), axis=1)
+        angles, width = int(rng.integers(1, 20)), int(rng.integers(0, 40))
+        radius = np.sort(rng.uniform(0, 10, (width, angles)).astype(np.float32), axis=0)
         if trial % 3 == 0 and width:
-            radius[:, width // 2:] = radius[:, [width // 2]]  # ties
-        bounds = rng.uniform(-1, 11, (rows, 6)).astype(np.float32)
+            radius[width // 2:] = radius[[width // 2]]  # ties
+        bounds = rng.uniform(-1, 11, (6, angles)).astype(np.float32)
         if trial % 2:
-            bounds = -np.sort(-bounds, axis=1)  # nested, outermost first, as the head's surfaces
+            bounds = -np.sort(-bounds, axis=0)  # nested, outermost first, as the head's surfaces
         if width and trial % 5 == 0:
-            bounds[:, 2] = radius[:, min(3, width - 1)]  # a bound exactly on a cell
-        below = _cells_below(radius, bounds, rng.integers(-5, width + 5, (rows, 6)))
-        inside = radius[:, None, :] < bounds[:, :, None]
-        np.testing.assert_array_equal(below, inside.sum(axis=2))
-        np.testing.assert_array_equal(_layer_codes(below, width), inside.sum(axis=1))
+            bounds[2] = radius[min(3, width - 1)]  # a bound exactly on a cell
+        estimates = rng.uniform(-5, width + 5, (6, angles)).astype(np.float32)
+        codes = np.full((width, angles), 99, dtype=np.uint8)
+        _layer_codes(radius, bounds, estimates, codes)
+        np.testing.assert_array_equal(codes, (radius[None] < bounds[:, None]).sum(axis=0))
 
 
 def test_a_blob_section_from_its_stencil_is_the_section_computed_at_that_height():
@@ -271,7 +271,8 @@ def test_dicom_files_are_the_bytes_pydicom_itself_writes(tmp_path, tilt, tags, d
     paths = write_dicom_series(tmp_path / "fast", hu, info)
     for k, path in enumerate(paths):
         ds = _series_header(info, 16, 20)
-        ds.update(_slice_elements(info, k, 3, 16, 20, info.rescale.encode(hu[k]).tobytes()))
+        for element in _slice_elements(info, k, 3, 16, 20, info.rescale.encode(hu[k]).tobytes()):
+            ds.add(element)
         ds.file_meta = _file_meta(info.sop_uids[k])
         reference = tmp_path / f"reference{k}.dcm"
         ds.save_as(reference, enforce_file_format=True)

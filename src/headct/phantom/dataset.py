@@ -40,8 +40,9 @@ from headct.phantom.writers import (
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = "2"
-"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated)."""
+PHANTOM_VERSION = "3"
+"""Bumped whenever the same seed would render different images (2: the scanner blur by cv2, edge pixels replicated;
+3: the sulci's waves expanded per study, which moves ~1 in 10^7 voxels by float rounding)."""
 
 LAYOUTS = ("rsna", "png-folders")
 STROKE_CLASSES = ("non-stroke", "hemorrhagic", "ischemic")
@@ -273,7 +274,7 @@ def _stroke_classes(labels: dict[str, np.ndarray]) -> list[str]:
 
 def _study_record(plan: StudyPlan, study: PhantomStudy, labels: dict[str, np.ndarray], key: str, layout: str) -> dict:
     lesions = []
-    present = np.bitwise_or.reduce(study.masks.reshape(study.num_slices, -1), axis=1)  # bits per slice
+    present = study.slice_bits
     for lesion in study.lesions:
         on = np.flatnonzero(present & np.uint8(lesion.bit))
         first, last = int(on.min()), int(on.max())
