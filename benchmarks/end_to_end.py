@@ -19,7 +19,9 @@ Slices per second: prepare and predict over every slice, evaluate over the
 test slices; "prepare + evaluate" adds the per-slice times of both. Each
 command's rate includes its start-up (imports, CUDA, process group); the
 "steady" rate counts only between the first and the last output file written
-(study JSONs, cache shard sidecars), so start-up drops out. The
+(study JSONs, cache shard sidecars), so start-up drops out; for predict over
+replicas it is the difference to ``predict_startup``, the same command over
+one study per process. The
 issue-16 target is judged on predict over uncompressed DICOM (>= 5,000
 slices/s on one H200). The model is an untrained effnet-2d checkpoint at the
 cache size: speed does not depend on the weights. The JSON is rewritten after
@@ -122,11 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             write_json(_judged(result), out)
             predictions = work / f"predict_{name}"
             studies = replicated(folder / "dicom", work / f"replicas_{name}", args.replicas)
-            # replicas share StudyInstanceUIDs, so their JSONs overwrite each other: no steady rate then
+            # start-up alone: one study per process, so the big run's steady rate is the difference of the two
+            first = first_studies(folder / "dicom", work / f"startup_{name}", procs)
+            stages["predict_startup"] = _stage(clock, sum(1 for _ in first.rglob("*.dcm")), None, "predict",
+                                               str(first), "--model", str(checkpoint), "--out",
+                                               str(work / f"startup_out_{name}"), "--device", device, procs=procs)
+            # replicas share StudyInstanceUIDs, so their JSONs overwrite each other: no steady rate from them
             stages["predict"] = _stage(clock, count * args.replicas, predictions if args.replicas == 1 else None,
                                        "predict", str(studies),
                                        "--model", str(checkpoint), "--out", str(predictions), "--device", device,
                                        procs=procs)
+            steady = _beyond_startup(stages["predict"], stages["predict_startup"])
+            if steady is not None:
+                stages["predict"]["steady_slices_per_s"] = steady
             write_json(_judged(result), out)
             if name == "uncompressed" and stages["prepare"].get("finished"):
                 evaluation = work / "evaluate"
@@ -162,6 +172,23 @@ def jpeg_lossless_copy(raw: Path, out: Path, workers: int, studies: int | None =
     with ProcessPoolExecutor(max_workers=workers) as pool:
         list(pool.map(_transcode, files, [out / f.relative_to(raw) for f in files], chunksize=16))
     return out
+
+
+def first_studies(studies: Path, out: Path, count: int) -> Path:
+    """A folder holding the first ``count`` study folders of ``studies`` (hard links)."""
+    for study in sorted(p for p in studies.iterdir() if p.is_dir())[:count]:
+        target = out / study.name
+        target.mkdir(parents=True, exist_ok=True)
+        for f in study.iterdir():
+            os.link(f, target / f.name)
+    return out
+
+
+def _beyond_startup(run: dict[str, Any], startup: dict[str, Any]) -> float | None:
+    """Slices/s of ``run`` past its start-up: the extra slices over the extra seconds of a start-up-only run."""
+    if not (run.get("finished") and startup.get("finished")) or run["seconds"] <= startup["seconds"]:
+        return None
+    return round((run["slices"] - startup["slices"]) / (run["seconds"] - startup["seconds"]), 1)
 
 
 def replicated(studies: Path, out: Path, replicas: int) -> Path:
