@@ -177,10 +177,7 @@ def jpeg_lossless_copy(raw: Path, out: Path, workers: int, studies: int | None =
 def first_studies(studies: Path, out: Path, count: int) -> Path:
     """A folder holding the first ``count`` study folders of ``studies`` (hard links)."""
     for study in sorted(p for p in studies.iterdir() if p.is_dir())[:count]:
-        target = out / study.name
-        target.mkdir(parents=True, exist_ok=True)
-        for f in study.iterdir():
-            os.link(f, target / f.name)
+        _link_files(study, out / study.name)
     return out
 
 
@@ -197,11 +194,15 @@ def replicated(studies: Path, out: Path, replicas: int) -> Path:
         return studies
     for k in range(replicas):
         for study in (p for p in studies.iterdir() if p.is_dir()):
-            target = out / f"r{k:03d}_{study.name}"
-            target.mkdir(parents=True, exist_ok=True)
-            for f in study.iterdir():
-                os.link(f, target / f.name)
+            _link_files(study, out / f"r{k:03d}_{study.name}")
     return out
+
+
+def _link_files(folder: Path, target: Path) -> None:
+    """``target`` made, holding a hard link to every file of ``folder``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        os.link(f, target / f.name)
 
 
 def _transcode(source: Path, target: Path) -> None:

@@ -62,10 +62,10 @@ MAX_RESCALE = 1e6
 """Refuse |RescaleSlope| or |RescaleIntercept| above this: CT HU span a few thousand, and such a
 value maps every stored value outside int16 (1e308 also overflows the arithmetic)."""
 MAX_SIDE = 8192
-MAX_PLAIN_BYTES = 4 * MAX_SIDE * MAX_SIDE + 2**20
-"""Files above this are left to pydicom unread: no single CT slice (32-bit pixels at MAX_SIDE) is larger."""
 """Refuse Rows or Columns above this: no CT slice is larger, and a flipped bit there must not
 make a decoder allocate gigabytes."""
+MAX_PLAIN_BYTES = 4 * MAX_SIDE * MAX_SIDE + 2**20
+"""Files above this are left to pydicom unread: no single CT slice (32-bit pixels at MAX_SIDE) is larger."""
 NONUNIFORM_SPACING_TOLERANCE = 0.10
 """Warn when a gap between neighbouring slices differs from the median by more than this fraction."""
 
@@ -352,7 +352,7 @@ def _open(path: str, data: bytes | None = None) -> pydicom.Dataset:
         fault = entry_fault(path)
         if fault is not None:
             raise InputError(path, fault)
-        data = part10_bytes(path)
+        data = _part10_file(path)
     ds = plain_dataset(data) if data is not None else None
     if ds is not None:
         return ds  # the plain case, parsed whole (plain_dataset refuses a file cut short)
@@ -377,6 +377,11 @@ def part10_bytes(path: str | os.PathLike) -> bytes | None:
     CT slice, else None (:func:`read_slice` then opens it itself and says what is wrong)."""
     if entry_fault(path) is not None:
         return None  # a named pipe would block the read
+    return _part10_file(path)
+
+
+def _part10_file(path: str | os.PathLike) -> bytes | None:
+    """:func:`part10_bytes` for a path already known to be a regular file (read_slice checked it)."""
     try:
         handle = os.open(path, os.O_RDONLY)
     except OSError:

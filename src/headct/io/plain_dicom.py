@@ -155,8 +155,6 @@ def _is_sequence(tag: int) -> bool:
     return entry is not None and entry[0] == "SQ"
 
 
-
-
 def _skip_value(data: bytes, position: int, length: int, implicit: bool, depth: int) -> int:
     """Where a sequence's (or an undefined-length value's) value ends, starting at ``position``."""
     if length != _UNDEFINED:
