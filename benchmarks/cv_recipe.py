@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -120,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     clock = Clock(args.time_budget)
     done: dict[str, dict[str, Any]] = {}
+    recording = threading.Lock()  # rows finish on several threads: one writes the JSON at a time
 
     def run(name: str, flags: list[str]) -> None:
         row = run_row(name, flags, cache, work, args, clock)
         if row is not None:
-            done[name] = row
-            result["rows"] = [done[n] for n in wanted if n in done]  # the table's order, whatever finished first
-            write_json(result, json_path)
+            with recording:
+                done[name] = row
+                result["rows"] = [done[n] for n in wanted if n in done]  # the table's order, whatever finished first
+                write_json(result, json_path)
 
     first = [n for n in wanted if n != COMBINATION and REUSES_TRAINING.get(n) is None]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:  # each row is its own `headct cv`
